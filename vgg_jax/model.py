@@ -1,0 +1,400 @@
+"""The VGG family (Simonyan & Zisserman, ICLR 2015) as one parameterised Flax module.
+
+Every configuration of Table 1 is a row of `CONFIGS`; every ablation of the paper
+(depth, kernel size, 1x1 convs, LRN) is an attribute of `VGG`, so a sweep changes
+config values, never code.
+
+Parameter names follow the paper and Keras: `conv{stage}_{i}`, `fc1`, `fc2`, `fc3`.
+FC1 is stored as a conv kernel of shape (w, w, C, fc_width) with w = image_size // 32
+(7 at 224), so the same weights serve the classic crop (the kernel covers the whole
+last map) and the paper's dense evaluation on a larger uncropped image (FC1 slides
+as a 7x7 conv, FC2/FC3 act as 1x1 convs, and the class score map is averaged).
+
+Run `python -m vgg_jax.model --variant D` for a Keras-style summary, `--all` for
+Table 2, `--plot FILE.png` for a picture of the architecture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
+# Widths are fixed across the family (64, 128, 256, 512, 512); depth is what varies.
+STAGE_WIDTHS = (64, 128, 256, 512, 512)
+CONFIGS = {
+    'A': dict(depths=(1, 1, 2, 2, 2), conv1x1=False, lrn=False),
+    'A-LRN': dict(depths=(1, 1, 2, 2, 2), conv1x1=False, lrn=True),
+    'B': dict(depths=(2, 2, 2, 2, 2), conv1x1=False, lrn=False),
+    'C': dict(depths=(2, 2, 2, 2, 2), conv1x1=True, lrn=False),
+    'D': dict(depths=(2, 2, 3, 3, 3), conv1x1=False, lrn=False),
+    'E': dict(depths=(2, 2, 4, 4, 4), conv1x1=False, lrn=False),
+}
+# C's 1x1 convs sit at the end of stages 3-5 only (Table 1).
+CONV1X1_STAGES = (3, 4, 5)
+KERNEL_SIZES = (1, 3, 5, 7)
+HEADS = ('fc', 'gap')
+INITS = ('paper', 'glorot')
+NUM_POOLS = len(STAGE_WIDTHS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+  """One conv layer of the resolved architecture."""
+  name: str
+  stage: int
+  kernel_size: int
+  features: int
+
+
+def resolve_layers(
+    variant: str = 'D',
+    depths: Optional[Sequence[int]] = None,
+    kernel_size: int = 3,
+    conv1x1: Optional[bool] = None,
+    width: float = 1.0,
+) -> list[LayerSpec]:
+  """The conv layers a configuration builds, in order.
+
+  `depths` overrides the variant's number of k x k convs per stage; `conv1x1`
+  overrides whether stages 3-5 end with a 1x1 conv (config C's trick).
+  """
+  if variant not in CONFIGS:
+    raise ValueError(
+        f'unknown VGG variant {variant!r}: choose one of {", ".join(CONFIGS)}')
+  if kernel_size not in KERNEL_SIZES:
+    raise ValueError(
+        f'kernel_size={kernel_size} is not supported: use one of {KERNEL_SIZES}')
+  row = CONFIGS[variant]
+  depths = tuple(row['depths'] if depths is None else depths)
+  if len(depths) != NUM_POOLS or any(d < 1 for d in depths):
+    raise ValueError(
+        f'depths={depths} must give five stages of at least one conv each, '
+        'e.g. (2, 2, 3, 3, 3)')
+  conv1x1 = row['conv1x1'] if conv1x1 is None else conv1x1
+  if width <= 0:
+    raise ValueError(f'width={width} must be a positive channel multiplier')
+  layers = []
+  for stage, (depth, base) in enumerate(zip(depths, STAGE_WIDTHS), start=1):
+    features = max(1, int(round(base * width)))
+    kernels = [kernel_size] * depth
+    if conv1x1 and stage in CONV1X1_STAGES:
+      kernels.append(1)
+    for i, k in enumerate(kernels, start=1):
+      layers.append(LayerSpec(f'conv{stage}_{i}', stage, k, features))
+  return layers
+
+
+class LocalResponseNorm(nn.Module):
+  """Cross-channel LRN of AlexNet §3.3, as used by config A-LRN.
+
+  b_c = a_c / (bias + alpha * sum_{|c'-c| <= depth_radius} a_c'^2) ** beta,
+  with alpha *not* divided by the window size: identical to
+  `tf.nn.local_response_normalization` with the same arguments.
+  """
+  depth_radius: int = 2
+  bias: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+
+  @nn.compact
+  def __call__(self, x):
+    # Statistics in float32: squares of bf16 activations lose too much.
+    x32 = x.astype(jnp.float32)
+    window = 2 * self.depth_radius + 1
+    sum_sq = lax.reduce_window(
+        x32 * x32, 0.0, lax.add,
+        window_dimensions=(1,) * (x.ndim - 1) + (window,),
+        window_strides=(1,) * x.ndim,
+        padding=((0, 0),) * (x.ndim - 1) + ((self.depth_radius,) * 2,))
+    return (x32 * lax.pow(self.bias + self.alpha * sum_sq, -self.beta)).astype(x.dtype)
+
+
+def _initializers(init: str):
+  if init == 'paper':
+    # §3.1: zero-mean normal with std 1e-2 (the reference code's reading of
+    # "10^-2 variance"), biases zero.
+    return nn.initializers.normal(stddev=1e-2), nn.initializers.zeros
+  if init == 'glorot':
+    return nn.initializers.glorot_uniform(), nn.initializers.zeros
+  raise ValueError(f'unknown weight_init {init!r}: choose one of {INITS}')
+
+
+class VGG(nn.Module):
+  """VGG network on NHWC images; returns class logits of shape (batch, num_classes).
+
+  Attributes:
+    variant: a row of Table 1: 'A', 'A-LRN', 'B', 'C', 'D' or 'E'.
+    num_classes: size of the last layer.
+    image_size: the training crop; fixes FC1's window (image_size // 32) for the
+      'fc' head. Larger inputs are evaluated densely with the same weights.
+    depths: k x k convs per stage, overriding the variant's (depth ablations).
+    kernel_size: side of the stacked convs (3 in the paper; 5 or 7 for the
+      "shallow net" ablation).
+    conv1x1: end stages 3-5 with a 1x1 conv (C's trick); None keeps the variant's.
+    lrn: LRN after the first conv; None keeps the variant's (on for 'A-LRN').
+    batch_norm: BatchNorm after every conv (not in the paper).
+    width: multiplier on every conv's channels (0.25 for a narrow net).
+    fc_width: width of the hidden FC layers (4096 in the paper).
+    head: 'fc' (the paper's three FC layers) or 'gap' (global average pool, one
+      hidden FC layer of fc_width, classifier), for small images.
+    dropout_rate: dropout before FC2 and FC3, as in the paper.
+    weight_init: 'paper' (normal, std 0.01) or 'glorot'.
+    dtype: compute dtype; parameters stay float32.
+    conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
+      swapped for backend-specific fast paths.
+  """
+  variant: str = 'D'
+  num_classes: int = 1000
+  image_size: int = 224
+  depths: Optional[Sequence[int]] = None
+  kernel_size: int = 3
+  conv1x1: Optional[bool] = None
+  lrn: Optional[bool] = None
+  batch_norm: bool = False
+  width: float = 1.0
+  fc_width: int = 4096
+  head: str = 'fc'
+  dropout_rate: float = 0.5
+  weight_init: str = 'paper'
+  dtype: Any = jnp.float32
+  conv_fn: Optional[Callable[..., Any]] = None
+
+  def layers(self) -> list[LayerSpec]:
+    return resolve_layers(self.variant, self.depths, self.kernel_size,
+                          self.conv1x1, self.width)
+
+  @property
+  def fc1_window(self) -> int:
+    """Side of FC1's kernel: the last feature map's side at the training crop."""
+    return self.image_size // 2**NUM_POOLS
+
+  def check_input(self, height: int, width: int) -> None:
+    if self.head not in HEADS:
+      raise ValueError(f'unknown head {self.head!r}: choose one of {HEADS}')
+    if self.head == 'fc' and self.fc1_window < 1:
+      raise ValueError(
+          f'image_size={self.image_size} is too small for the fc head: five 2x2 '
+          f'pools need at least {2**NUM_POOLS} pixels; use a larger crop or '
+          "head='gap'")
+    smallest = (self.fc1_window if self.head == 'fc' else 1) * 2**NUM_POOLS
+    if min(height, width) < smallest:
+      raise ValueError(
+          f'input {height}x{width} is too small for this model: it needs at '
+          f'least {smallest}x{smallest} (five 2x2 pools'
+          + (f', then a {self.fc1_window}x{self.fc1_window} FC1 window)'
+             if self.head == 'fc' else ')')
+          + '; use larger images or a smaller image_size')
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    self.check_input(x.shape[1], x.shape[2])
+    kernel_init, bias_init = _initializers(self.weight_init)
+    variant_lrn = CONFIGS[self.variant]['lrn']
+    use_lrn = variant_lrn if self.lrn is None else self.lrn
+    conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=kernel_init, bias_init=bias_init)
+    if self.conv_fn is not None:
+      conv_kwargs['conv_general_dilated'] = self.conv_fn
+
+    x = x.astype(self.dtype)
+    stage = 1
+    for spec in self.layers():
+      if spec.stage != stage:
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        stage = spec.stage
+      x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
+                  use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-5, dtype=self.dtype,
+                         name=spec.name.replace('conv', 'bn'))(x)
+      x = nn.relu(x)
+      if use_lrn and spec.name == 'conv1_1':
+        x = LocalResponseNorm(name='lrn')(x)
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+
+    dense = functools.partial(nn.Dense, **{k: v for k, v in conv_kwargs.items()
+                                           if k != 'conv_general_dilated'})
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    if self.head == 'gap':
+      x = jnp.mean(x, axis=(1, 2))
+      x = nn.relu(dense(self.fc_width, name='fc1')(x))
+      x = dropout(x)
+      return dense(self.num_classes, name='fc2')(x).astype(jnp.float32)
+
+    # FC1 as a VALID conv: a single output position at the training crop, a
+    # score map on larger images (dense evaluation, §3.2).
+    w = self.fc1_window
+    x = nn.Conv(self.fc_width, (w, w), padding='VALID', name='fc1', **conv_kwargs)(x)
+    x = dropout(nn.relu(x))
+    # Dense layers act on the channel axis, i.e. as 1x1 convs on the score map.
+    x = dropout(nn.relu(dense(self.fc_width, name='fc2')(x)))
+    x = dense(self.num_classes, name='fc3')(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+# --------------------------------------------------------------------------
+# Summary, Table 2 and the architecture picture.
+# --------------------------------------------------------------------------
+
+
+def count_params(params) -> int:
+  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
+
+
+def abstract_variables(model: VGG, image_size: Optional[int] = None):
+  """Variables' shapes without allocating them (eval_shape of init)."""
+  size = image_size or model.image_size
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+
+
+def layer_table(model: VGG, image_size: Optional[int] = None):
+  """Rows (name, output shape, params, MACs) for one image, in forward order."""
+  size = image_size or model.image_size
+  variables = abstract_variables(model, size)
+  params = variables['params']
+
+  def capture(mdl, _):
+    return isinstance(mdl, (nn.Conv, nn.Dense, nn.BatchNorm, LocalResponseNorm))
+
+  _, state = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1, size, size, 3)),
+                            capture_intermediates=capture, mutable=['intermediates']),
+      variables)
+  order = []
+  for spec in model.layers():
+    order += [spec.name, spec.name.replace('conv', 'bn')]
+    if spec.name == 'conv1_1':
+      order.append('lrn')
+  order += ['fc1', 'fc2', 'fc3']
+  rows = []
+  for name in sorted(state['intermediates'], key=order.index):
+    out = state['intermediates'][name]
+    shape = tuple(out['__call__'][0].shape[1:])
+    p = params.get(name, {})
+    n_params = count_params(p)
+    if 'kernel' in p:
+      kernel = p['kernel'].shape
+      positions = math.prod(shape[:-1]) if len(shape) > 1 else 1
+      macs = positions * math.prod(kernel)
+    else:
+      macs = 0
+    rows.append((name, shape, n_params, macs))
+  return rows
+
+
+def summary(model: VGG, image_size: Optional[int] = None) -> str:
+  """A Keras-style `model.summary()`: per-layer output shape and parameters."""
+  rows = layer_table(model, image_size)
+  lines = [f'VGG-{model.variant}  (input {image_size or model.image_size}x'
+           f'{image_size or model.image_size}x3, {model.num_classes} classes)',
+           f'{"layer":<12}{"output shape":<22}{"params":>14}{"MMACs":>12}',
+           '-' * 60]
+  for name, shape, n_params, macs in rows:
+    lines.append(f'{name:<12}{str(shape):<22}{n_params:>14,}{macs / 1e6:>12,.1f}')
+  total = sum(r[2] for r in rows)
+  macs = sum(r[3] for r in rows)
+  lines += ['-' * 60, f'{"total":<34}{total:>14,}{macs / 1e6:>12,.1f}',
+            f'forward cost: {macs / 1e9:.2f} GMACs per image']
+  return '\n'.join(lines)
+
+
+def table2(num_classes: int = 1000, image_size: int = 224) -> str:
+  """Table 2 of the paper with exact counts, plus forward GMACs per image."""
+  lines = [f'{"config":<8}{"weight layers":>14}{"params":>16}{"GMACs":>8}']
+  for variant in CONFIGS:
+    model = VGG(variant=variant, num_classes=num_classes, image_size=image_size)
+    rows = layer_table(model)
+    weight_layers = sum(1 for r in rows if r[0].startswith(('conv', 'fc')))
+    lines.append(f'{variant:<8}{weight_layers:>14}{sum(r[2] for r in rows):>16,}'
+                 f'{sum(r[3] for r in rows) / 1e9:>8.2f}')
+  return '\n'.join(lines)
+
+
+def plot(model: VGG, path: str, image_size: Optional[int] = None) -> None:
+  """Draws the architecture (like Keras' `plot_model`) as a PNG."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  from matplotlib.patches import FancyBboxPatch
+
+  rows = layer_table(model, image_size)
+  colours = {'conv': '#4C72B0', 'bn': '#8172B2', 'lrn': '#DD8452',
+             'fc': '#55A868'}
+  fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows) + 2), 4.2))
+  x = 0.0
+  previous_side = None
+  for name, shape, n_params, _ in rows:
+    side = shape[0] if len(shape) == 3 else 1
+    if previous_side is not None and side < previous_side and name.startswith('conv'):
+      ax.text(x + 0.1, 0.05, 'pool', rotation=90, fontsize=7, color='grey')
+      x += 0.35
+    previous_side = side
+    channels = shape[-1]
+    height = 0.6 + 2.2 * math.log2(max(channels, 1)) / 12
+    kind = next(k for k in colours if name.startswith(k))
+    ax.add_patch(FancyBboxPatch((x, 2 - height / 2), 0.42, height,
+                                boxstyle='round,pad=0.02', color=colours[kind]))
+    ax.text(x + 0.21, 2 + height / 2 + 0.1, name, rotation=90, ha='center',
+            va='bottom', fontsize=7)
+    ax.text(x + 0.21, 2 - height / 2 - 0.1,
+            'x'.join(str(s) for s in shape), rotation=90, ha='center',
+            va='top', fontsize=6)
+    x += 0.55
+  total = count_params(abstract_variables(model, image_size)['params'])
+  ax.set_title(f'VGG-{model.variant}: {len(rows)} layers, {total:,} parameters')
+  ax.set_xlim(-0.3, x + 0.2)
+  ax.set_ylim(-0.6, 4.6)
+  ax.axis('off')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _main(argv):
+  from absl import flags
+  FLAGS = flags.FLAGS
+  if FLAGS.all:
+    print(table2(FLAGS.num_classes, FLAGS.image_size))
+    return
+  model = VGG(variant=FLAGS.variant, num_classes=FLAGS.num_classes,
+              image_size=FLAGS.image_size, kernel_size=FLAGS.kernel_size,
+              width=FLAGS.width, head=FLAGS.head, lrn=FLAGS.lrn,
+              conv1x1=FLAGS.conv1x1, batch_norm=FLAGS.batch_norm,
+              fc_width=FLAGS.fc_width)
+  print(summary(model))
+  if FLAGS.plot:
+    plot(model, FLAGS.plot)
+    print(f'architecture drawn to {FLAGS.plot}')
+
+
+def _define_flags():
+  from absl import flags
+  flags.DEFINE_enum('variant', 'D', list(CONFIGS), 'Row of Table 1.')
+  flags.DEFINE_bool('all', False, 'Print Table 2 for every variant.')
+  flags.DEFINE_integer('num_classes', 1000, 'Classes.')
+  flags.DEFINE_integer('image_size', 224, 'Input side.')
+  flags.DEFINE_integer('kernel_size', 3, 'Side of the stacked convs.')
+  flags.DEFINE_float('width', 1.0, 'Channel multiplier.')
+  flags.DEFINE_integer('fc_width', 4096, 'Hidden FC width.')
+  flags.DEFINE_enum('head', 'fc', list(HEADS), 'Classifier head.')
+  flags.DEFINE_bool('lrn', None, 'LRN after conv1_1 (default: the variant\'s).')
+  flags.DEFINE_bool('conv1x1', None, '1x1 convs ending stages 3-5 (default: the variant\'s).')
+  flags.DEFINE_bool('batch_norm', False, 'BatchNorm after every conv.')
+  flags.DEFINE_string('plot', None, 'Draw the architecture to this PNG file.')
+
+
+if __name__ == '__main__':
+  from absl import app
+  _define_flags()
+  app.run(_main)
