@@ -1,0 +1,203 @@
+"""The model against the paper's numbers and against independent computations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_jax import model as vgg
+
+# Table 2, exact (VGG_REFERENCE.md): 224x224 input, 1000 classes.
+PAPER_PARAMS = {
+    'A': 132_863_336, 'A-LRN': 132_863_336, 'B': 133_047_848,
+    'C': 133_638_952, 'D': 138_357_544, 'E': 143_667_240,
+}
+PAPER_GMACS = {'A': 7.61, 'A-LRN': 7.61, 'B': 11.31, 'C': 11.77, 'D': 15.47, 'E': 19.63}
+PAPER_WEIGHT_LAYERS = {'A': 11, 'A-LRN': 11, 'B': 13, 'C': 16, 'D': 16, 'E': 19}
+FC_PARAMS = 123_642_856
+
+
+@pytest.mark.parametrize('variant', list(vgg.CONFIGS))
+def test_parameter_count_and_cost_match_table2(variant):
+  rows = vgg.layer_table(vgg.VGG(variant=variant))
+  assert sum(r[2] for r in rows) == PAPER_PARAMS[variant]
+  assert sum(r[2] for r in rows if r[0].startswith('fc')) == FC_PARAMS
+  assert round(sum(r[3] for r in rows) / 1e9, 2) == PAPER_GMACS[variant]
+  weight_layers = [r for r in rows if r[0].startswith(('conv', 'fc'))]
+  assert len(weight_layers) == PAPER_WEIGHT_LAYERS[variant]
+
+
+def test_config_c_has_1x1_convs_ending_stages_3_to_5():
+  kernels = {s.name: s.kernel_size for s in vgg.resolve_layers('C')}
+  assert [n for n, k in kernels.items() if k == 1] == ['conv3_3', 'conv4_3', 'conv5_3']
+  assert all(k == 3 for n, k in kernels.items() if n not in ('conv3_3', 'conv4_3', 'conv5_3'))
+
+
+def test_knobs_are_config_changes():
+  # The "shallow net" of §2.3: B with each pair of 3x3 convs replaced by one 5x5.
+  shallow = vgg.resolve_layers('B', depths=(1, 1, 1, 1, 1), kernel_size=5)
+  assert [(s.name, s.kernel_size) for s in shallow] == [
+      (f'conv{i}_1', 5) for i in range(1, 6)]
+  # 1x1 convs on another depth, and a width multiplier.
+  d_1x1 = vgg.resolve_layers('D', conv1x1=True, width=0.25)
+  assert [s.name for s in d_1x1 if s.kernel_size == 1] == ['conv3_4', 'conv4_4', 'conv5_4']
+  assert [s.features for s in d_1x1 if s.name.endswith('_1')] == [16, 32, 64, 128, 128]
+  # 5x5 pair replacement: conv weights 25 C^2 against 2 * 9 C^2 for the pair.
+  b = vgg.count_params(vgg.abstract_variables(vgg.VGG(variant='B'))['params'])
+  b5 = vgg.count_params(vgg.abstract_variables(
+      vgg.VGG(variant='B', depths=(1,) * 5, kernel_size=5))['params'])
+  assert b - b5 == _b_minus_shallow()
+
+
+def _b_minus_shallow():
+  """Conv weights and biases of B minus those of its 5x5 'shallow net'."""
+  widths = vgg.STAGE_WIDTHS
+  b = 0
+  c_in = 3
+  for c in widths:  # two 3x3 convs per stage
+    b += 9 * c_in * c + c + 9 * c * c + c
+    c_in = c
+  shallow = 0
+  c_in = 3
+  for c in widths:  # one 5x5 conv per stage
+    shallow += 25 * c_in * c + c
+    c_in = c
+  return b - shallow
+
+
+@pytest.mark.parametrize('bad, message', [
+    (dict(variant='F'), 'unknown VGG variant'),
+    (dict(kernel_size=4), 'kernel_size=4 is not supported'),
+    (dict(depths=(1, 1, 1)), 'five stages'),
+    (dict(image_size=16), 'too small for the fc head'),
+])
+def test_impossible_settings_fail_clearly(bad, message):
+  with pytest.raises(ValueError, match=message):
+    vgg.abstract_variables(vgg.VGG(**bad))
+
+
+def test_input_smaller_than_training_crop_fails_clearly():
+  model = vgg.VGG(variant='A', width=0.125, fc_width=16, image_size=64)
+  with pytest.raises(ValueError, match='too small for this model'):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def _tf():
+  return pytest.importorskip('tensorflow')
+
+
+def test_lrn_equals_tensorflow():
+  tf = _tf()
+  x = np.random.default_rng(0).normal(0, 30, (2, 5, 6, 17)).astype(np.float32)
+  for radius, bias, alpha, beta in [(2, 2.0, 1e-4, 0.75), (1, 1.0, 1e-2, 0.5)]:
+    ours = vgg.LocalResponseNorm(radius, bias, alpha, beta).apply({}, x)
+    ref = tf.nn.local_response_normalization(
+        x, depth_radius=radius, bias=bias, alpha=alpha, beta=beta).numpy()
+    assert np.max(np.abs(np.asarray(ours) - ref)) <= 1e-5
+
+
+TINY = dict(width=1 / 16, fc_width=32, num_classes=7)
+
+
+@pytest.mark.parametrize('variant', list(vgg.CONFIGS))
+def test_every_variant_trains_forward_and_backward(variant):
+  model = vgg.VGG(variant=variant, image_size=32, batch_norm=variant == 'B', **TINY)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+
+  def loss(params):
+    logits, _ = model.apply({**variables, 'params': params}, x, train=True,
+                            rngs={'dropout': jax.random.key(2)}, mutable=['batch_stats'])
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
+
+  value, grads = jax.value_and_grad(loss)(variables['params'])
+  assert np.isfinite(value)
+  assert set(grads) == set(variables['params'])
+  assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+  assert all(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_dense_evaluation_averages_the_classic_head_over_windows():
+  """§3.2: on a larger image the FC layers slide as convs and scores are averaged.
+
+  Computed independently: run the classic head on every 2x2 window (the FC1
+  window at a 64 crop) of the last feature map and average the logits.
+  """
+  model = vgg.VGG(variant='A', image_size=64, **TINY)
+  x = jax.random.normal(jax.random.key(1), (2, 96, 128, 3))  # last map 3x4
+  params = model.init(jax.random.key(0), x[:, :64, :64])['params']
+  dense = model.apply({'params': params}, x)
+
+  # The conv trunk's last feature map, pooled as the model pools it.
+  capture = model.apply({'params': params}, x, capture_intermediates=True,
+                        mutable=['intermediates'])[1]['intermediates']
+  last_conv = capture['conv5_2']['__call__'][0]
+  fmap = jax.lax.reduce_window(last_conv, -jnp.inf, jax.lax.max,
+                               (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  assert fmap.shape[1:3] == (3, 4)
+  w1 = params['fc1']['kernel']
+  scores = []
+  for i in range(fmap.shape[1] - 1):
+    for j in range(fmap.shape[2] - 1):
+      window = fmap[:, i:i + 2, j:j + 2].reshape(2, -1)
+      h = jax.nn.relu(window @ w1.reshape(-1, w1.shape[-1]) + params['fc1']['bias'])
+      h = jax.nn.relu(h @ params['fc2']['kernel'] + params['fc2']['bias'])
+      scores.append(h @ params['fc3']['kernel'] + params['fc3']['bias'])
+  np.testing.assert_allclose(dense, np.mean(scores, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_gap_head_takes_any_size_and_bf16_keeps_float32_params():
+  model = vgg.VGG(variant='A', head='gap', dtype=jnp.bfloat16, **TINY)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
+  for side in (32, 48):
+    out = model.apply(variables, jnp.ones((3, side, side, 3)))
+    assert out.shape == (3, 7) and out.dtype == jnp.float32
+
+
+def test_paper_init_has_std_0_01_and_zero_bias():
+  params = vgg.VGG(variant='A', image_size=32, width=0.5, fc_width=512).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  kernel = np.asarray(params['conv4_1']['kernel'])
+  assert abs(kernel.std() - 0.01) < 5e-4
+  assert not np.any(np.asarray(params['conv4_1']['bias']))
+
+
+def test_summary_cli_prints_layers_and_total(capsys):
+  text = vgg.summary(vgg.VGG(variant='D'))
+  assert '138,357,544' in text and 'conv5_3' in text and '15.47 GMACs' in text
+  table = vgg.table2()
+  assert all(f'{n:,}' in table for n in PAPER_PARAMS.values())
+
+
+def test_plot_writes_a_png(tmp_path):
+  pytest.importorskip('matplotlib')
+  path = tmp_path / 'vgg.png'
+  vgg.plot(vgg.VGG(variant='C', image_size=32, **TINY), str(path))
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('side, kernel', [(2, 3), (1, 3), (3, 5), (2, 7)])
+def test_small_map_conv_equals_the_plain_convolution(side, kernel):
+  """The CPU fast path: same outputs and same gradients as lax's convolution."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (4, side, side, 24))
+  w = jax.random.normal(keys[1], (kernel, kernel, 24, 40))
+  cotangent = jax.random.normal(keys[2], (4, side, side, 40))
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def run(conv):
+    out, vjp = jax.vjp(lambda x, w: conv(x, w, (1, 1), 'SAME', dimension_numbers=dn), x, w)
+    return (out, *vjp(cotangent))
+
+  for fast, plain in zip(run(vgg.small_map_conv), run(jax.lax.conv_general_dilated)):
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(plain))))
+
+
+def test_model_uses_the_fast_path_on_cpu_with_equal_results():
+  model = vgg.VGG(variant='B', image_size=32, **TINY)
+  plain = model.clone(conv_fn=jax.lax.conv_general_dilated)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  params = model.init(jax.random.key(0), x)
+  assert vgg.default_conv_fn() is vgg.small_map_conv
+  np.testing.assert_allclose(model.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,71 @@
+"""Data parallelism: a step's result does not depend on the number of devices."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vgg_jax import optim, parallel, train
+from vgg_jax.model import VGG
+
+OPTIMIZER = ml_collections.ConfigDict(dict(
+    learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule='cosine',
+    warmup_epochs=0.0))
+
+
+def _run_steps(devices, batch_norm, steps=3, batch_size=16):
+  mesh = parallel.make_mesh(devices)
+  model = VGG(variant='A', image_size=32, width=1 / 16, fc_width=32, num_classes=5,
+              batch_norm=batch_norm, dropout_rate=0.5)
+  tx = optim.create_optimizer(OPTIMIZER, num_steps=10, steps_per_epoch=5)
+  lr_fn = optim.learning_rate_fn(OPTIMIZER, 10, 5)
+  state = jax.jit(lambda k: train.create_train_state(model, tx, k, 32),
+                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, lr_fn=lr_fn,
+                                               dropout_key=jax.random.key(1)),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=(parallel.replicated(mesh),) * 2, donate_argnums=0)
+  rng = np.random.default_rng(0)
+  losses = []
+  for _ in range(steps):
+    batch = {'image': rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 5, batch_size).astype(np.int32)}
+    state, metrics = step(state, parallel.global_batch(batch, mesh))
+    losses.append(float(metrics['train/loss']))
+  return jax.device_get(state), losses
+
+
+@pytest.mark.parametrize('batch_norm', [False, True])
+def test_eight_devices_equal_one(batch_norm):
+  assert jax.device_count() == 8, 'tests/conftest.py sets eight CPU devices'
+  one, losses_one = _run_steps(jax.devices()[:1], batch_norm)
+  eight, losses_eight = _run_steps(jax.devices(), batch_norm)
+  np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # Dropout and the updates did something: parameters moved from their init.
+  assert int(one.step) == 3
+
+
+def test_global_batch_splits_rows_over_devices():
+  mesh = parallel.make_mesh()
+  batch = parallel.global_batch({'x': np.arange(16, dtype=np.float32)}, mesh)
+  assert batch['x'].shape == (16,)
+  shards = sorted(batch['x'].addressable_shards, key=lambda s: s.index[0].start)
+  assert [s.data.tolist() for s in shards] == [[2 * i, 2 * i + 1] for i in range(8)]
+
+
+def test_batch_not_divisible_by_devices_is_a_clear_error():
+  with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8 devices'):
+    parallel.check_batch_size(12, parallel.make_mesh())
+
+
+def test_plateau_divides_the_rate_after_patience_evaluations():
+  plateau = optim.Plateau.create()
+  accuracies = [0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7]
+  scales = []
+  for acc in accuracies:
+    plateau = optim.plateau_update(plateau, acc, patience=2, factor=0.1, max_reductions=3)
+    scales.append(round(float(plateau.scale), 6))
+  assert scales == [1, 1, 1, 0.1, 0.1, 0.1, 0.01]

@@ -1,0 +1,76 @@
+"""One device mesh, its shardings, global batches and multi-host start-up.
+
+Data parallelism here has `jax.pmap`'s semantics (replicated state, each device
+takes a slice of the batch, gradients averaged over the whole batch) but is
+written as `jax.jit` over a one-axis mesh, since JAX keeps `pmap` in maintenance
+mode only. The train state is replicated (`P()`), batches are split along their
+leading axis (`P('data')`), and XLA inserts the all-reduce that `pmap` code
+writes by hand as `lax.pmean`. Because arrays are global, a loss averaged in the
+step is averaged over the global batch, so results do not depend on the number
+of devices, batch norm statistics and dropout masks included.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+  """Joins a multi-process job; a no-op for a plain single-process run.
+
+  With explicit arguments any cluster works; without them JAX detects SLURM
+  (and other managed clusters) from the environment, which is how
+  `srun python -m vgg_jax.train ...` starts one process per task.
+  """
+  if coordinator_address is not None or num_processes is not None:
+    if coordinator_address is None or num_processes is None or process_id is None:
+      raise ValueError('multi-process runs need all of --coordinator_address, '
+                       '--num_processes and --process_id (or none, under SLURM)')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1:
+    jax.distributed.initialize()
+  else:
+    return
+  logging.info('process %d of %d joined: %d local devices, %d in all',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(devices: Optional[list[Any]] = None) -> Mesh:
+  """A one-axis mesh over every device of every process."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  devices = mesh.devices.size
+  if global_batch_size % devices:
+    raise ValueError(
+        f'batch_size={global_batch_size} is not divisible by the {devices} '
+        f'devices: use a multiple of {devices}, e.g. '
+        f'--config.batch_size={max(devices, global_batch_size // devices * devices)}')
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's rows into arrays split over all devices."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}

@@ -1,0 +1,331 @@
+"""Training: `python -m vgg_jax.train --config=configs/default.py --workdir=DIR`.
+
+The same command resumes a stopped run from its newest checkpoint. Config
+fields are overridden on the command line (`--config.model.variant=D`).
+
+The step is data-parallel with `pmap` semantics, written as `jax.jit` over a
+one-axis device mesh (see `vgg_jax.parallel`). Everything the loop does besides
+compiled steps (reading data, logging, evaluating, checkpointing) happens at the
+edges, and nothing inside the loop waits for the device except the periodic
+logging, evaluation and checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+from clu import metric_writers, parameter_overview
+from ml_collections import config_flags
+
+from vgg_jax import checkpoints, data, evaluation, optim, parallel
+from vgg_jax.model import VGG
+
+# --------------------------------------------------------------------------
+# Model, state and steps.
+# --------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  plateau: optim.Plateau
+
+
+def create_model(model_cfg, num_classes: int, image_size: int) -> VGG:
+  kwargs = dict(model_cfg)
+  kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+  if kwargs.get('depths') is not None:
+    kwargs['depths'] = tuple(kwargs['depths'])
+  return VGG(num_classes=num_classes, image_size=image_size, **kwargs)
+
+
+def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Array,
+                       image_size: int) -> TrainState:
+  variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params), plateau=optim.Plateau.create())
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.GradientTransformation,
+               lr_fn: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
+  """One SGD step on the global batch; pure, so it is compiled once."""
+  # Dropout masks depend on the step only: a resumed run draws the same masks.
+  rng = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, new_model_state = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+    return cross_entropy(logits, batch['label']), (logits, new_model_state)
+
+  (loss, (logits, new_model_state)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree_util.tree_map(lambda u: u * state.plateau.scale, updates)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      'train/loss': loss,
+      'train/top1_error': jnp.mean(jnp.argmax(logits, -1) != batch['label']),
+      'lr': lr_fn(state.step) * state.plateau.scale,
+  }
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            batch_stats=new_model_state.get('batch_stats', state.batch_stats))
+  return new_state, metrics
+
+
+# --------------------------------------------------------------------------
+# Schedules of the loop: steps, logging, evaluation, checkpoints.
+# --------------------------------------------------------------------------
+
+
+def steps_per_epoch(config, num_train_examples: int) -> int:
+  return max(1, num_train_examples // config.batch_size)
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  if config.num_train_steps and config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(round(config.num_epochs * steps_per_epoch(config, num_train_examples)))
+
+
+def every(n: int, default: int) -> int:
+  """An interval in steps; -1 (or 0) stands for the default, e.g. one epoch."""
+  return n if n and n > 0 else default
+
+
+def validate(config) -> None:
+  """Config errors found before anything touches the disk."""
+  data_cfg = config.data
+  s_min, s_max = data_cfg.train_scale
+  if s_min > s_max:
+    raise ValueError(f'data.train_scale={tuple(data_cfg.train_scale)} must be (min, max) '
+                     'with min <= max')
+  if data_cfg.image_size > s_min:
+    raise ValueError(
+        f'data.image_size={data_cfg.image_size} is larger than the smallest training '
+        f'scale S={s_min}: crops must fit in the rescaled image; raise '
+        f'data.train_scale or lower data.image_size')
+  if data_cfg.image_size > data_cfg.test_scale:
+    raise ValueError(
+        f'data.image_size={data_cfg.image_size} is larger than data.test_scale='
+        f'{data_cfg.test_scale}: the centre crop must fit; raise data.test_scale')
+  if config.batch_size <= 0:
+    raise ValueError(f'batch_size={config.batch_size} must be positive')
+  if config.optimizer.schedule not in optim.SCHEDULES:
+    raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
+                     f'one of {", ".join(optim.SCHEDULES)}')
+
+
+class MetricsLog:
+  """`metrics.jsonl` (one JSON object per logged step) plus clu's writers."""
+
+  def __init__(self, workdir: str, start_step: int):
+    self.primary = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not self.primary)
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    if self.primary:
+      self._truncate_after(start_step)
+
+  def _truncate_after(self, step: int) -> None:
+    # A killed run may have logged past its last checkpoint; the resumed run
+    # logs those steps again, so drop them to keep one line per step.
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step: int, scalars: dict) -> None:
+    self.writer.write_scalars(step, scalars)
+    if self.primary:
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': step, **scalars}) + '\n')
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def save_config(config, workdir: str) -> None:
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, 'config.json')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) a run in `workdir`; returns the final evaluation."""
+  validate(config)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  info = data.dataset_info(config.data)
+  image_size = config.data.image_size
+  model = create_model(config.model, info.num_classes, image_size)
+  model.layers()  # unknown variants and bad knobs fail here, before any I/O
+  model.check_input(image_size, image_size)
+
+  num_train = info.num_examples[config.data.train_split]
+  epoch_steps = steps_per_epoch(config, num_train)
+  num_steps = total_steps(config, num_train)
+  lr_fn = optim.learning_rate_fn(config.optimizer, num_steps, epoch_steps)
+  tx = optim.create_optimizer(config.optimizer, num_steps, epoch_steps)
+
+  root = jax.random.key(config.seed)
+  init_key, dropout_key = jax.random.split(root)
+  replicated = parallel.replicated(mesh)
+  # The state is created already replicated on every device: no host copy.
+  state = jax.jit(lambda k: create_train_state(model, tx, k, image_size),
+                  out_shardings=replicated)(init_key)
+
+  os.makedirs(workdir, exist_ok=True)
+  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  if mngr.latest_step() is not None:
+    state = checkpoints.restore(mngr, checkpoints.abstract_like(state))
+    logging.info('resumed from the checkpoint at step %d', int(state.step))
+  else:
+    parameter_overview.log_parameter_overview(state.params)
+  save_config(config, workdir)
+  start_step = int(state.step)
+
+  step_fn = jax.jit(
+      lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
+      in_shardings=(replicated, parallel.batch_sharded(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_step = evaluation.make_eval_step(model.apply, mesh)
+
+  def run_eval():
+    batches = data.eval_batches(config.data, split=config.data.eval_split,
+                                global_batch_size=config.batch_size,
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    return evaluation.evaluate(eval_step, variables, batches, mesh)
+
+  log = MetricsLog(workdir, start_step)
+  log_every = every(config.log_every_steps, 50)
+  eval_every = every(config.eval_every_steps, epoch_steps)
+  checkpoint_every = every(config.checkpoint_every_steps, epoch_steps)
+  batches = data.train_batches(config.data, global_batch_size=config.batch_size,
+                               seed=config.seed, start_step=start_step,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+  logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d',
+               start_step, num_steps, epoch_steps, jax.device_count(), config.batch_size)
+
+  pending, result = [], None
+  timer_step, timer = start_step, time.perf_counter()
+  for step in range(start_step + 1, num_steps + 1):
+    state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh))
+    pending.append(metrics)
+    scalars = {}
+    if step % log_every == 0 or step == num_steps:
+      scalars.update({k: float(np.mean(v)) for k, v in
+                      jax.device_get(jax.tree_util.tree_map(
+                          lambda *xs: jnp.stack(xs), *pending)).items()})
+      pending = []
+      now = time.perf_counter()
+      rate = (step - timer_step) * config.batch_size / (now - timer)
+      timer_step, timer = step, now
+      scalars['img_per_sec'] = rate
+      eta = (num_steps - step) * config.batch_size / max(rate, 1e-9)
+      logging.info('step %d/%d  loss %.4f  top-1 error %.4f  %.0f img/s  ETA %s', step,
+                   num_steps, scalars['train/loss'], scalars['train/top1_error'], rate,
+                   time.strftime('%H:%M:%S', time.gmtime(eta)))
+    if step % eval_every == 0 or step == num_steps:
+      eval_start = time.perf_counter()
+      result = run_eval()
+      scalars.update({f'eval/{k}': v for k, v in result.items() if k != 'num_examples'})
+      if config.optimizer.schedule == 'plateau':
+        state = state.replace(plateau=optim.plateau_update(
+            state.plateau, 1.0 - result['top1_error'],
+            patience=config.optimizer.plateau_patience,
+            factor=config.optimizer.plateau_factor,
+            max_reductions=config.optimizer.plateau_max_reductions))
+      logging.info('step %d  eval top-1 error %.4f  top-5 error %.4f  (%d examples)', step,
+                   result['top1_error'], result['top5_error'], result['num_examples'])
+      timer += time.perf_counter() - eval_start  # evaluation is not training time
+    if scalars:
+      log.write(step, scalars)
+    if step % checkpoint_every == 0 or step == num_steps:
+      checkpoints.save(mngr, state, step)
+
+  if result is None:  # resumed after the last step: evaluate what is there
+    result = run_eval()
+  mngr.wait_until_finished()
+  mngr.close()
+  log.close()
+  logging.info('final test accuracy %.2f%% (top-1 error %.4f) at step %d',
+               100 * (1 - result['top1_error']), result['top1_error'], num_steps)
+  return result
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for multi-process runs.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+
+# Errors that mean "the user asked for something impossible": one line, exit 2.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  # TensorFlow serves tfds only; hide the GPUs so it reserves no memory on them.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  try:
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                    _PROCESS_ID.value)
+    logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices())
+    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except USER_ERRORS as e:
+    sys.exit(f'vgg_jax.train: error: {e}')
+  print(f'final test accuracy: {100 * (1 - result["top1_error"]):.2f}% '
+        f'({result["num_examples"]} examples)')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  jax.config.config_with_absl()
+  app.run(main)
