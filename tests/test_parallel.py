@@ -20,8 +20,7 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16):
               batch_norm=batch_norm, dropout_rate=0.5)
   tx = optim.create_optimizer(OPTIMIZER, num_steps=10, steps_per_epoch=5)
   lr_fn = optim.learning_rate_fn(OPTIMIZER, 10, 5)
-  state = jax.jit(lambda k: train.create_train_state(model, tx, k, 32),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+  state = train.create_train_state(model, tx, jax.random.key(0), 32, mesh)
   step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, lr_fn=lr_fn,
                                                dropout_key=jax.random.key(1)),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),

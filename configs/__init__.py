@@ -1,0 +1,1 @@
+"""Experiment configurations: Python files returning ml_collections ConfigDicts."""

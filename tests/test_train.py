@@ -1,0 +1,125 @@
+"""The training job end to end, on the built-in dataset's 'tiny' config."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from vgg_jax import checkpoints, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 240
+OVERRIDES = {
+    'data.builder_config': 'tiny', 'model.width': 1 / 16, 'model.fc_width': 16,
+    'batch_size': 16, 'num_train_steps': STEPS, 'log_every_steps': 40,
+    'eval_every_steps': 120, 'checkpoint_every_steps': 30, 'keep_checkpoints': 2,
+}
+
+
+def tiny_config(data_dir, **extra):
+  config = default.get_config()
+  config.data.data_dir = str(data_dir)
+  for key, value in {**OVERRIDES, **extra}.items():
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def cli_args(config_file, workdir, data_dir, **extra):
+  flags = [f'--config.{k}={v}' for k, v in {**OVERRIDES, **extra}.items()]
+  return [sys.executable, '-m', 'vgg_jax.train', f'--config={config_file}',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}', *flags]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  result = train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  return workdir, result
+
+
+def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
+  workdir, result = uninterrupted
+  assert result['num_examples'] == 100  # the whole tiny test split, once
+  assert 0.0 <= result['top1_error'] <= 1.0
+  assert checkpoints.available_steps(str(workdir)) == [STEPS - 30, STEPS]
+  params = checkpoints.restore_params(str(workdir))
+  assert isinstance(params['conv1_1']['kernel'], np.ndarray)
+  assert params['fc1']['kernel'].shape == (1, 1, 32, 16)  # 32 crop: FC1 on a 1x1 map
+
+  lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  assert [l['step'] for l in lines] == list(range(40, STEPS + 1, 40))
+  assert {'train/loss', 'train/top1_error', 'lr', 'img_per_sec'} <= set(lines[0])
+  evals = [l for l in lines if 'eval/top1_error' in l]
+  assert [l['step'] for l in evals] == [120, 240]
+  assert evals[-1]['eval/top1_error'] == pytest.approx(result['top1_error'])
+  saved = json.load(open(workdir / 'config.json'))
+  assert saved['model']['variant'] == 'A' and saved['num_train_steps'] == STEPS
+
+
+def test_sigkill_after_a_checkpoint_then_rerun_equals_uninterrupted(
+    uninterrupted, tmp_path, data_dir):
+  workdir = tmp_path / 'killed'
+  cmd = cli_args(os.path.join(REPO, 'configs/default.py'), workdir, data_dir)
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt = workdir / 'checkpoints'
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    done = [d for d in os.listdir(ckpt) if d.isdigit()] if ckpt.exists() else []
+    if done:
+      proc.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+  killed_at = checkpoints.available_steps(str(workdir))
+  assert killed_at and max(killed_at) < STEPS
+
+  train.train_and_evaluate(tiny_config(data_dir), str(workdir))
+  expected = checkpoints.restore_params(str(uninterrupted[0]))
+  resumed = checkpoints.restore_params(str(workdir))
+  for a, b in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  steps = [json.loads(l)['step'] for l in open(workdir / 'metrics.jsonl')]
+  assert steps == sorted(set(steps))  # no step logged twice across the kill
+
+
+@pytest.mark.parametrize('override, message', [
+    ({'model.variant': 'F'}, 'unknown VGG variant'),
+    ({'batch_size': 12}, 'not divisible by the 8 devices'),
+    ({'data.image_size': 48}, 'larger than the smallest training scale'),
+    ({'data.name': 'image_folder', 'data.folder': '/nonexistent/folder'}, '/nonexistent/folder'),
+    ({'data.name': 'no_such_dataset_xyz'}, 'no_such_dataset_xyz'),
+])
+def test_bad_config_fails_clearly_and_leaves_checkpoints_untouched(
+    uninterrupted, data_dir, override, message):
+  workdir = uninterrupted[0]
+  before = {p: os.stat(os.path.join(r, p)).st_mtime_ns
+            for r, _, files in os.walk(workdir) for p in files}
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.train_and_evaluate(tiny_config(data_dir, **override), str(workdir))
+  after = {p: os.stat(os.path.join(r, p)).st_mtime_ns
+           for r, _, files in os.walk(workdir) for p in files}
+  assert before == after
+
+
+def test_cli_error_is_one_line_with_nonzero_exit(tmp_path, data_dir):
+  cmd = cli_args(os.path.join(REPO, 'configs/default.py'), tmp_path / 'w', data_dir,
+                 **{'model.variant': 'Z'})
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith('vgg_jax.train: error: unknown VGG variant') and 'choose one of' in last
+  assert not (tmp_path / 'w').exists()
