@@ -1,0 +1,218 @@
+"""Imports trained VGG weights from Keras and torchvision into `vgg_jax.model.VGG`.
+
+Both references build configs D and E (torchvision also A and B, with and without
+BatchNorm), so their ImageNet weights give checked starting points and let the
+forward pass be tested layer for layer against independent implementations.
+
+    variables, kwargs = from_keras(keras.applications.VGG16())
+    logits = VGG(**kwargs).apply(variables, images)  # keras-preprocessed NHWC
+
+    variables = from_torchvision(torchvision.models.vgg16_bn().state_dict())
+    logits = VGG(variant='D', batch_norm=True).apply(variables, images)
+
+Both return flax variables of float32 jax arrays: {'params': ...}, plus
+{'batch_stats': ...} for torchvision's `_bn` models. Each checks every shape
+against the model it targets and raises a one-line ValueError on a mismatch.
+Neither library is imported here: they are only needed to produce the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from vgg_jax import model as vgg
+
+# The configs the reference libraries build; C has as many convs as D, so it
+# cannot be told apart by depth and neither library has it anyway.
+REFERENCE_VARIANTS = ('A', 'B', 'D', 'E')
+
+
+def _variant_for(num_convs: int) -> Optional[str]:
+  """The reference config with this many conv layers, if any."""
+  by_depth = {len(vgg.resolve_layers(v)): v for v in REFERENCE_VARIANTS}
+  return by_depth.get(num_convs)
+
+
+def _numpy(value) -> np.ndarray:
+  """A float32 array from a numpy array or a torch tensor (torch not imported)."""
+  if hasattr(value, 'detach'):
+    value = value.detach().cpu().numpy()
+  return np.asarray(value, dtype=np.float32)
+
+
+def _conv_params(kernels, biases, variant: Optional[str], source: str):
+  """Names HWIO conv kernels (and biases, None for none) in order as ours.
+
+  Returns the params dict and the variant, inferred from the number of convs
+  when not given, so a checkpoint of the wrong depth fails here with the fix.
+  """
+  guess = _variant_for(len(kernels))
+  variant = variant or guess
+  if variant is None:
+    raise ValueError(
+        f'{source} has {len(kernels)} conv layers, which matches no VGG config '
+        f'({", ".join(f"{v}: {len(vgg.resolve_layers(v))}" for v in REFERENCE_VARIANTS)})')
+  names = [spec.name for spec in vgg.resolve_layers(variant)]
+  if len(names) != len(kernels):
+    hint = f"use variant='{guess}'" if guess else 'check the checkpoint'
+    raise ValueError(
+        f'{source} has {len(kernels)} conv layers but variant {variant!r} has '
+        f'{len(names)}: {hint}')
+  params = {}
+  for name, kernel, bias in zip(names, kernels, biases):
+    params[name] = {'kernel': kernel}
+    if bias is not None:
+      params[name]['bias'] = bias
+  return params, variant
+
+
+def _checked(variables, model: vgg.VGG, source: str):
+  """`variables` as jax arrays, if they have exactly the tree `model.init` makes.
+
+  Raises ValueError naming the first mismatching variable otherwise. Arrays
+  are moved to the device once here rather than on every `apply`, where
+  the transposed numpy views would also be copied each time. Contiguous
+  arrays are copied first: on CPU, jax aliases large contiguous numpy buffers
+  (even through `jnp.array`), which may be the torch tensors themselves, and
+  a later `load_state_dict` would overwrite them under us.
+  """
+  expected = traverse_util.flatten_dict(vgg.abstract_variables(model), sep='/')
+  got = traverse_util.flatten_dict(variables, sep='/')
+  for path in sorted(expected.keys() | got.keys()):
+    want = expected[path].shape if path in expected else None
+    have = got[path].shape if path in got else None
+    if want != have:
+      kind = ('is missing' if have is None else 'is not in the model' if want is None
+              else f'has shape {have}, expected {want}')
+      raise ValueError(
+          f'{source}: {path} {kind} for VGG(variant={model.variant!r}, '
+          f'batch_norm={model.batch_norm}, num_classes={model.num_classes}, '
+          f'image_size={model.image_size}); check the variant and batch_norm')
+  return jax.tree.map(
+      lambda x: jnp.asarray(x.copy() if x.flags.c_contiguous else x), variables)
+
+
+def _fc1_kernel(matrix: np.ndarray, channels: int, channel_major: bool) -> np.ndarray:
+  """FC1's (in, out) matrix as our (w, w, C, out) conv kernel.
+
+  Keras flattens the last NHWC map row-major over (h, w, c); torchvision
+  flattens NCHW, i.e. over (c, h, w), so its rows are permuted to match.
+  Returns a view where possible: the one copy of these 400 MB is made later.
+  """
+  size_in, size_out = matrix.shape
+  window = int(round((size_in // channels) ** 0.5))
+  if window * window * channels != size_in:
+    raise ValueError(
+        f'fc1 takes {size_in} inputs, not a square map of {channels} channels')
+  if channel_major:
+    # matrix.T is torch's contiguous (out, in) weight, so reshaping it is free.
+    return matrix.T.reshape(size_out, channels, window, window).transpose(2, 3, 1, 0)
+  return matrix.reshape(window, window, channels, size_out)
+
+
+def from_keras(keras_model) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Variables and VGG kwargs from `keras.applications.VGG16` or `VGG19`.
+
+  The keras model must be built with include_top=True: our head needs fc1, fc2
+  and predictions. Feed our model what the keras model is fed, i.e. NHWC images
+  already through `keras.applications.vgg16.preprocess_input` (BGR, mean
+  subtracted), which keras keeps outside the graph. Our VGG returns logits:
+  keras' default classifier_activation='softmax' gives their softmax.
+
+  Args:
+    keras_model: a keras.applications VGG16/VGG19, any weights and num classes.
+
+  Returns:
+    (variables, kwargs) such that `VGG(**kwargs).apply(variables, x)` matches
+    `keras_model(x)` up to the final activation; kwargs holds variant ('D' for
+    13 convs, 'E' for 16), num_classes and image_size (32 * fc1's window).
+  """
+  layers = {layer.name: layer for layer in keras_model.layers}
+  missing = [n for n in ('fc1', 'fc2', 'predictions') if n not in layers]
+  if missing:
+    raise ValueError(
+        f'keras model has no {", ".join(missing)} layer: build it with '
+        'include_top=True (our VGG needs the classifier head)')
+  convs = [layer for layer in keras_model.layers
+           if layer.name.startswith('block') and '_conv' in layer.name]
+  weights = [[_numpy(w) for w in layer.get_weights()] for layer in convs]
+  params, variant = _conv_params([w[0] for w in weights], [w[1] for w in weights],
+                                 None, 'keras model')
+  fc1, fc2, fc3 = ([_numpy(w) for w in layers[n].get_weights()]
+                   for n in ('fc1', 'fc2', 'predictions'))
+  channels = weights[-1][0].shape[-1]
+  fc1_kernel = _fc1_kernel(fc1[0], channels, channel_major=False)
+  params['fc1'] = {'kernel': fc1_kernel, 'bias': fc1[1]}
+  params['fc2'] = {'kernel': fc2[0], 'bias': fc2[1]}
+  params['fc3'] = {'kernel': fc3[0], 'bias': fc3[1]}
+  kwargs = dict(variant=variant, num_classes=fc3[0].shape[-1],
+                image_size=32 * fc1_kernel.shape[0])
+  return _checked({'params': params}, vgg.VGG(**kwargs), 'keras model'), kwargs
+
+
+def from_torchvision(state_dict: Mapping[str, Any],
+                     variant: Optional[str] = None) -> dict[str, Any]:
+  """Variables from a torchvision vgg11/13/16/19 or `_bn` state_dict.
+
+  Use them with `VGG(variant, num_classes=<rows of classifier.6.weight>,
+  batch_norm='batch_stats' in variables)` on NHWC images normalised as
+  torchvision expects. Torchvision's AdaptiveAvgPool2d((7, 7)) is the identity
+  when the last map is 7x7, so outputs are equal for inputs of 224 to 255
+  pixels; elsewhere torchvision resamples the map and we evaluate densely.
+
+  Args:
+    state_dict: `model.state_dict()`; values are torch tensors or numpy arrays.
+    variant: 'A', 'B', 'D' or 'E'; None infers it from the number of convs.
+
+  Returns:
+    {'params': ...}, plus {'batch_stats': ...} when the checkpoint has
+    BatchNorm. Our BN convs have no bias, so torchvision's conv bias b is folded
+    into the running mean (mean - b), which is exact: BN subtracts the mean.
+  """
+  features = {}
+  for key, value in state_dict.items():
+    if key.startswith('features.'):
+      _, index, field = key.split('.')
+      features.setdefault(int(index), {})[field] = value
+  # Sequential order: each conv (4-D weight) is followed by its BatchNorm, if any.
+  convs, norms = [], []
+  for index in sorted(features):
+    layer = features[index]
+    if 'running_mean' in layer:
+      norms.append({k: _numpy(v) for k, v in layer.items() if k != 'num_batches_tracked'})
+    elif layer['weight'].ndim == 4:
+      convs.append({k: _numpy(v).transpose(2, 3, 1, 0) if k == 'weight' else _numpy(v)
+                    for k, v in layer.items()})
+  batch_norm = bool(norms)
+  if batch_norm and len(norms) != len(convs):
+    raise ValueError(f'state_dict has {len(convs)} convs but {len(norms)} BatchNorms')
+  biases = [None if batch_norm else c['bias'] for c in convs]
+  params, variant = _conv_params([c['weight'] for c in convs], biases, variant,
+                                 'torchvision state_dict')
+  variables = {'params': params}
+  if batch_norm:
+    stats = {}
+    for spec, conv, norm in zip(vgg.resolve_layers(variant), convs, norms):
+      name = spec.name.replace('conv', 'bn')
+      params[name] = {'scale': norm['weight'], 'bias': norm['bias']}
+      stats[name] = {'mean': norm['running_mean'] - conv.get('bias', 0.0),
+                     'var': norm['running_var']}
+    variables['batch_stats'] = stats
+
+  def linear(i):
+    return (_numpy(state_dict[f'classifier.{i}.weight']).T,
+            _numpy(state_dict[f'classifier.{i}.bias']))
+
+  (fc1, b1), (fc2, b2), (fc3, b3) = linear(0), linear(3), linear(6)
+  channels = convs[-1]['weight'].shape[-1]
+  params['fc1'] = {'kernel': _fc1_kernel(fc1, channels, channel_major=True), 'bias': b1}
+  params['fc2'] = {'kernel': fc2, 'bias': b2}
+  params['fc3'] = {'kernel': fc3, 'bias': b3}
+  model = vgg.VGG(variant=variant, num_classes=fc3.shape[-1], batch_norm=batch_norm,
+                  image_size=32 * params['fc1']['kernel'].shape[0])
+  return _checked(variables, model, 'torchvision state_dict')
