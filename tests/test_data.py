@@ -1,0 +1,485 @@
+"""Tests of the data package: the built-in dataset, the transforms, the pipeline.
+
+Everything runs on the 'tiny' vgg_shapes config (built once per session in a
+temporary directory) and on small image folders the tests write themselves.
+"""
+
+import hashlib
+import os
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from vgg_jax import data
+from vgg_jax.data import builtin
+from vgg_jax.data import pipeline
+from vgg_jax.data import transforms
+
+TINY_TRAIN, TINY_TEST = 300, 100
+
+
+@pytest.fixture(scope='session')
+def tiny_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('tfds'))
+  builtin.prepare(root, 'tiny')
+  return root
+
+
+def make_cfg(**overrides):
+  cfg = ml_collections.ConfigDict(dict(
+      name='vgg_shapes', folder=None, data_dir=None, builder_config='tiny',
+      image_size=32, train_scale=(32, 64), test_scale=48, color_shift=0.1,
+      mean_rgb=(128.0, 128.0, 128.0), train_split='train', eval_split='test',
+      shuffle=True, num_threads=2, prefetch_batches=2, num_workers=0))
+  cfg.update(overrides)
+  return cfg
+
+
+@pytest.fixture
+def cfg(tiny_dir):
+  return make_cfg(data_dir=tiny_dir)
+
+
+def take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def digest(image):
+  return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------
+# The built-in dataset.
+# --------------------------------------------------------------------------
+
+
+def test_rendering_is_a_pure_function_of_the_seed():
+  a, labels_a, sizes_a = builtin.render_chunk(7, 'train', 0, 40)
+  b, labels_b, sizes_b = builtin.render_chunk(7, 'train', 0, 40)
+  c, _, _ = builtin.render_chunk(8, 'train', 0, 40)
+  assert a.dtype == np.uint8 and a.shape == (40, 64, 64, 3)
+  assert a.tobytes() == b.tobytes()
+  np.testing.assert_array_equal(labels_a, labels_b)
+  np.testing.assert_array_equal(sizes_a, sizes_b)
+  assert a.tobytes() != c.tobytes()
+
+
+def test_prepared_dataset_holds_exactly_the_generated_images(tiny_dir):
+  # TFDS stores examples in its own shuffled order, so compare as sets.
+  config = next(c for c in builtin.VggShapes.BUILDER_CONFIGS if c.name == 'tiny')
+  generated = {(digest(image), label)
+               for _, image, label, _ in builtin.generate(config.seed, 'test', TINY_TEST)}
+  source = data.open_split(make_cfg(data_dir=tiny_dir), 'test')
+  stored = {(digest(source[i][0]), source[i][1]) for i in range(len(source))}
+  assert len(generated) == TINY_TEST
+  assert stored == generated
+
+
+def test_dataset_info(cfg):
+  info = data.dataset_info(cfg)
+  assert info.num_classes == 10
+  assert info.class_names == builtin.CLASS_NAMES
+  assert info.num_examples['train'] == TINY_TRAIN
+  assert info.num_examples['test'] == TINY_TEST
+
+
+def test_object_sizes_span_more_than_3x_and_classes_balance():
+  _, labels, sizes = builtin.render_chunk(0, 'train', 0, builtin.CHUNK)
+  assert sizes.min() >= builtin.OBJECT_SIZES[0]
+  assert sizes.max() <= builtin.OBJECT_SIZES[1]
+  assert sizes.max() / sizes.min() >= 3.0
+  np.testing.assert_array_equal(np.bincount(labels), [builtin.CHUNK // 10] * 10)
+
+
+def test_shapes_are_drawn_at_their_size():
+  # A disc of diameter d on a plain background covers about pi d^2 / 4 pixels.
+  for diameter in (12.0, 40.0):
+    side = builtin.IMAGE_SIDE
+    yy, xx = np.mgrid[:side, :side] + 0.5
+    u, v = (xx - side / 2) / (diameter / 2), (yy - side / 2) / (diameter / 2)
+    coverage = np.clip(0.5 - builtin.SHAPES[0](u, v) * diameter / 2, 0, 1)
+    assert coverage.sum() == pytest.approx(np.pi * diameter**2 / 4, rel=0.02)
+
+
+def test_prepare_rejects_unknown_config(tmp_path):
+  with pytest.raises(ValueError, match="builder_config 'huge'"):
+    builtin.prepare(str(tmp_path), 'huge')
+
+
+# --------------------------------------------------------------------------
+# Transforms.
+# --------------------------------------------------------------------------
+
+
+def random_image(h, w, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize('h, w, scale, expected', [
+    (30, 50, 20, (20, 33)),      # landscape: height becomes S
+    (50, 30, 20, (33, 20)),      # portrait: width becomes S
+    (40, 40, 64, (64, 64)),      # upscaling
+    (375, 500, 256, (256, 341)),  # a typical ImageNet photograph
+])
+def test_rescale_sets_smaller_side_and_keeps_aspect(h, w, scale, expected):
+  out = transforms.rescale(random_image(h, w), scale)
+  assert out.shape == expected + (3,) and out.dtype == np.uint8
+  assert min(out.shape[:2]) == scale
+  assert out.shape[0] / out.shape[1] == pytest.approx(h / w, rel=0.02)
+
+
+def test_rescale_antialiases_when_shrinking():
+  # A one-pixel checkerboard averages to grey; nearest-neighbour would keep 0/255.
+  board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+  out = transforms.rescale(np.repeat(board[..., None], 3, -1), 16)
+  assert np.abs(out.astype(float) - 127.5).max() < 8
+
+
+def test_crops():
+  image = random_image(40, 60)
+  np.testing.assert_array_equal(transforms.crop(image, 3, 5, 32), image[3:35, 5:37])
+  np.testing.assert_array_equal(transforms.centre_crop(image, 32), image[4:36, 14:46])
+  for seed in range(20):
+    out = transforms.random_crop(image, 32, np.random.default_rng(seed))
+    assert out.shape == (32, 32, 3)
+  with pytest.raises(ValueError, match='does not fit'):
+    transforms.crop(image, 10, 0, 32)
+  with pytest.raises(ValueError, match='scale must be at least the crop size'):
+    transforms.random_crop(image, 41, np.random.default_rng(0))
+
+
+def test_random_crop_reaches_every_offset():
+  image = np.arange(6 * 6).reshape(6, 6, 1).repeat(3, -1).astype(np.uint8)
+  rng = np.random.default_rng(0)
+  corners = {int(transforms.random_crop(image, 4, rng)[0, 0, 0]) for _ in range(300)}
+  assert corners == {r * 6 + c for r in range(3) for c in range(3)}
+
+
+def test_flip_is_an_exact_mirror():
+  image = random_image(5, 7)
+  flipped = transforms.flip(image)
+  for j in range(7):
+    np.testing.assert_array_equal(flipped[:, j], image[:, 6 - j])
+  np.testing.assert_array_equal(transforms.flip(flipped), image)
+
+
+def test_pca_colour_shift_matches_closed_form():
+  alphas = np.array([0.1, -0.2, 0.3])
+  # rgb offset = 255 * sum_j eigvec[:, j] * alpha_j * eigval_j, written out.
+  eigval = [0.2175, 0.0188, 0.0045]
+  eigvec = [[-0.5675, 0.7192, 0.4009],
+            [-0.5808, -0.0045, -0.8140],
+            [-0.5836, -0.6948, 0.4203]]
+  expected = [255 * sum(eigvec[c][j] * alphas[j] * eigval[j] for j in range(3))
+              for c in range(3)]
+  image = np.full((4, 4, 3), 100.0, np.float32)
+  out = transforms.pca_colour_shift(image, alphas)
+  np.testing.assert_allclose(out - image, np.broadcast_to(expected, out.shape),
+                             rtol=1e-5, atol=1e-5)
+  # The first component moves all channels the same way: brightness.
+  only_first = transforms.pca_colour_offset([1.0, 0.0, 0.0])
+  np.testing.assert_allclose(only_first, 255 * 0.2175 * np.array(
+      [-0.5675, -0.5808, -0.5836]), rtol=1e-5)
+
+
+def test_subtract_mean():
+  image = np.full((2, 2, 3), [200.0, 100.0, 50.0], np.float32)
+  out = transforms.subtract_mean(image, transforms.IMAGENET_MEAN_RGB)
+  np.testing.assert_allclose(out[0, 0], [200 - 123.68, 100 - 116.779, 50 - 103.939],
+                             rtol=1e-6)
+
+
+def test_scale_sampling():
+  rng = np.random.default_rng(0)
+  assert transforms.sample_scale(256, rng) == 256
+  assert transforms.sample_scale((384, 384), rng) == 384
+  draws = {transforms.sample_scale((32, 35), rng) for _ in range(200)}
+  assert draws == {32, 33, 34, 35}
+
+
+def test_train_view_without_geometry_is_image_or_mirror_minus_mean():
+  # S equal to the image side and the crop: only flip and mean remain.
+  image = random_image(32, 32)
+  mean = (10.0, 20.0, 30.0)
+  seen = set()
+  for seed in range(20):
+    out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+                                scale=32, color_shift=0.0, mean_rgb=mean)
+    assert out.dtype == np.float32 and out.shape == (32, 32, 3)
+    restored = (out + np.float32(mean)).astype(np.uint8)
+    flipped = np.array_equal(restored, transforms.flip(image))
+    assert flipped or np.array_equal(restored, image)
+    seen.add(flipped)
+  assert seen == {True, False}
+
+
+def test_train_view_is_determined_by_the_generator():
+  image = random_image(64, 80)
+  kw = dict(image_size=32, scale=48, color_shift=0.1, mean_rgb=(0, 0, 0))
+  a = transforms.train_view(image, np.random.default_rng(5), **kw)
+  b = transforms.train_view(image, np.random.default_rng(5), **kw)
+  c = transforms.train_view(image, np.random.default_rng(6), **kw)
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_eval_view_is_rescaled_centre_crop():
+  image = random_image(60, 90)
+  out = transforms.eval_view(image, image_size=32, scale=40, mean_rgb=(1, 2, 3))
+  expected = transforms.centre_crop(transforms.rescale(image, 40), 32)
+  np.testing.assert_array_equal(out, expected.astype(np.float32) - [1, 2, 3])
+
+
+def test_decode_converts_every_mode_to_rgb(tmp_path):
+  rgb = random_image(9, 11)
+  cases = {
+      'gray.png': Image.fromarray(rgb[..., 0]),
+      'rgba.png': Image.fromarray(np.dstack([rgb, np.full((9, 11), 128, np.uint8)])),
+      'palette.gif': Image.fromarray(rgb).convert('P'),
+      'photo.bmp': Image.fromarray(rgb),
+  }
+  for name, img in cases.items():
+    img.save(tmp_path / name)
+    out = transforms.decode(str(tmp_path / name))
+    assert out.shape == (9, 11, 3) and out.dtype == np.uint8, name
+  gray = transforms.decode(str(tmp_path / 'gray.png'))
+  np.testing.assert_array_equal(gray[..., 0], rgb[..., 0])
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+  np.testing.assert_array_equal(transforms.decode(str(tmp_path / 'rgba.png')), rgb)
+  np.testing.assert_array_equal(transforms.decode(str(tmp_path / 'photo.bmp')), rgb)
+
+
+def test_decode_reduces_large_jpegs_but_keeps_the_scale(tmp_path):
+  Image.fromarray(random_image(600, 800)).save(tmp_path / 'big.jpg')
+  path = str(tmp_path / 'big.jpg')
+  assert transforms.decode(path).shape == (600, 800, 3)
+  small = transforms.decode(path, min_side=140)
+  assert min(small.shape[:2]) >= 140 and small.shape[:2] == (150, 200)
+
+
+def test_decode_names_unreadable_files(tmp_path):
+  bad = tmp_path / 'broken.jpg'
+  bad.write_bytes(b'not an image at all')
+  with pytest.raises(ValueError, match='broken.jpg'):
+    transforms.decode(str(bad))
+
+
+# --------------------------------------------------------------------------
+# Training pipeline: determinism, resume, sharding.
+# --------------------------------------------------------------------------
+
+
+def test_epoch_order_is_a_fresh_permutation_each_epoch():
+  n = 50
+  first = [pipeline.example_at(g, seed=3, num_examples=n) for g in range(n)]
+  second = [pipeline.example_at(g, seed=3, num_examples=n) for g in range(n, 2 * n)]
+  assert sorted(first) == sorted(second) == list(range(n))
+  assert first != second
+  other_seed = [pipeline.example_at(g, seed=4, num_examples=n) for g in range(n)]
+  assert first != other_seed
+  in_order = [pipeline.example_at(g, seed=3, num_examples=n, shuffle=False)
+              for g in range(n, 2 * n)]
+  assert in_order == list(range(n))
+
+
+def test_train_positions_tile_the_global_batch():
+  rows = [pipeline.train_position(k, start_step=5, global_batch_size=8,
+                                  process_index=p, process_count=4)
+          for p in range(4) for k in range(2)]
+  assert rows == list(range(40, 48))
+  assert pipeline.train_position(2, start_step=5, global_batch_size=8,
+                                 process_index=0, process_count=4) == 48
+
+
+def test_train_batches_shapes_and_labels(cfg):
+  batch = next(data.train_batches(cfg, global_batch_size=16, seed=0))
+  assert batch['image'].shape == (16, 32, 32, 3)
+  assert batch['image'].dtype == np.float32
+  assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
+  assert batch['label'].min() >= 0 and batch['label'].max() < 10
+  # Mean-subtracted 0..255 pixels: centred near zero, spread like pixels.
+  assert abs(batch['image'].mean()) < 40 and 20 < batch['image'].std() < 120
+
+
+def test_same_seed_same_stream_other_seed_other_stream(cfg):
+  a = take(data.train_batches(cfg, global_batch_size=16, seed=1), 2)
+  b = take(data.train_batches(cfg, global_batch_size=16, seed=1), 2)
+  c = take(data.train_batches(cfg, global_batch_size=16, seed=2), 1)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x['image'], y['image'])
+    np.testing.assert_array_equal(x['label'], y['label'])
+  assert not np.array_equal(a[0]['image'], c[0]['image'])
+
+
+def test_resume_reproduces_the_uninterrupted_stream_across_epochs(cfg):
+  # 300 examples in batches of 64: the first epoch ends inside step 4.
+  batch = 64
+  full = take(data.train_batches(cfg, global_batch_size=batch, seed=0), 7)
+  resumed = take(data.train_batches(cfg, global_batch_size=batch, seed=0,
+                                    start_step=3), 4)
+  for want, got in zip(full[3:], resumed):
+    np.testing.assert_array_equal(want['image'], got['image'])
+    np.testing.assert_array_equal(want['label'], got['label'])
+
+
+def test_shards_concatenate_to_the_single_process_batch(cfg):
+  whole = take(data.train_batches(cfg, global_batch_size=24, seed=0, start_step=11), 2)
+  parts = [take(data.train_batches(cfg, global_batch_size=24, seed=0, start_step=11,
+                                   process_index=p, process_count=2), 2)
+           for p in range(2)]
+  for step in range(2):
+    assert parts[0][step]['image'].shape == (12, 32, 32, 3)
+    for key in ('image', 'label'):
+      joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
+      np.testing.assert_array_equal(joined, whole[step][key])
+
+
+def test_an_epoch_sees_every_example_once(tmp_path):
+  # One distinct image per example, in a folder: identify them by content.
+  root = tmp_path / 'numbers'
+  for split in ('train', 'test'):
+    for i in range(12):
+      os.makedirs(root / split / f'c{i % 2}', exist_ok=True)
+      Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(
+          root / split / f'c{i % 2}' / f'{i:02d}.png')
+  cfg = make_cfg(name='image_folder', folder=str(root), image_size=8,
+                 train_scale=(8, 8), test_scale=8, color_shift=0.0, mean_rgb=(0, 0, 0))
+  batches = take(data.train_batches(cfg, global_batch_size=4, seed=0), 6)
+  values = [int(b['image'][r, 0, 0, 0]) for b in batches for r in range(4)]
+  assert sorted(values[:12]) == sorted(values[12:]) == [20 * i for i in range(12)]
+  assert values[:12] != values[12:]
+  labels = np.concatenate([b['label'] for b in batches])
+  np.testing.assert_array_equal(labels, [v // 20 % 2 for v in values])
+
+
+def test_batch_must_split_evenly_over_processes(cfg):
+  with pytest.raises(ValueError, match='multiple of the process count'):
+    data.train_batches(cfg, global_batch_size=10, seed=0, process_count=3)
+
+
+def test_scales_smaller_than_the_crop_are_rejected(cfg):
+  cfg.train_scale = (24, 64)
+  with pytest.raises(ValueError, match='at least image_size'):
+    data.train_batches(cfg, global_batch_size=8, seed=0)
+
+
+# --------------------------------------------------------------------------
+# Evaluation pipeline: exact, padded, sharded.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('process_count', [1, 2])
+def test_eval_covers_each_example_exactly_once(cfg, process_count):
+  batch = 24  # does not divide the 100 test examples
+  streams = [list(data.eval_batches(cfg, 'test', global_batch_size=batch,
+                                    process_index=p, process_count=process_count))
+             for p in range(process_count)]
+  lengths = {len(s) for s in streams}
+  assert lengths == {data.num_eval_batches(TINY_TEST, batch)} == {5}
+  merged = {key: np.concatenate([np.concatenate([s[j][key] for s in streams])
+                                 for j in range(5)])
+            for key in ('image', 'label', 'mask')}
+  assert merged['mask'].dtype == np.bool_
+  assert merged['mask'].sum() == TINY_TEST
+  # Global order is split order, padding comes last and is blank.
+  np.testing.assert_array_equal(merged['mask'], np.arange(5 * batch) < TINY_TEST)
+  assert not merged['image'][TINY_TEST:].any()
+  source = data.open_split(cfg, 'test')
+  for i in (0, 37, TINY_TEST - 1):
+    image, label = source[i]
+    expected = transforms.eval_view(image, image_size=32, scale=48,
+                                    mean_rgb=cfg.mean_rgb)
+    np.testing.assert_array_equal(merged['image'][i], expected)
+    assert merged['label'][i] == label
+  labels = [source[i][1] for i in range(TINY_TEST)]
+  np.testing.assert_array_equal(merged['label'][:TINY_TEST], labels)
+
+
+def test_eval_defaults_to_the_configured_split(cfg):
+  batches = list(data.eval_batches(cfg, global_batch_size=64))
+  assert sum(int(b['mask'].sum()) for b in batches) == TINY_TEST
+
+
+# --------------------------------------------------------------------------
+# Image folders and errors.
+# --------------------------------------------------------------------------
+
+COLOURS = {'cat': (220, 30, 30), 'dog': (30, 30, 220)}
+
+
+def write_folder(root, sizes_by_split):
+  """Solid-colour images per class, as JPEG, PNG and a grayscale PNG."""
+  for split, sizes in sizes_by_split.items():
+    for name, colour in COLOURS.items():
+      os.makedirs(root / split / name, exist_ok=True)
+      for i, (h, w) in enumerate(sizes):
+        image = Image.fromarray(np.full((h, w, 3), colour, np.uint8))
+        if i % 2:
+          image.save(root / split / name / f'{i}.png')
+        else:
+          image.save(root / split / name / f'{i}.JPG', quality=95)
+    gray = Image.fromarray(np.full((40, 30), 90, np.uint8))
+    gray.save(root / split / 'dog' / 'gray.png')
+    (root / split / 'dog' / 'notes.txt').write_text('ignored: not an image')
+
+
+def folder_cfg(root, **kw):
+  return make_cfg(name='image_folder', folder=root and str(root), image_size=16,
+                  train_scale=(16, 24), test_scale=20, color_shift=0.0,
+                  mean_rgb=(0.0, 0.0, 0.0), **kw)
+
+
+def test_image_folder_round_trip(tmp_path):
+  write_folder(tmp_path, {'train': [(30, 40), (50, 20), (16, 16)],
+                          'test': [(64, 48), (21, 33)]})
+  cfg = folder_cfg(tmp_path)
+  info = data.dataset_info(cfg)
+  assert info.class_names == ('cat', 'dog')
+  assert info.num_examples == {'train': 7, 'test': 5}
+  batches = list(data.eval_batches(cfg, global_batch_size=4))
+  images = np.concatenate([b['image'] for b in batches])[:5]
+  labels = np.concatenate([b['label'] for b in batches])[:5]
+  # Sorted by class then file name: cat/0.JPG, cat/1.png, dog/0.JPG, dog/1.png, dog/gray.png.
+  np.testing.assert_array_equal(labels, [0, 0, 1, 1, 1])
+  for image, colour in zip(images, [COLOURS['cat']] * 2 + [COLOURS['dog']] * 2):
+    np.testing.assert_allclose(image.mean((0, 1)), colour, atol=6)
+  np.testing.assert_allclose(images[4], 90.0)  # grayscale became equal RGB
+  batch = next(data.train_batches(cfg, global_batch_size=14, seed=0))
+  assert batch['image'].shape == (14, 16, 16, 3)
+  for image, label in zip(batch['image'], batch['label']):
+    centre = image[4:12, 4:12].mean((0, 1))
+    if np.allclose(centre, 90.0, atol=1):
+      assert label == 1
+    else:
+      np.testing.assert_allclose(centre, COLOURS[info.class_names[label]], atol=6)
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(ValueError, match='does not exist'):
+    data.dataset_info(folder_cfg(tmp_path / 'missing'))
+  with pytest.raises(ValueError, match='needs data.folder'):
+    data.dataset_info(folder_cfg(None))
+  (tmp_path / 'empty' / 'train').mkdir(parents=True)
+  with pytest.raises(ValueError, match='no class subfolders'):
+    data.dataset_info(folder_cfg(tmp_path / 'empty'))
+  write_folder(tmp_path / 'mismatch', {'train': [(20, 20)], 'test': [(20, 20)]})
+  os.rename(tmp_path / 'mismatch' / 'test' / 'dog', tmp_path / 'mismatch' / 'test' / 'wolf')
+  with pytest.raises(ValueError, match=r"classes not in the training split: \['wolf'\]"):
+    data.dataset_info(folder_cfg(tmp_path / 'mismatch'))
+  write_folder(tmp_path / 'notest', {'train': [(20, 20)]})
+  with pytest.raises(ValueError, match="no 'test' subfolder"):
+    data.dataset_info(folder_cfg(tmp_path / 'notest'))
+
+
+def test_unreadable_image_is_named(tmp_path):
+  write_folder(tmp_path, {'train': [(20, 20)], 'test': [(20, 20)]})
+  (tmp_path / 'test' / 'cat' / 'corrupt.jpg').write_bytes(b'\xff\xd8 truncated')
+  with pytest.raises(Exception, match='corrupt.jpg'):
+    list(data.eval_batches(folder_cfg(tmp_path), global_batch_size=4))
+
+
+def test_unknown_tfds_name_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="unknown dataset name 'no_such_dataset_xyz'"):
+    data.dataset_info(make_cfg(name='no_such_dataset_xyz', data_dir=str(tmp_path)))

@@ -1,0 +1,44 @@
+"""Input pipelines for the paper's training and test protocols.
+
+    info = data.dataset_info(cfg)
+    batches = data.train_batches(cfg, global_batch_size=256, seed=0, start_step=t0,
+                                 process_index=p, process_count=P)
+    for batch in data.eval_batches(cfg, global_batch_size=256, process_index=p,
+                                   process_count=P): ...
+
+`cfg` is the experiment's `data` ConfigDict:
+
+  name            'vgg_shapes' (built in, generated locally), 'image_folder', or
+                  a TFDS image-classification name ('cifar10', 'imagenet2012').
+  folder          image_folder only: root with <split>/<class>/<image> files.
+  data_dir        TFDS data directory; None = TFDS's default.
+  builder_config  TFDS builder config; vgg_shapes has 'default' and 'tiny'.
+  train_split     'train'; eval_split: 'test' (TFDS slices like 'train[90%:]' work).
+  image_size      side of the crop fed to the network.
+  train_scale     S: (S_min, S_max) drawn per image, equal for a fixed S.
+  test_scale      Q: smaller side before the centre crop at evaluation.
+  color_shift     std of the PCA lighting alphas (0.1 in the paper; 0 = off).
+  mean_rgb        subtracted per channel, in 0..255 pixel units.
+  shuffle         optional, default True: a fresh permutation every epoch.
+  num_threads     optional: decode/augment threads (0 = min(16, CPUs)).
+  num_workers     optional, default 0: grain worker processes (for large JPEG
+                  datasets when threads are GIL-bound).
+  prefetch_batches  optional, default 2: batches prepared ahead.
+
+Modules: `builtin` (the vgg_shapes dataset), `transforms` (the paper's image
+operations), `sources` (random access to each kind of dataset), `pipeline`
+(deterministic, resumable, sharded batching).
+"""
+
+from vgg_jax.data import builtin
+from vgg_jax.data import transforms
+from vgg_jax.data.pipeline import eval_batches
+from vgg_jax.data.pipeline import num_eval_batches
+from vgg_jax.data.pipeline import train_batches
+from vgg_jax.data.sources import DatasetInfo
+from vgg_jax.data.sources import dataset_info
+from vgg_jax.data.sources import mean_rgb
+from vgg_jax.data.sources import open_split
+
+__all__ = ['DatasetInfo', 'builtin', 'dataset_info', 'eval_batches',
+           'mean_rgb', 'num_eval_batches', 'open_split', 'train_batches', 'transforms']

@@ -1,0 +1,205 @@
+"""Deterministic, resumable, sharded input pipelines on grain.
+
+The training stream is defined by arithmetic, not by the state of a reader:
+
+  * global example position g = step * global_batch_size + row;
+  * epoch e = g // N and slot g % N; the example at that slot is entry g % N of
+    a fresh permutation of the N training examples seeded by (seed, e);
+  * its augmentation (scale, crop, flip, lighting) is seeded by (seed, g);
+  * process p of P receives rows [p*B/P, (p+1)*B/P) of each global batch.
+
+So the global batch at step t is a pure function of (seed, t, cfg), the
+processes' batches concatenate to the single-process batch exactly, and
+resuming from a checkpoint at step t0 (`start_step=t0`) yields exactly the
+batches an uninterrupted run would have produced. Nothing is cached beyond
+one permutation per live epoch and a bounded prefetch buffer.
+
+grain runs the per-example work (read, decode, augment) in a pool of threads
+(Pillow and numpy release the GIL), or in worker processes when
+`num_workers > 0`; both preserve order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Iterator, Optional
+
+import grain
+import numpy as np
+
+from vgg_jax.data import sources
+from vgg_jax.data import transforms
+
+_get = sources._get  # pylint: disable=protected-access
+
+# Tags that keep the permutation and augmentation random streams apart.
+_PERMUTATION, _AUGMENTATION = 0, 1
+# Length of the endless training dataset (grain wants a length).
+_ENDLESS = sys.maxsize
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} must be a positive '
+                     f'multiple of the process count ({process_count})')
+  return global_batch_size // process_count
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+  """Example order of one epoch. Cached: consecutive steps share an epoch."""
+  rng = np.random.default_rng([seed, _PERMUTATION, epoch])
+  return rng.permutation(num_examples)
+
+
+def train_position(k: int, *, start_step: int, global_batch_size: int,
+                   process_index: int, process_count: int) -> int:
+  """Global stream position g of this process's k-th training example."""
+  local = global_batch_size // process_count
+  step, row = divmod(k, local)
+  return (start_step + step) * global_batch_size + process_index * local + row
+
+
+def example_at(g: int, *, seed: int, num_examples: int, shuffle: bool = True) -> int:
+  """Index of the training example at global stream position g."""
+  epoch, slot = divmod(g, num_examples)
+  if not shuffle:
+    return slot
+  return int(epoch_permutation(seed, epoch, num_examples)[slot])
+
+
+# --------------------------------------------------------------------------
+# Per-example work, as picklable callables (grain may ship them to workers).
+# --------------------------------------------------------------------------
+
+
+class _TrainExample:
+  """Stream index k -> dict(image, label), all randomness from (seed, g)."""
+
+  def __init__(self, source, cfg, *, seed, start_step, global_batch_size,
+               process_index, process_count):
+    self.source = source
+    self.seed = seed
+    self.num_examples = len(source)
+    self.shuffle = bool(_get(cfg, 'shuffle', True))
+    self.image_size = int(cfg.image_size)
+    self.scale_range = transforms.scale_bounds(cfg.train_scale)
+    self.color_shift = float(_get(cfg, 'color_shift', 0.0))
+    self.mean_rgb = tuple(cfg.mean_rgb)
+    self.position = functools.partial(
+        train_position, start_step=start_step, global_batch_size=global_batch_size,
+        process_index=process_index, process_count=process_count)
+
+  def __call__(self, k: int):
+    g = self.position(k)
+    index = example_at(g, seed=self.seed, num_examples=self.num_examples,
+                       shuffle=self.shuffle)
+    data, label = self.source[index]
+    rng = np.random.default_rng([self.seed, _AUGMENTATION, g])
+    scale = transforms.sample_scale(self.scale_range, rng)
+    image = transforms.decode(data, min_side=scale)
+    image = transforms.train_view(image, rng, image_size=self.image_size,
+                                  scale=scale, color_shift=self.color_shift,
+                                  mean_rgb=self.mean_rgb)
+    return dict(image=image, label=np.int32(label))
+
+
+class _EvalExample:
+  """Local index k -> dict(image, label, mask); rows past the split are padding."""
+
+  def __init__(self, source, cfg, *, global_batch_size, process_index,
+               process_count):
+    self.source = source
+    self.num_examples = len(source)
+    self.image_size = int(cfg.image_size)
+    self.scale = int(cfg.test_scale)
+    self.mean_rgb = tuple(cfg.mean_rgb)
+    self.local = global_batch_size // process_count
+    self.global_batch_size = global_batch_size
+    self.process_index = process_index
+
+  def __call__(self, k: int):
+    step, row = divmod(k, self.local)
+    index = step * self.global_batch_size + self.process_index * self.local + row
+    if index >= self.num_examples:
+      image = np.zeros((self.image_size, self.image_size, 3), np.float32)
+      return dict(image=image, label=np.int32(0), mask=np.bool_(False))
+    data, label = self.source[index]
+    image = transforms.decode(data, min_side=self.scale)
+    image = transforms.eval_view(image, image_size=self.image_size,
+                                 scale=self.scale, mean_rgb=self.mean_rgb)
+    return dict(image=image, label=np.int32(label), mask=np.bool_(True))
+
+
+def _stack(examples):
+  return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+
+
+def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[dict]:
+  """Runs the per-example map in parallel, in order, and batches the results."""
+  threads = int(_get(cfg, 'num_threads', 0) or min(16, os.cpu_count() or 1))
+  prefetch = int(_get(cfg, 'prefetch_batches', 2))
+  workers = int(_get(cfg, 'num_workers', 0))
+  read = grain.ReadOptions(num_threads=threads,
+                           prefetch_buffer_size=max(1, prefetch) * local_batch_size)
+  stream = dataset.to_iter_dataset(read)
+  if workers > 0:
+    # Workers take interleaved examples and grain merges them back in order,
+    # so batching after the merge keeps each batch's rows exact.
+    stream = stream.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+  return iter(stream.batch(local_batch_size, batch_fn=_stack))
+
+
+def _check_scales(cfg) -> None:
+  lo, _ = transforms.scale_bounds(cfg.train_scale)
+  size = int(cfg.image_size)
+  if lo < size or int(cfg.test_scale) < size:
+    raise ValueError(f'train_scale={tuple(np.atleast_1d(cfg.train_scale))} and '
+                     f'test_scale={cfg.test_scale} must be at least image_size='
+                     f'{size}: the crop is taken from the rescaled image')
+
+
+def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Endless training batches from `start_step` on, this process's rows only.
+
+  Yields dict(image=float32 [B/P, s, s, 3], label=int32 [B/P]), s = image_size.
+  """
+  local = _local_batch_size(global_batch_size, process_count)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
+  _check_scales(cfg)
+  source = sources.open_split(cfg, _get(cfg, 'train_split', 'train'))
+  example = _TrainExample(source, cfg, seed=seed, start_step=start_step,
+                          global_batch_size=global_batch_size,
+                          process_index=process_index, process_count=process_count)
+  dataset = grain.MapDataset.range(0, _ENDLESS).map(example)
+  return _iterate(dataset, cfg, local)
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+  """Batches needed to see every example once; the last one is padded."""
+  return -(-num_examples // global_batch_size)
+
+
+def eval_batches(cfg, split: Optional[str] = None, *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Every example of `split` (default cfg.eval_split) exactly once, over all processes.
+
+  Yields dict(image=float32 [B/P, s, s, 3], label=int32 [B/P], mask=bool [B/P]):
+  the single-crop view at scale Q = test_scale. Global batch j holds examples
+  j*B ... j*B + B - 1 in split order; rows past the end are zeros with
+  mask=False, so no remainder is dropped and every process yields
+  ceil(N / B) batches.
+  """
+  local = _local_batch_size(global_batch_size, process_count)
+  _check_scales(cfg)
+  source = sources.open_split(cfg, split or _get(cfg, 'eval_split', 'test'))
+  example = _EvalExample(source, cfg, global_batch_size=global_batch_size,
+                         process_index=process_index, process_count=process_count)
+  steps = num_eval_batches(len(source), global_batch_size)
+  dataset = grain.MapDataset.range(0, steps * local).map(example)
+  return _iterate(dataset, cfg, local)

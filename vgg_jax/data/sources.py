@@ -1,0 +1,276 @@
+"""Where images come from: the built-in dataset, any TFDS dataset, or an image folder.
+
+Each split is opened as a random-access `Source` (len, and index -> (encoded
+image or path, label)), because deterministic, resumable, sharded streams need
+to fetch example i directly rather than replay a sequential reader. Decoding
+stays with the caller, which knows the target scale and can decode large JPEGs
+at reduced size.
+
+`cfg` is the `data` part of the experiment config; see `vgg_jax.data` for the
+fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping, Optional, Protocol, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vgg_jax.data import builtin
+from vgg_jax.data import transforms
+
+BUILTIN = 'vgg_shapes'
+IMAGE_FOLDER = 'image_folder'
+# Files read from an image folder; anything else (README, .DS_Store) is ignored.
+IMAGE_EXTENSIONS = frozenset((
+    '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.dib', '.gif', '.webp',
+    '.tif', '.tiff', '.ppm', '.pgm', '.pbm', '.pnm', '.tga', '.ico', '.avif',
+    '.qoi'))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the training loop need to know about a dataset.
+
+  `num_examples` maps split names (the dataset's own, plus the configured
+  train and eval splits, which may be TFDS slices such as 'train[:90%]') to
+  their sizes.
+  """
+  name: str
+  class_names: tuple[str, ...]
+  num_examples: Mapping[str, int]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+class Source(Protocol):
+  """One split, by random access: index -> (image data, integer label)."""
+
+  def __len__(self) -> int:
+    ...
+
+  def __getitem__(self, index: int) -> tuple[transforms.ImageData, int]:
+    ...
+
+
+def _get(cfg, field: str, default: Any = None) -> Any:
+  return cfg.get(field, default) if hasattr(cfg, 'get') else getattr(cfg, field, default)
+
+
+def dataset_info(cfg) -> DatasetInfo:
+  """Classes and split sizes; prepares the built-in dataset on first use."""
+  name = _get(cfg, 'name')
+  splits = [_get(cfg, 'train_split', 'train'), _get(cfg, 'eval_split', 'test')]
+  if name == IMAGE_FOLDER:
+    root = _folder_root(cfg)
+    class_names = _folder_classes(root, splits[0])
+    sizes = {s: len(_scan_split(root, s, class_names)[0]) for s in dict.fromkeys(splits)}
+    return DatasetInfo(name, class_names, sizes)
+  builder = _tfds_builder(cfg)
+  sizes = {s: info.num_examples for s, info in builder.info.splits.items()}
+  for split in splits:
+    if split not in sizes:
+      sizes[split] = len(_tfds_source(cfg, split, builder))
+  _, label_key = _supervised_keys(builder)
+  class_names = tuple(builder.info.features[label_key].names)
+  return DatasetInfo(name, class_names, sizes)
+
+
+def open_split(cfg, split: str) -> Source:
+  """The split as a random-access `Source`."""
+  if _get(cfg, 'name') == IMAGE_FOLDER:
+    root = _folder_root(cfg)
+    class_names = _folder_classes(root, _get(cfg, 'train_split', 'train'))
+    return FolderSource(*_scan_split(root, split, class_names))
+  return _tfds_source(cfg, split, _tfds_builder(cfg))
+
+
+def mean_rgb(cfg, split: Optional[str] = None,
+             max_examples: int = 5000) -> tuple[float, float, float]:
+  """Mean pixel (0..255 RGB) of a split, from up to `max_examples` evenly spaced images.
+
+  Every image weighs the same whatever its size, like the per-image crops the
+  network sees. Use it to fill `mean_rgb` for a new dataset.
+  """
+  source = open_split(cfg, split or _get(cfg, 'train_split', 'train'))
+  step = max(1, len(source) // max_examples)
+  means = [transforms.decode(source[i][0]).reshape(-1, 3).mean(0)
+           for i in range(0, len(source), step)]
+  return tuple(float(m) for m in np.mean(means, axis=0))
+
+
+# --------------------------------------------------------------------------
+# TFDS (the built-in dataset is one too).
+# --------------------------------------------------------------------------
+
+
+class TfdsSource:
+  """A TFDS ArrayRecord split: (encoded image bytes or uint8 pixels, label)."""
+
+  def __init__(self, data_source, image_key: str, label_key: str):
+    self._data = data_source
+    self._image_key = image_key
+    self._label_key = label_key
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def __getitem__(self, index: int):
+    example = self._data[index]
+    return example[self._image_key], int(example[self._label_key])
+
+
+def _tfds_builder(cfg) -> tfds.core.DatasetBuilder:
+  name = _get(cfg, 'name')
+  data_dir = _get(cfg, 'data_dir')
+  config = _get(cfg, 'builder_config')
+  if name == BUILTIN:
+    return builtin.prepare(data_dir, config)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, config=config)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(
+        f"unknown dataset name {name!r}: set data.name to '{BUILTIN}', "
+        f"'{IMAGE_FOLDER}' (with data.folder) or a TFDS image-classification "
+        'dataset (see tfds.list_builders())') from e
+  if not builder.is_prepared():
+    with builtin.file_lock(os.path.join(os.fspath(builder.data_dir_root),
+                                        f'.{builder.name}.lock')):
+      builder = tfds.builder(name, data_dir=data_dir, config=config)
+      if not builder.is_prepared():
+        try:
+          builder.download_and_prepare(file_format='array_record')
+        except Exception as e:
+          raise RuntimeError(
+              f'could not prepare TFDS dataset {name!r} in {builder.data_dir_root}: '
+              f'{e}. Prepare it once with `tfds build {name} --file_format='
+              'array_record` (some datasets, e.g. imagenet2012, need a manual '
+              'download first)') from e
+    builder = tfds.builder(name, data_dir=data_dir, config=config)
+  _supervised_keys(builder)  # Fail early on datasets that are not image classification.
+  return builder
+
+
+def _is_image(feature) -> bool:
+  # An encoded image, or raw uint8 pixels (as vgg_shapes stores them).
+  if isinstance(feature, tfds.features.Image):
+    return True
+  return (isinstance(feature, tfds.features.Tensor) and feature.np_dtype == np.uint8
+          and len(feature.shape) == 3 and feature.shape[-1] in (1, 3))
+
+
+def _supervised_keys(builder) -> tuple[str, str]:
+  keys = builder.info.supervised_keys
+  features = builder.info.features
+  if (not keys or len(keys) != 2 or not isinstance(keys[0], str)
+      or not _is_image(features[keys[0]])
+      or not isinstance(features[keys[1]], tfds.features.ClassLabel)):
+    raise ValueError(
+        f'TFDS dataset {builder.name!r} is not an image-classification dataset '
+        f'(its supervised keys are {keys}, not an image and a class label)')
+  return keys
+
+
+def _tfds_source(cfg, split: str, builder) -> TfdsSource:
+  formats = {builder.info.file_format} | set(
+      getattr(builder.info, 'alternative_file_formats', ()) or ())
+  if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
+    raise ValueError(
+        f'TFDS dataset {builder.name!r} in {builder.data_dir} is stored as '
+        f'{builder.info.file_format.value}, which cannot be read by random '
+        f'access: prepare it again with `tfds build {builder.name} '
+        '--file_format=array_record` (or convert it with `tfds convert_format '
+        '--out_file_format=array_record`)')
+  image_key, label_key = _supervised_keys(builder)
+  # Encoded images stay bytes: the pipeline decodes them knowing the target
+  # scale. Raw pixel tensors decode for free.
+  encoded = isinstance(builder.info.features[image_key], tfds.features.Image)
+  try:
+    data = builder.as_data_source(
+        split=split, file_format='array_record',
+        decoders={image_key: tfds.decode.SkipDecoding()} if encoded else None)
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'dataset {builder.name!r} has no split {split!r} (it has '
+                     f'{", ".join(builder.info.splits)}): {e}') from e
+  return TfdsSource(data, image_key, label_key)
+
+
+# --------------------------------------------------------------------------
+# Image folders: root/<split>/<class>/<image>.
+# --------------------------------------------------------------------------
+
+
+class FolderSource:
+  """Files listed once, sorted, so index i means the same image on every host."""
+
+  def __init__(self, files: Sequence[str], labels: np.ndarray):
+    self._files = list(files)
+    self._labels = labels
+
+  def __len__(self) -> int:
+    return len(self._files)
+
+  def __getitem__(self, index: int):
+    return self._files[index], int(self._labels[index])
+
+
+def _folder_root(cfg) -> str:
+  root = _get(cfg, 'folder')
+  if not root:
+    raise ValueError("data.name='image_folder' needs data.folder: a directory "
+                     'with train/<class>/* and test/<class>/* images')
+  if not os.path.isdir(root):
+    raise ValueError(f'image folder {root!r} does not exist: set data.folder to a '
+                     'directory with train/<class>/* and test/<class>/* images')
+  return root
+
+
+def _subdirs(path: str) -> list[str]:
+  return sorted(e.name for e in os.scandir(path)
+                if e.is_dir() and not e.name.startswith('.'))
+
+
+def _folder_classes(root: str, split: str) -> tuple[str, ...]:
+  path = os.path.join(root, split)
+  if not os.path.isdir(path):
+    raise ValueError(f'image folder {root!r} has no {split!r} subfolder: expected '
+                     f'{os.path.join(root, split, "<class>", "*.jpg")}')
+  classes = _subdirs(path)
+  if not classes:
+    raise ValueError(f'{path} has no class subfolders: put each class\'s images '
+                     f'in {os.path.join(path, "<class>")}/')
+  return tuple(classes)
+
+
+def _scan_split(root: str, split: str,
+                class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+  """Sorted image paths of a split and their labels (index in `class_names`)."""
+  path = os.path.join(root, split)
+  if not os.path.isdir(path):
+    raise ValueError(f'image folder {root!r} has no {split!r} subfolder: expected '
+                     f'{os.path.join(root, split, "<class>", "*.jpg")}')
+  found = _subdirs(path)
+  if list(found) != list(class_names):
+    extra = sorted(set(found) - set(class_names))
+    missing = sorted(set(class_names) - set(found))
+    problem = '; '.join(
+        ([f'classes not in the training split: {extra}'] if extra else [])
+        + ([f'missing classes: {missing}'] if missing else []))
+    raise ValueError(f'{path} must have the same class subfolders as the '
+                     f'training split ({problem}): add or rename the folders')
+  files, labels = [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(path, name)
+    images = sorted(e.path for e in os.scandir(class_dir) if e.is_file()
+                    and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+    if not images:
+      raise ValueError(f'{class_dir} has no image files (looked for '
+                       f'{", ".join(sorted(IMAGE_EXTENSIONS))})')
+    files += images
+    labels += [label] * len(images)
+  return files, np.asarray(labels, np.int32)

@@ -1,0 +1,205 @@
+"""Image transforms of the paper's training and test protocols, as pure numpy functions.
+
+Training (§3.1): isotropically rescale so the smaller side is S (fixed, or drawn
+per image from [S_min, S_max]), take one random crop, flip horizontally at
+random, add AlexNet's PCA colour shift, subtract the mean RGB. Testing (§3.2):
+rescale so the smaller side is Q and take the centre crop; the dense and
+multi-crop protocols reuse `rescale`, `crop` and `flip` on their own.
+
+Images are HxWx3 arrays: uint8 RGB in 0..255 until they are cast to float32 for
+the colour shift, then float32 in the same 0..255 units (the paper's pixels,
+hence its mean-RGB values). Every random choice comes from an explicit
+`np.random.Generator`, so a pipeline can make each example's augmentation a
+function of (seed, position in the stream).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+# AlexNet's PCA lighting noise for RGB pixels in [0, 1] (as in fb.resnet.torch).
+# The columns of EIGVEC are the eigenvectors, the first being brightness.
+EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float32)
+EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                   [-0.5808, -0.0045, -0.8140],
+                   [-0.5836, -0.6948, 0.4203]], np.float32)
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+# Bicubic with Pillow's support scaled by the reduction factor, so downscaling
+# is antialiased (no aliasing at S = 256 from a 500-pixel ImageNet image).
+RESAMPLE = Image.Resampling.BICUBIC
+
+ImageData = Union[bytes, str, os.PathLike, np.ndarray]
+
+# --------------------------------------------------------------------------
+# Decoding.
+# --------------------------------------------------------------------------
+
+
+def decode(data: ImageData, min_side: Optional[int] = None,
+           name: Optional[str] = None) -> np.ndarray:
+  """Any common image (bytes, a file path, or an array) as uint8 RGB HxWx3.
+
+  Grayscale, palette, CMYK and alpha images are converted to RGB (alpha is
+  dropped). With `min_side`, a JPEG much larger than needed is decoded at a
+  reduced size (DCT scaling by 1/2, 1/4 or 1/8) whose smaller side stays
+  >= min_side: a large saving on full-size photographs, and the following
+  antialiased rescale makes the result nearly the same. `name` (the file) is
+  named in the error when the data cannot be read.
+  """
+  if isinstance(data, np.ndarray):
+    return _as_rgb_array(data)
+  if isinstance(data, (str, os.PathLike)):
+    name = name or os.fspath(data)
+  else:
+    data = io.BytesIO(data)
+  try:
+    with Image.open(data) as img:
+      if min_side is not None and img.format == 'JPEG':
+        w, h = img.size
+        factor = min_side / min(w, h)
+        if factor < 0.5:
+          img.draft('RGB', (int(np.ceil(w * factor)), int(np.ceil(h * factor))))
+      return np.asarray(_as_rgb(img))
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    where = f' {name}' if name else ''
+    raise ValueError(f'cannot read image{where}: {e}; fix or delete the file') from e
+
+
+def _as_rgb(img: Image.Image) -> Image.Image:
+  if img.mode == 'RGB':
+    return img
+  if img.mode == 'P' and 'transparency' in img.info:
+    img = img.convert('RGBA')  # Pillow warns on palette -> RGB with transparency.
+  return img.convert('RGB')
+
+
+def _as_rgb_array(image: np.ndarray) -> np.ndarray:
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return np.asarray(image[..., :3], np.uint8)
+
+
+# --------------------------------------------------------------------------
+# Geometry.
+# --------------------------------------------------------------------------
+
+
+def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
+  """(height, width) after an isotropic rescale that makes the smaller side `scale`."""
+  if height <= width:
+    return scale, max(scale, int(round(width * scale / height)))
+  return max(scale, int(round(height * scale / width))), scale
+
+
+def rescale(image: np.ndarray, scale: int) -> np.ndarray:
+  """Isotropic rescale of a uint8 image so that its smaller side is `scale`."""
+  h, w = image.shape[:2]
+  new_h, new_w = rescaled_size(h, w, scale)
+  if (new_h, new_w) == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((new_w, new_h), RESAMPLE))
+
+
+def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+  """The size x size window whose top-left corner is (top, left)."""
+  h, w = image.shape[:2]
+  if not (0 <= top <= h - size and 0 <= left <= w - size):
+    raise ValueError(f'a {size}x{size} crop at ({top}, {left}) does not fit in a '
+                     f'{h}x{w} image')
+  return image[top:top + size, left:left + size]
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+  h, w = image.shape[:2]
+  return crop(image, (h - size) // 2, (w - size) // 2, size)
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  h, w = image.shape[:2]
+  if min(h, w) < size:
+    raise ValueError(f'cannot take a {size}x{size} crop of a {h}x{w} image: the '
+                     'scale must be at least the crop size')
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
+  return crop(image, top, left, size)
+
+
+def flip(image: np.ndarray) -> np.ndarray:
+  """Horizontal (left-right) mirror image."""
+  return image[:, ::-1]
+
+
+def sample_scale(scale_range: Union[int, Sequence[int]],
+                 rng: np.random.Generator) -> int:
+  """S for one image: fixed, or uniform over the integers in [S_min, S_max]."""
+  lo, hi = scale_bounds(scale_range)
+  return lo if lo == hi else int(rng.integers(lo, hi + 1))
+
+
+def scale_bounds(scale_range: Union[int, Sequence[int]]) -> tuple[int, int]:
+  if np.ndim(scale_range) == 0:
+    return int(scale_range), int(scale_range)
+  lo, hi = (int(s) for s in scale_range)
+  if lo > hi:
+    raise ValueError(f'scale range {tuple(scale_range)} has min > max')
+  return lo, hi
+
+
+# --------------------------------------------------------------------------
+# Colour.
+# --------------------------------------------------------------------------
+
+
+def pca_colour_offset(alphas: np.ndarray, pixel_scale: float = 255.0) -> np.ndarray:
+  """The RGB offset of AlexNet's lighting noise: EIGVEC @ (alphas * EIGVAL).
+
+  The eigen-decomposition is for pixels in [0, 1]; `pixel_scale` converts the
+  offset to the image's units (255 for 0..255 pixels).
+  """
+  alphas = np.asarray(alphas, np.float32)
+  return (EIGVEC @ (alphas * EIGVAL)) * np.float32(pixel_scale)
+
+
+def pca_colour_shift(image: np.ndarray, alphas: np.ndarray,
+                     pixel_scale: float = 255.0) -> np.ndarray:
+  """Adds the same lighting offset to every pixel of a float image."""
+  return image + pca_colour_offset(alphas, pixel_scale)
+
+
+def subtract_mean(image: np.ndarray, mean_rgb: Sequence[float]) -> np.ndarray:
+  return image - np.asarray(mean_rgb, np.float32)
+
+
+# --------------------------------------------------------------------------
+# The two protocols.
+# --------------------------------------------------------------------------
+
+
+def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
+               scale: int, color_shift: float, mean_rgb: Sequence[float]) -> np.ndarray:
+  """One augmented training crop, float32 [image_size, image_size, 3].
+
+  `scale` is this image's S (from `sample_scale`, drawn first so that decoding
+  can use it). Then, in this order, the crop position, the flip and the three
+  lighting alphas come from `rng`.
+  """
+  image = random_crop(rescale(image, scale), image_size, rng)
+  if rng.random() < 0.5:
+    image = flip(image)
+  alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
+  image = pca_colour_shift(image.astype(np.float32), alphas)
+  return subtract_mean(image, mean_rgb)
+
+
+def eval_view(image: np.ndarray, *, image_size: int, scale: int,
+              mean_rgb: Sequence[float]) -> np.ndarray:
+  """The single-crop test view: smaller side to Q, centre crop, mean subtracted."""
+  image = centre_crop(rescale(image, scale), image_size)
+  return subtract_mean(image.astype(np.float32), mean_rgb)
