@@ -229,15 +229,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
       in_shardings=(replicated, parallel.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_step = evaluation.make_eval_step(model.apply, mesh)
-
   def run_eval():
-    batches = data.eval_batches(config.data, split=config.data.eval_split,
-                                global_batch_size=config.batch_size,
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
+    # The paper's single-scale protocol, through the same machinery as
+    # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    return evaluation.evaluate(eval_step, variables, batches, mesh)
+    return evaluation.evaluate_protocol(
+        model, variables, config.data, split=config.data.eval_split, protocol='single',
+        batch_size=config.batch_size // jax.process_count())
 
   log = MetricsLog(workdir, start_step)
   log_every = every(config.log_every_steps, 50)
@@ -272,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if step % eval_every == 0 or step == num_steps:
       eval_start = time.perf_counter()
       result = run_eval()
-      scalars.update({f'eval/{k}': v for k, v in result.items() if k != 'num_examples'})
+      scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
       if config.optimizer.schedule == 'plateau':
         state = state.replace(plateau=optim.plateau_update(
             state.plateau, 1.0 - result['top1_error'],

@@ -1,0 +1,232 @@
+"""Evaluates a training run under the paper's test protocols (§3.2, §4).
+
+    python -m vgg_jax.evaluate --workdir=DIR [--step=N] [--split=SPLIT]
+        [--protocol=single|dense|multicrop|dense+multicrop]
+        [--scales=auto|Q1,Q2,...] [--flip|--noflip] [--batch_size=B]
+
+Everything about the run (model, dataset, crop size, training scales, mean
+RGB) comes from DIR/config.json, which `vgg_jax.train` writes. The checkpoint
+(the newest unless --step) is restored as host arrays and replicated on this
+process's devices, so a run trained on 8 devices evaluates on 1 and vice
+versa. The result goes to DIR/eval/<protocol>_<scales>.json, e.g.
+`dense+multicrop_32-48-64.json`; the name grows a suffix for each choice that
+changes the measurement from the default, so results never overwrite one
+another: `_flip` / `_noflip` (flip differs from the protocol's paper default),
+`_<split>` (not the run's eval_split) and `_step<N>` (not the newest
+checkpoint). A one-row table in the paper's format is printed.
+
+Scales: --scales=auto applies the paper's rule to the run's training scale:
+{S_min, (S_min + S_max) / 2, S_max} for jittered S, {S - d, S, S + d} for a
+fixed S, with d = round(32 * crop / 224) (the paper's 32 at its 224 crop; 5 at
+this project's 32 crop). Without --scales, Q is the run's data.test_scale.
+
+Flip: by default 'dense' (and the dense part of 'dense+multicrop') averages
+each image with its mirror, as in the paper; 'single' does not; 'multicrop'
+always takes 25 crops x 2 flips. --flip / --noflip override the default.
+
+Errors (no such workdir, checkpoint or step, unknown protocol, a scale below
+the crop) are one line on stderr with exit status 1, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging as std_logging
+import os
+import re
+import sys
+from typing import Optional
+
+import jax
+import ml_collections
+from absl import app, flags
+
+from vgg_jax import checkpoints, evaluation, parallel, train
+from vgg_jax.data import transforms
+
+EVAL_DIR = 'eval'
+CONFIG_FILE = 'config.json'
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a training run saved in its workdir."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'workdir {workdir} does not exist: pass the --workdir of '
+                            'a training run')
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: {workdir} is not the workdir of a '
+                            'vgg_jax.train run (it writes config.json on start)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+class _DropReadOnlyNotices(std_logging.Filter):
+  """Orbax logs, as warnings, that a read-only checkpoint manager is read-only."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('read_only=True' in message or 'Given directory is read only' in message)
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notices():
+  logger, notice_filter = std_logging.getLogger('absl'), _DropReadOnlyNotices()
+  logger.addFilter(notice_filter)
+  try:
+    yield
+  finally:
+    logger.removeFilter(notice_filter)
+
+
+def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[int]]:
+  """(variables as numpy, their step, all steps) of the newest checkpoint or `step`.
+
+  Host arrays carry no sharding, so they fit any device count; evaluation
+  replicates them on its own mesh.
+  """
+  with _quiet_read_only_notices():
+    steps = checkpoints.available_steps(workdir)
+    if not steps:
+      raise FileNotFoundError(f'no complete checkpoint in '
+                              f'{checkpoints.checkpoint_dir(workdir)}')
+    if step is not None and step not in steps:
+      raise ValueError(f'no checkpoint at step {step} in {workdir}: available steps are '
+                       f'{", ".join(map(str, steps))}')
+    step = max(steps) if step is None else step
+    return checkpoints.restore_variables(workdir, step), step, steps
+
+
+def num_classes_of(params: dict, head: str) -> int:
+  """Classes the checkpoint's classifier scores (the last FC layer)."""
+  return int(params['fc3' if head == 'fc' else 'fc2']['bias'].shape[0])
+
+
+def default_batch_size(config, devices: int) -> int:
+  """The run's batch size, rounded up to a multiple of this machine's devices."""
+  return -(-int(config.batch_size) // devices) * devices
+
+
+def result_name(protocol: str, scales, *, flip: bool, split: str, eval_split: str,
+                step: int, newest: int) -> str:
+  """File name of a result: the protocol and scales, plus what differs from default."""
+  name = f'{protocol}_{"-".join(str(q) for q in scales)}'
+  if flip != evaluation.resolve_flip(protocol):
+    name += '_flip' if flip else '_noflip'
+  if split != eval_split:
+    name += '_' + re.sub(r'[^A-Za-z0-9.-]+', '-', split).strip('-')
+  if step != newest:
+    name += f'_step{step}'
+  return name + '.json'
+
+
+def train_scale_label(train_scale) -> str:
+  lo, hi = transforms.scale_bounds(train_scale)
+  return str(lo) if lo == hi else f'[{lo},{hi}]'
+
+
+def paper_table(report: dict) -> str:
+  """A one-row table in the layout of the paper's Tables 3-5 (errors in %)."""
+  return '\n'.join([
+      '| config | train S | test Q | top-1 err | top-5 err |',
+      '|---|---|---|---|---|',
+      f'| {report["config"]} | {report["train_scale"]} | '
+      f'{",".join(str(q) for q in report["scales"])} | {100 * report["top1_error"]:.1f} | '
+      f'{100 * report["top5_error"]:.1f} |',
+  ])
+
+
+def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[str] = None,
+                 protocol: str = 'single', scales=None, flip: Optional[bool] = None,
+                 batch_size: Optional[int] = None) -> dict:
+  """Evaluates a run's checkpoint; returns the report (written by `write_report`).
+
+  Every argument is checked before anything is read from the dataset, and
+  nothing is written here.
+  """
+  evaluation.protocol_parts(protocol)  # an unknown protocol fails first
+  config = load_run_config(workdir)
+  data_cfg = config.data
+  scales = evaluation.parse_scales(scales, data_cfg)
+  flip = evaluation.resolve_flip(protocol, flip)
+  devices = jax.local_device_count()
+  batch_size = default_batch_size(config, devices) if batch_size is None else batch_size
+  variables, step, steps = restore(workdir, step)
+  model = train.create_model(config.model, num_classes_of(variables['params'],
+                                                          config.model.head),
+                             int(data_cfg.image_size))
+  split = split or data_cfg.eval_split
+  result = evaluation.evaluate_protocol(
+      model, variables, data_cfg, split=split, protocol=protocol, scales=scales,
+      flip=flip, batch_size=batch_size)
+  return {
+      **result,
+      'protocol': protocol, 'scales': list(scales), 'flip': flip, 'step': step,
+      'split': split, 'batch_size': batch_size, 'devices': jax.device_count(),
+      'config': config.model.variant, 'train_scale': train_scale_label(data_cfg.train_scale),
+      'file': result_name(protocol, scales, flip=flip, split=split,
+                          eval_split=data_cfg.eval_split, step=step, newest=max(steps)),
+  }
+
+
+def write_report(workdir: str, report: dict) -> str:
+  """Writes DIR/eval/<name>.json atomically (a reader never sees half a file)."""
+  directory = os.path.join(workdir, EVAL_DIR)
+  os.makedirs(directory, exist_ok=True)
+  path = os.path.join(directory, report['file'])
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump({k: v for k, v in report.items() if k != 'file'}, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+  return path
+
+
+# --------------------------------------------------------------------------
+# Command line. `vgg_jax.train` (imported for `create_model`) already defines
+# --workdir and the multi-process flags; they mean the same here.
+# --------------------------------------------------------------------------
+
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: newest).')
+_SPLIT = flags.DEFINE_string('split', None, "Split to evaluate (default: the run's "
+                             'data.eval_split); TFDS slices like test[:1000] work.')
+_PROTOCOL = flags.DEFINE_string('protocol', 'single',
+                                'One of ' + ', '.join(evaluation.PROTOCOLS) + '.')
+_SCALES = flags.DEFINE_string('scales', None, "Test scales Q, e.g. 256,384,512, or 'auto' "
+                              "(the paper's rule); default: the run's data.test_scale.")
+_FLIP = flags.DEFINE_bool('flip', None, 'Average each view with its mirror image '
+                          '(default: on for dense, off for single; multicrop always).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per step, a multiple of the '
+                                   "local device count (default: the run's batch size).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  import tensorflow as tf  # serves tfds only; keep it off the GPUs
+  tf.config.set_visible_devices([], 'GPU')
+  FLAGS = flags.FLAGS
+  try:
+    if not FLAGS.workdir:
+      raise ValueError('--workdir is required: the directory of a training run')
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
+    report = evaluate_run(FLAGS.workdir, step=_STEP.value, split=_SPLIT.value,
+                          protocol=_PROTOCOL.value, scales=_SCALES.value, flip=_FLIP.value,
+                          batch_size=_BATCH_SIZE.value)
+    path = write_report(FLAGS.workdir, report) if jax.process_index() == 0 else None
+  except train.USER_ERRORS as e:
+    sys.exit(f'vgg_jax.evaluate: error: {e}')
+  if path:
+    print(paper_table(report))
+    print(f'{report["protocol"]}{" with flips" if report["flip"] else ""}, step '
+          f'{report["step"]}, split {report["split"]}: {report["num_examples"]} images x '
+          f'{report["views_per_image"]} view{"s" * (report["views_per_image"] != 1)}, NLL {report["nll"]:.4f}, '
+          f'{report["images_per_sec"]:.1f} img/s on {report["devices"]} device(s) '
+          f'({report["compile_seconds"]:.1f} s compiling excluded) -> {path}')
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main)
