@@ -16,11 +16,14 @@ def get_config():
       kernel_size=3,
       conv1x1=config_dict.placeholder(bool),
       lrn=config_dict.placeholder(bool),
-      batch_norm=False,
+      # The paper has no batch norm; a 10-minute CPU run needs it to converge.
+      batch_norm=True,
       width=0.25,
       fc_width=256,
       head='fc',
-      dropout_rate=0.5,
+      # The paper's 0.5 fights overfitting over 74 ImageNet epochs; in a
+      # 6-epoch run it only slows convergence.
+      dropout_rate=0.0,
       weight_init='glorot',
       dtype='float32',
   ))
@@ -36,11 +39,12 @@ def get_config():
       train_scale=(32, 64),
       test_scale=48,
       color_shift=0.1,
-      mean_rgb=(127.5, 127.5, 127.5),
+      # Mean pixel of 2,000 vgg_shapes training images.
+      mean_rgb=(69.9, 70.3, 70.9),
   ))
 
   config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=0.01,
+      learning_rate=0.05,
       momentum=0.9,
       weight_decay=5e-4,
       schedule='cosine',
@@ -52,7 +56,7 @@ def get_config():
   ))
 
   config.batch_size = 64
-  config.num_epochs = 10.0
+  config.num_epochs = 4.0
   config.num_train_steps = -1
   config.seed = 0
   config.log_every_steps = 50

@@ -4,6 +4,7 @@ Everything runs on the 'tiny' vgg_shapes config (built once per session in a
 temporary directory) and on small image folders the tests write themselves.
 """
 
+import concurrent.futures
 import hashlib
 import os
 
@@ -101,6 +102,17 @@ def test_shapes_are_drawn_at_their_size():
     u, v = (xx - side / 2) / (diameter / 2), (yy - side / 2) / (diameter / 2)
     coverage = np.clip(0.5 - builtin.SHAPES[0](u, v) * diameter / 2, 0, 1)
     assert coverage.sum() == pytest.approx(np.pi * diameter**2 / 4, rel=0.02)
+
+
+def test_racing_prepares_build_once_and_agree(tmp_path):
+  # Two preparers at once (threads here; processes use the same file lock).
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    builders = list(pool.map(lambda _: builtin.prepare(str(tmp_path), 'tiny'), range(2)))
+  assert all(b.is_prepared() for b in builders)
+  versions = os.listdir(tmp_path / 'vgg_shapes' / 'tiny')
+  assert versions == [str(builtin.VggShapes.VERSION)]
+  sizes = [b.info.splits['train'].num_examples for b in builders]
+  assert sizes == [TINY_TRAIN, TINY_TRAIN]
 
 
 def test_prepare_rejects_unknown_config(tmp_path):
