@@ -32,7 +32,7 @@ def make_cfg(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       name='vgg_shapes', folder=None, data_dir=None, builder_config='tiny',
       image_size=32, train_scale=(32, 64), test_scale=48, color_shift=0.1,
-      mean_rgb=(128.0, 128.0, 128.0), train_split='train', eval_split='test',
+      mean_rgb=(70.0, 70.0, 70.0), train_split='train', eval_split='test',
       shuffle=True, num_threads=2, prefetch_batches=2, num_workers=0))
   cfg.update(overrides)
   return cfg
