@@ -26,6 +26,7 @@ import os
 import sys
 from typing import Any, Iterator, Optional
 
+from absl import flags
 import grain
 import numpy as np
 
@@ -146,6 +147,9 @@ def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[
                            prefetch_buffer_size=max(1, prefetch) * local_batch_size)
   stream = dataset.to_iter_dataset(read)
   if workers > 0:
+    # grain's workers read absl flags; outside an absl app nobody parsed them.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     # Workers take interleaved examples and grain merges them back in order,
     # so batching after the merge keeps each batch's rows exact.
     stream = stream.mp_prefetch(grain.MultiprocessingOptions(
