@@ -237,6 +237,22 @@ def test_train_view_is_determined_by_the_generator():
   assert not np.array_equal(a, c)
 
 
+def test_train_view_is_the_composition_of_the_paper_steps():
+  image = random_image(70, 90)
+  mean = (120.0, 110.0, 100.0)
+  for seed in range(6):
+    out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+                                scale=40, color_shift=0.1, mean_rgb=mean)
+    rng = np.random.default_rng(seed)
+    expected = transforms.random_crop(transforms.rescale(image, 40), 32, rng)
+    if rng.random() < 0.5:
+      expected = transforms.flip(expected)
+    expected = transforms.pca_colour_shift(expected.astype(np.float32),
+                                           rng.normal(0.0, 0.1, 3))
+    expected = transforms.subtract_mean(expected, mean)
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
 def test_eval_view_is_rescaled_centre_crop():
   image = random_image(60, 90)
   out = transforms.eval_view(image, image_size=32, scale=40, mean_rgb=(1, 2, 3))

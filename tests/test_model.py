@@ -99,11 +99,21 @@ def test_lrn_equals_tensorflow():
 TINY = dict(width=1 / 16, fc_width=32, num_classes=7)
 
 
+def init(model, x):
+  """Variables from a jitted init compiled without LLVM optimisation.
+
+  Eager init compiles each random draw separately at full optimisation, which
+  costs XLA's CPU backend tens of seconds for a whole VGG; the values are the same.
+  """
+  return jax.jit(model.init, compiler_options={'xla_backend_optimization_level': 0})(
+      jax.random.key(0), x)
+
+
 @pytest.mark.parametrize('variant', list(vgg.CONFIGS))
 def test_every_variant_trains_forward_and_backward(variant):
   model = vgg.VGG(variant=variant, image_size=32, batch_norm=variant == 'B', **TINY)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
+  variables = init(model, x)
 
   def loss(params):
     logits, _ = model.apply({**variables, 'params': params}, x, train=True,
@@ -125,7 +135,7 @@ def test_dense_evaluation_averages_the_classic_head_over_windows():
   """
   model = vgg.VGG(variant='A', image_size=64, **TINY)
   x = jax.random.normal(jax.random.key(1), (2, 96, 128, 3))  # last map 3x4
-  params = model.init(jax.random.key(0), x[:, :64, :64])['params']
+  params = init(model, x[:, :64, :64])['params']
   dense = model.apply({'params': params}, x)
 
   # The conv trunk's last feature map, pooled as the model pools it.
@@ -148,7 +158,7 @@ def test_dense_evaluation_averages_the_classic_head_over_windows():
 
 def test_gap_head_takes_any_size_and_bf16_keeps_float32_params():
   model = vgg.VGG(variant='A', head='gap', dtype=jnp.bfloat16, **TINY)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = init(model, jnp.zeros((1, 32, 32, 3)))
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
   for side in (32, 48):
     out = model.apply(variables, jnp.ones((3, side, side, 3)))
@@ -156,8 +166,8 @@ def test_gap_head_takes_any_size_and_bf16_keeps_float32_params():
 
 
 def test_paper_init_has_std_0_01_and_zero_bias():
-  params = vgg.VGG(variant='A', image_size=32, width=0.5, fc_width=512).init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  params = init(vgg.VGG(variant='A', image_size=32, width=0.5, fc_width=512),
+                jnp.zeros((1, 32, 32, 3)))['params']
   kernel = np.asarray(params['conv4_1']['kernel'])
   assert abs(kernel.std() - 0.01) < 5e-4
   assert not np.any(np.asarray(params['conv4_1']['bias']))
@@ -198,6 +208,6 @@ def test_model_uses_the_fast_path_on_cpu_with_equal_results():
   model = vgg.VGG(variant='B', image_size=32, **TINY)
   plain = model.clone(conv_fn=jax.lax.conv_general_dilated)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  params = model.init(jax.random.key(0), x)
+  params = init(model, x)
   assert vgg.default_conv_fn() is vgg.small_map_conv
   np.testing.assert_allclose(model.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-6)

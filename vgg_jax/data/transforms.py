@@ -100,11 +100,18 @@ def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
 
 def rescale(image: np.ndarray, scale: int) -> np.ndarray:
   """Isotropic rescale of a uint8 image so that its smaller side is `scale`."""
+  return np.asarray(_rescaled_pil(image, scale))
+
+
+def _rescaled_pil(image: np.ndarray, scale: int) -> Image.Image:
+  # Stays a Pillow image so that a following crop copies only the crop out:
+  # converting a whole 512-pixel rescale to numpy costs more than the crop.
   h, w = image.shape[:2]
   new_h, new_w = rescaled_size(h, w, scale)
+  pil = Image.fromarray(image)
   if (new_h, new_w) == (h, w):
-    return image
-  return np.asarray(Image.fromarray(image).resize((new_w, new_h), RESAMPLE))
+    return pil
+  return pil.resize((new_w, new_h), RESAMPLE)
 
 
 def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
@@ -121,13 +128,19 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   return crop(image, (h - size) // 2, (w - size) // 2, size)
 
 
+def random_crop_offsets(height: int, width: int, size: int,
+                        rng: np.random.Generator) -> tuple[int, int]:
+  """(top, left) of a uniformly random size x size window: top drawn first."""
+  if min(height, width) < size:
+    raise ValueError(f'cannot take a {size}x{size} crop of a {height}x{width} '
+                     'image: the scale must be at least the crop size')
+  top = int(rng.integers(0, height - size + 1))
+  left = int(rng.integers(0, width - size + 1))
+  return top, left
+
+
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-  h, w = image.shape[:2]
-  if min(h, w) < size:
-    raise ValueError(f'cannot take a {size}x{size} crop of a {h}x{w} image: the '
-                     'scale must be at least the crop size')
-  top = int(rng.integers(0, h - size + 1))
-  left = int(rng.integers(0, w - size + 1))
+  top, left = random_crop_offsets(*image.shape[:2], size, rng)
   return crop(image, top, left, size)
 
 
@@ -186,20 +199,36 @@ def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
                scale: int, color_shift: float, mean_rgb: Sequence[float]) -> np.ndarray:
   """One augmented training crop, float32 [image_size, image_size, 3].
 
-  `scale` is this image's S (from `sample_scale`, drawn first so that decoding
-  can use it). Then, in this order, the crop position, the flip and the three
-  lighting alphas come from `rng`.
+  Equals `subtract_mean(pca_colour_shift(maybe flip(random_crop(rescale(
+  image, scale))), alphas), mean_rgb)` up to float rounding, with fewer copies
+  of the rescaled image. `scale` is this image's S (from
+  `sample_scale`, drawn first so that decoding can use it); then the crop
+  offsets, the flip and the three lighting alphas come from `rng`, in that order.
   """
-  image = random_crop(rescale(image, scale), image_size, rng)
+  rescaled = _rescaled_pil(image, scale)
+  top, left = random_crop_offsets(rescaled.height, rescaled.width, image_size, rng)
+  image = np.asarray(rescaled.crop((left, top, left + image_size, top + image_size)))
   if rng.random() < 0.5:
     image = flip(image)
   alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
-  image = pca_colour_shift(image.astype(np.float32), alphas)
-  return subtract_mean(image, mean_rgb)
+  # Colour shift and mean subtraction are both per-channel offsets: one pass.
+  offset = pca_colour_offset(alphas) - np.asarray(mean_rgb, np.float32)
+  out = image.astype(np.float32)
+  out += offset
+  return out
 
 
 def eval_view(image: np.ndarray, *, image_size: int, scale: int,
               mean_rgb: Sequence[float]) -> np.ndarray:
   """The single-crop test view: smaller side to Q, centre crop, mean subtracted."""
-  image = centre_crop(rescale(image, scale), image_size)
-  return subtract_mean(image.astype(np.float32), mean_rgb)
+  rescaled = _rescaled_pil(image, scale)
+  top = (rescaled.height - image_size) // 2
+  left = (rescaled.width - image_size) // 2
+  if min(top, left) < 0:
+    raise ValueError(f'cannot take a {image_size}x{image_size} crop of a '
+                     f'{rescaled.height}x{rescaled.width} image: the scale must be '
+                     'at least the crop size')
+  image = np.asarray(rescaled.crop((left, top, left + image_size, top + image_size)))
+  out = image.astype(np.float32)
+  out -= np.asarray(mean_rgb, np.float32)
+  return out
