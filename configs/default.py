@@ -68,4 +68,13 @@ def get_config():
   config.eval_every_steps = -1
   config.checkpoint_every_steps = -1
   config.keep_checkpoints = 3
+  # Batches copied to the devices ahead of the step that needs them.
+  config.prefetch_to_device = 2
+  # A jax.profiler trace of a few steps into WORKDIR/profile (TensorBoard / xprof).
+  config.profile = False
+  config.profile_skip_steps = 5
+  config.profile_num_steps = 5
+  # Workdir of a trained run to copy layers from when starting fresh
+  # (vgg_jax/warm_start.py); '' starts from random weights.
+  config.init_from = ''
   return config

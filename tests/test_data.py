@@ -237,27 +237,35 @@ def test_train_view_is_determined_by_the_generator():
   assert not np.array_equal(a, c)
 
 
+def assert_within_one_grey_level(out, expected):
+  # Resampling only the crop rounds a few pixels the other way (`rescaled_crop`).
+  np.testing.assert_allclose(out, expected, atol=1 + 1e-4)
+  assert np.mean(np.abs(out - expected) > 1e-4) < 0.01
+
+
 def test_train_view_is_the_composition_of_the_paper_steps():
   image = random_image(70, 90)
   mean = (120.0, 110.0, 100.0)
-  for seed in range(6):
+  # Down- and upsampling, and no resampling at all (S = 70 is the image's side).
+  for seed, scale in zip(range(6), (40, 40, 70, 100, 100, 33)):
     out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
-                                scale=40, color_shift=0.1, mean_rgb=mean)
+                                scale=scale, color_shift=0.1, mean_rgb=mean)
     rng = np.random.default_rng(seed)
-    expected = transforms.random_crop(transforms.rescale(image, 40), 32, rng)
+    expected = transforms.random_crop(transforms.rescale(image, scale), 32, rng)
     if rng.random() < 0.5:
       expected = transforms.flip(expected)
     expected = transforms.pca_colour_shift(expected.astype(np.float32),
                                            rng.normal(0.0, 0.1, 3))
     expected = transforms.subtract_mean(expected, mean)
-    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert_within_one_grey_level(out, expected)
 
 
 def test_eval_view_is_rescaled_centre_crop():
   image = random_image(60, 90)
-  out = transforms.eval_view(image, image_size=32, scale=40, mean_rgb=(1, 2, 3))
-  expected = transforms.centre_crop(transforms.rescale(image, 40), 32)
-  np.testing.assert_array_equal(out, expected.astype(np.float32) - [1, 2, 3])
+  for scale in (40, 60, 77):
+    out = transforms.eval_view(image, image_size=32, scale=scale, mean_rgb=(1, 2, 3))
+    expected = transforms.centre_crop(transforms.rescale(image, scale), 32)
+    assert_within_one_grey_level(out, expected.astype(np.float32) - [1, 2, 3])
 
 
 def test_decode_converts_every_mode_to_rgb(tmp_path):

@@ -120,7 +120,9 @@ def test_single_equals_the_training_loops_evaluation(run):
   assert result['num_examples'] == expected['num_examples'] == NUM_TEST
   assert result['top1_error'] == expected['top1_error']
   assert result['top5_error'] == expected['top5_error']
-  assert result['nll'] == pytest.approx(expected['nll'], rel=1e-6)
+  # The reference's crops come from eval_view, which resamples the crop only:
+  # within one grey level of the full rescale the protocol takes its crop from.
+  assert result['nll'] == pytest.approx(expected['nll'], rel=1e-5)
 
 
 def test_dense_at_the_crop_size_without_flip_equals_single(run):

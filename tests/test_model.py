@@ -185,29 +185,3 @@ def test_plot_writes_a_png(tmp_path):
   path = tmp_path / 'vgg.png'
   vgg.plot(vgg.VGG(variant='C', image_size=32, **TINY), str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-
-
-@pytest.mark.parametrize('side, kernel', [(2, 3), (1, 3), (3, 5), (2, 7)])
-def test_small_map_conv_equals_the_plain_convolution(side, kernel):
-  """The CPU fast path: same outputs and same gradients as lax's convolution."""
-  keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(keys[0], (4, side, side, 24))
-  w = jax.random.normal(keys[1], (kernel, kernel, 24, 40))
-  cotangent = jax.random.normal(keys[2], (4, side, side, 40))
-  dn = ('NHWC', 'HWIO', 'NHWC')
-
-  def run(conv):
-    out, vjp = jax.vjp(lambda x, w: conv(x, w, (1, 1), 'SAME', dimension_numbers=dn), x, w)
-    return (out, *vjp(cotangent))
-
-  for fast, plain in zip(run(vgg.small_map_conv), run(jax.lax.conv_general_dilated)):
-    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(plain))))
-
-
-def test_model_uses_the_fast_path_on_cpu_with_equal_results():
-  model = vgg.VGG(variant='B', image_size=32, **TINY)
-  plain = model.clone(conv_fn=jax.lax.conv_general_dilated)
-  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  params = init(model, x)
-  assert vgg.default_conv_fn() is vgg.small_map_conv
-  np.testing.assert_allclose(model.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-6)

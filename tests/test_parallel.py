@@ -1,5 +1,9 @@
 """Data parallelism: a step's result does not depend on the number of devices."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,10 +25,7 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16):
   tx = optim.create_optimizer(OPTIMIZER, num_steps=10, steps_per_epoch=5)
   lr_fn = optim.learning_rate_fn(OPTIMIZER, 10, 5)
   state = train.create_train_state(model, tx, jax.random.key(0), 32, mesh)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, tx=tx, lr_fn=lr_fn,
-                                               dropout_key=jax.random.key(1)),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=(parallel.replicated(mesh),) * 2, donate_argnums=0)
+  step = train.compile_train_step(model, tx, lr_fn, jax.random.key(1), mesh)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(steps):
@@ -55,6 +56,31 @@ def test_global_batch_splits_rows_over_devices():
   assert [s.data.tolist() for s in shards] == [[2 * i, 2 * i + 1] for i in range(8)]
 
 
+def test_prefetch_keeps_order_and_runs_ahead_by_its_size():
+  mesh = parallel.make_mesh()
+  pulled = []
+
+  def local_batches():
+    for i in range(5):
+      pulled.append(i)
+      yield {'x': np.full((8, 2), i, np.float32)}
+
+  stream = parallel.prefetch_to_device(local_batches(), mesh, size=3)
+  first = next(stream)
+  assert len(pulled) == 3  # batches 1 and 2 are already on their way
+  assert first['x'].sharding == parallel.batch_sharded(mesh)
+  rest = [int(b['x'][0, 0]) for b in stream]
+  assert [int(first['x'][0, 0])] + rest == [0, 1, 2, 3, 4]
+
+
+def test_compilation_cache_stores_compiled_programs(tmp_path):
+  code = ('from vgg_jax import parallel; import jax, jax.numpy as jnp; '
+          f'parallel.enable_compilation_cache({str(tmp_path / "cache")!r}, 0.0); '
+          'jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()')
+  subprocess.run([sys.executable, '-c', code], check=True, env={**os.environ, 'XLA_FLAGS': ''})
+  assert os.listdir(tmp_path / 'cache')
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8 devices'):
     parallel.check_batch_size(12, parallel.make_mesh())
@@ -68,3 +94,19 @@ def test_plateau_divides_the_rate_after_patience_evaluations():
     plateau = optim.plateau_update(plateau, acc, patience=2, factor=0.1, max_reductions=3)
     scales.append(round(float(plateau.scale), 6))
   assert scales == [1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+
+
+def test_profile_window_traces_whole_steps_after_warm_up(tmp_path):
+  config = ml_collections.ConfigDict(dict(profile=True, profile_skip_steps=2,
+                                          profile_num_steps=3))
+  window = train.profile_window(config, str(tmp_path), start_step=10, num_steps=100)
+  assert (window.first, window.last) == (13, 15)
+  assert train.profile_window(config, str(tmp_path), 98, 100).last == 100
+  assert train.profile_window(ml_collections.ConfigDict(), str(tmp_path), 0, 9).directory is None
+  f = jax.jit(lambda x: x * 2)
+  x = jnp.ones(4)
+  for step in range(11, 17):
+    window.before(step)
+    x = f(x)
+    window.after(step, x)
+  assert list(tmp_path.glob('profile/process_0/**/*.xplane.pb'))

@@ -14,6 +14,10 @@ Both return flax variables of float32 jax arrays: {'params': ...}, plus
 {'batch_stats': ...} for torchvision's `_bn` models. Each checks every shape
 against the model it targets and raises a one-line ValueError on a mismatch.
 Neither library is imported here: they are only needed to produce the weights.
+
+A downloaded `.pth` file is read with `load_torch_file`, which unpickles
+nothing but tensors and containers (`torch.load(..., weights_only=True)`): a
+pickle can run any code, so a file from elsewhere is never unpickled whole.
 """
 
 from __future__ import annotations
@@ -153,6 +157,21 @@ def from_keras(keras_model) -> tuple[dict[str, Any], dict[str, Any]]:
   kwargs = dict(variant=variant, num_classes=fc3[0].shape[-1],
                 image_size=32 * fc1_kernel.shape[0])
   return _checked({'params': params}, vgg.VGG(**kwargs), 'keras model'), kwargs
+
+
+def load_torch_file(path: str) -> Mapping[str, Any]:
+  """A PyTorch state_dict file (`torch.save(model.state_dict(), path)`), safely.
+
+  `weights_only=True` restricts unpickling to tensors, primitive types and
+  containers, so a file crafted to run code when loaded raises instead.
+  """
+  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except torch.serialization.pickle.UnpicklingError as e:
+    raise ValueError(f'{path} holds objects besides tensors, which unpickling would run as '
+                     'code: only plain state_dicts are loaded; if the file is yours, re-save '
+                     'it with torch.save(model.state_dict(), path)') from e
 
 
 def from_torchvision(state_dict: Mapping[str, Any],

@@ -25,24 +25,24 @@ each image with its mirror, as in the paper; 'single' does not; 'multicrop'
 always takes 25 crops x 2 flips. --flip / --noflip override the default.
 
 Errors (no such workdir, checkpoint or step, unknown protocol, a scale below
-the crop) are one line on stderr with exit status 1, and nothing is written.
+the crop, a damaged checkpoint, checkpoints of another model than config.json
+describes) are one line on stderr with exit status 1, and nothing is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging as std_logging
 import os
 import re
 import sys
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from vgg_jax import checkpoints, evaluation, parallel, train
+from vgg_jax import checkpoints, cli, evaluation, parallel, train
 from vgg_jax.data import transforms
 
 EVAL_DIR = 'eval'
@@ -62,40 +62,43 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-class _DropReadOnlyNotices(std_logging.Filter):
-  """Orbax logs, as warnings, that a read-only checkpoint manager is read-only."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not ('read_only=True' in message or 'Given directory is read only' in message)
-
-
-@contextlib.contextmanager
-def _quiet_read_only_notices():
-  logger, notice_filter = std_logging.getLogger('absl'), _DropReadOnlyNotices()
-  logger.addFilter(notice_filter)
-  try:
-    yield
-  finally:
-    logger.removeFilter(notice_filter)
-
-
 def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[int]]:
   """(variables as numpy, their step, all steps) of the newest checkpoint or `step`.
 
   Host arrays carry no sharding, so they fit any device count; evaluation
-  replicates them on its own mesh.
+  replicates them on its own mesh. A damaged checkpoint raises
+  `checkpoints.CheckpointError` (its checksums are verified).
   """
-  with _quiet_read_only_notices():
-    steps = checkpoints.available_steps(workdir)
-    if not steps:
-      raise FileNotFoundError(f'no complete checkpoint in '
-                              f'{checkpoints.checkpoint_dir(workdir)}')
-    if step is not None and step not in steps:
-      raise ValueError(f'no checkpoint at step {step} in {workdir}: available steps are '
-                       f'{", ".join(map(str, steps))}')
-    step = max(steps) if step is None else step
-    return checkpoints.restore_variables(workdir, step), step, steps
+  steps = checkpoints.available_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f'no complete checkpoint in '
+                            f'{checkpoints.checkpoint_dir(workdir)}')
+  if step is not None and step not in steps:
+    raise ValueError(f'no checkpoint at step {step} in {workdir}: available steps are '
+                     f'{", ".join(map(str, steps))}')
+  step = max(steps) if step is None else step
+  return checkpoints.restore_variables(workdir, step), step, steps
+
+
+def check_fits(model, variables: dict, config, workdir: str, step: int) -> None:
+  """Raises CheckpointError if the checkpoint's arrays are not the model's.
+
+  config.json describes the run that wrote the checkpoints; a workdir whose
+  checkpoints were copied from, or overwritten by, another run would
+  otherwise fail deep inside the model with a shape error.
+  """
+  size = int(config.data.image_size)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                               jnp.zeros((1, size, size, 3), jnp.float32)))
+  differences = checkpoints.shape_differences(
+      variables, {c: expected[c] for c in variables if c in expected})
+  if differences:
+    more = '; ...' if len(differences) > 3 else ''
+    raise checkpoints.CheckpointError(
+        f'the checkpoint at step {step} in {workdir} does not fit the model of its '
+        f'{CONFIG_FILE} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
+        f'{CONFIG_FILE} and the checkpoints come from different runs; evaluate the workdir '
+        'of the run that wrote them')
 
 
 def num_classes_of(params: dict, head: str) -> int:
@@ -153,9 +156,12 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[st
   devices = jax.local_device_count()
   batch_size = default_batch_size(config, devices) if batch_size is None else batch_size
   variables, step, steps = restore(workdir, step)
-  model = train.create_model(config.model, num_classes_of(variables['params'],
-                                                          config.model.head),
-                             int(data_cfg.image_size))
+  try:
+    num_classes = num_classes_of(variables['params'], config.model.head)
+  except KeyError:  # not this head's layers: check_fits says what differs
+    num_classes = 1
+  model = train.create_model(config.model, num_classes, int(data_cfg.image_size))
+  check_fits(model, variables, config, workdir, step)
   split = split or data_cfg.eval_split
   result = evaluation.evaluate_protocol(
       model, variables, data_cfg, split=split, protocol=protocol, scales=scales,
@@ -217,7 +223,7 @@ def main(argv):
                           batch_size=_BATCH_SIZE.value)
     path = write_report(FLAGS.workdir, report) if jax.process_index() == 0 else None
   except train.USER_ERRORS as e:
-    sys.exit(f'vgg_jax.evaluate: error: {e}')
+    sys.exit(cli.error_line('vgg_jax.evaluate', e))
   if path:
     print(paper_table(report))
     print(f'{report["protocol"]}{" with flips" if report["flip"] else ""}, step '
@@ -229,4 +235,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('vgg_jax.evaluate'))

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vgg_jax.cpu_ops import default_conv_fn, default_pool_fn
+
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
 # Widths are fixed across the family (64, 128, 256, 512, 512); depth is what varies.
 STAGE_WIDTHS = (64, 128, 256, 512, 512)
@@ -117,40 +119,6 @@ class LocalResponseNorm(nn.Module):
     return (x32 * lax.pow(self.bias + self.alpha * sum_sq, -self.beta)).astype(x.dtype)
 
 
-def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                   rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                   precision=None, **kwargs):
-  """`lax.conv_general_dilated`, computed as patches + matmul on tiny maps.
-
-  XLA's CPU convolution has a slow path for maps smaller than the kernel (a
-  3x3 conv on the 2x2 last stage of a 32x32 input): 64x2x2x512 -> 512 took
-  820 ms forward where patches + one dot take 23 ms with the same result.
-  Other shapes go to the plain convolution, which is faster there.
-  """
-  kh, kw = rhs.shape[0], rhs.shape[1]  # flax's kernels are HWIO
-  plain = (lhs.shape[1] >= kh and lhs.shape[2] >= kw) or kh * kw == 1
-  unusual = (tuple(window_strides) != (1, 1) or feature_group_count != 1
-             or any(d not in (None, (1, 1)) and tuple(d) != (1, 1)
-                    for d in (lhs_dilation, rhs_dilation)))
-  if plain or unusual:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-  patches = lax.conv_general_dilated_patches(
-      lhs, (kh, kw), window_strides, padding, dimension_numbers=dimension_numbers,
-      precision=precision)
-  # Patch features are ordered (in_channels, kh, kw).
-  cin, cout = rhs.shape[2], rhs.shape[3]
-  weights = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
-  return jnp.dot(patches, weights, precision=precision)
-
-
-def default_conv_fn():
-  """The convolution for the current backend: the small-map path on the CPU."""
-  return small_map_conv if jax.default_backend() == 'cpu' else lax.conv_general_dilated
-
-
 def _initializers(init: str):
   if init == 'paper':
     # §3.1: zero-mean normal with std 1e-2 (the reference code's reading of
@@ -183,7 +151,9 @@ class VGG(nn.Module):
     weight_init: 'paper' (normal, std 0.01) or 'glorot'.
     dtype: compute dtype; parameters stay float32.
     conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
-      None picks the fastest known for the backend (`default_conv_fn`).
+      None picks the fastest known for the backend (`cpu_ops.default_conv_fn`).
+    pool_fn: 2x2 max pooling of an NHWC array; None picks the fastest known
+      for the backend (`cpu_ops.default_pool_fn`).
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -200,6 +170,7 @@ class VGG(nn.Module):
   weight_init: str = 'paper'
   dtype: Any = jnp.float32
   conv_fn: Optional[Callable[..., Any]] = None
+  pool_fn: Optional[Callable[[Any], Any]] = None
 
   def layers(self) -> list[LayerSpec]:
     return resolve_layers(self.variant, self.depths, self.kernel_size,
@@ -236,12 +207,13 @@ class VGG(nn.Module):
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
     conv_kwargs['conv_general_dilated'] = self.conv_fn or default_conv_fn()
+    pool = self.pool_fn or default_pool_fn()
 
     x = x.astype(self.dtype)
     stage = 1
     for spec in layers:
       if spec.stage != stage:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = pool(x)
         stage = spec.stage
       x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
                   use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
@@ -252,7 +224,7 @@ class VGG(nn.Module):
       x = nn.relu(x)
       if use_lrn and spec.name == 'conv1_1':
         x = LocalResponseNorm(name='lrn')(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = pool(x)
 
     dense = functools.partial(nn.Dense, **{k: v for k, v in conv_kwargs.items()
                                            if k != 'conv_general_dilated'})

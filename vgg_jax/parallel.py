@@ -12,8 +12,10 @@ of devices, batch norm statistics and dropout masks included.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
@@ -74,3 +76,38 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v)
           for k, v in local_batch.items()}
+
+
+def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                       size: int = 2) -> Iterator[dict[str, jax.Array]]:
+  """Global batches already on their devices, `size` ahead of the consumer.
+
+  Host-to-device copies are asynchronous, so while step t runs the copies of
+  batches t+1 .. t+size are in flight and the step never waits for its input
+  (the pattern of flax's `jax_utils.prefetch_to_device`, for global arrays).
+  """
+  queue = collections.deque()
+
+  def enqueue(n: int) -> None:
+    for local in itertools.islice(local_batches, n):
+      queue.append(global_batch(local, mesh))
+
+  enqueue(size)
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
+  """Keeps compiled programs in `path`, so a restarted or repeated run skips XLA.
+
+  Only programs that took at least `min_compile_secs` to compile are stored:
+  the train and evaluation steps, not the many small helpers.
+  """
+  if not path:
+    return
+  path = os.path.expanduser(path)
+  os.makedirs(path, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_secs)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)

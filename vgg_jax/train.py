@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax
 import jax
@@ -28,7 +28,8 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
 from ml_collections import config_flags
 
-from vgg_jax import checkpoints, data, evaluation, optim, parallel
+from vgg_jax import (checkpoints, cli, data, evaluation, faults, optim, parallel, resume,
+                     warm_start)
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -101,6 +102,20 @@ def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.Gradient
   return new_state, metrics
 
 
+def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Callable,
+                       dropout_key: jax.Array, mesh) -> Callable:
+  """`train_step` jitted over the mesh: state replicated, batch split on its rows.
+
+  The old state's buffers are donated to the new one, so a step holds one copy
+  of the parameters and optimizer state, not two.
+  """
+  replicated = parallel.replicated(mesh)
+  return jax.jit(
+      lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
+      in_shardings=(replicated, parallel.batch_sharded(mesh)),
+      out_shardings=(replicated, replicated), donate_argnums=0)
+
+
 # --------------------------------------------------------------------------
 # Schedules of the loop: steps, logging, evaluation, checkpoints.
 # --------------------------------------------------------------------------
@@ -144,6 +159,14 @@ def validate(config) -> None:
                      f'one of {", ".join(optim.SCHEDULES)}')
 
 
+def _logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; +inf (dropped) for a line cut off by a kill."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return float('inf')
+
+
 class MetricsLog:
   """`metrics.jsonl` (one JSON object per logged step) plus clu's writers."""
 
@@ -161,7 +184,7 @@ class MetricsLog:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+      kept = [line.rstrip('\n') + '\n' for line in f if _logged_step(line) <= step]
     tmp = self.path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(kept)
@@ -188,14 +211,58 @@ def save_config(config, workdir: str) -> None:
   os.replace(tmp, path)
 
 
+class ProfileWindow:
+  """A `jax.profiler` trace of steps [first, last], written to `directory`.
+
+  Open it with TensorBoard's profile plugin or xprof. The trace stops after the
+  last step's results are ready, so it holds whole steps.
+  """
+
+  def __init__(self, directory: Optional[str] = None, first: int = 0, last: int = -1):
+    self.directory, self.first, self.last = directory, first, last
+
+  def before(self, step: int) -> None:
+    if self.directory and step == self.first:
+      jax.profiler.start_trace(self.directory)
+
+  def after(self, step: int, state) -> None:
+    if self.directory and step == self.last:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      logging.info('profile of steps %d..%d written to %s', self.first, self.last,
+                   self.directory)
+
+
+def profile_window(config, workdir: str, start_step: int, num_steps: int) -> ProfileWindow:
+  """`config.profile`: trace `profile_num_steps` steps, `profile_skip_steps` after the start.
+
+  The first steps of a run (or a resumed run) compile and warm up, so they are skipped.
+  """
+  if not config.get('profile', False):
+    return ProfileWindow()
+  first = min(num_steps, start_step + 1 + config.get('profile_skip_steps', 5))
+  last = min(num_steps, first + config.get('profile_num_steps', 5) - 1)
+  directory = os.path.join(workdir, 'profile', f'process_{jax.process_index()}')
+  return ProfileWindow(directory, first, last)
+
+
 # --------------------------------------------------------------------------
 # The loop.
 # --------------------------------------------------------------------------
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) a run in `workdir`; returns the final evaluation."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False,
+                       preemption: Optional[faults.PreemptionWatch] = None) -> dict:
+  """Trains (or resumes) a run in `workdir`; returns the final evaluation.
+
+  Resuming with a config that changes the experiment raises unless
+  `allow_config_change`. With `preemption` entered (`vgg_jax.train` does),
+  SIGTERM makes the run checkpoint the step it reached and raise
+  `faults.Preempted`; a NaN or Inf loss raises `faults.NonFiniteError`.
+  """
   validate(config)
+  resume.check_writable(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   info = data.dataset_info(config.data)
@@ -203,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model = create_model(config.model, info.num_classes, image_size)
   model.layers()  # unknown variants and bad knobs fail here, before any I/O
   model.check_input(image_size, image_size)
+  for change in resume.check_config(workdir, config, allow_config_change):
+    logging.warning('config changed since the last run in %s: %s', workdir, change)
 
   num_train = info.num_examples[config.data.train_split]
   epoch_steps = steps_per_epoch(config, num_train)
@@ -212,23 +281,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   root = jax.random.key(config.seed)
   init_key, dropout_key = jax.random.split(root)
-  replicated = parallel.replicated(mesh)
   state = create_train_state(model, tx, init_key, image_size, mesh)
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
   if mngr.latest_step() is not None:
-    state = checkpoints.restore(mngr, checkpoints.abstract_like(state))
+    state = checkpoints.restore_newest_good(mngr, checkpoints.abstract_like(state))
     logging.info('resumed from the checkpoint at step %d', int(state.step))
   else:
+    state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
     parameter_overview.log_parameter_overview(state.params)
   save_config(config, workdir)
   start_step = int(state.step)
 
-  step_fn = jax.jit(
-      lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
-      in_shardings=(replicated, parallel.batch_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+  step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh)
   def run_eval():
     # The paper's single-scale protocol, through the same machinery as
     # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
@@ -241,17 +307,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   log_every = every(config.log_every_steps, 50)
   eval_every = every(config.eval_every_steps, epoch_steps)
   checkpoint_every = every(config.checkpoint_every_steps, epoch_steps)
-  batches = data.train_batches(config.data, global_batch_size=config.batch_size,
-                               seed=config.seed, start_step=start_step,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
+  # Losses are looked at where logging waits for the device anyway.
+  losses = faults.LossCheck(log_every, last_checkpoint=lambda: checkpoints.newest_finished(mngr))
+  preemption = preemption or faults.PreemptionWatch()
+  batches = parallel.prefetch_to_device(
+      data.train_batches(config.data, global_batch_size=config.batch_size,
+                         seed=config.seed, start_step=start_step,
+                         process_index=jax.process_index(),
+                         process_count=jax.process_count()),
+      mesh, size=config.get('prefetch_to_device', 2))
+  profile = profile_window(config, workdir, start_step, num_steps)
   logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d',
                start_step, num_steps, epoch_steps, jax.device_count(), config.batch_size)
 
   pending, result = [], None
   timer_step, timer = start_step, time.perf_counter()
   for step in range(start_step + 1, num_steps + 1):
-    state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh))
+    profile.before(step)
+    state, metrics = step_fn(state, next(batches))
+    profile.after(step, state)
+    losses.add(step, metrics['train/loss'])
     pending.append(metrics)
     scalars = {}
     if step % log_every == 0 or step == num_steps:
@@ -282,8 +357,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       timer += time.perf_counter() - eval_start  # evaluation is not training time
     if scalars:
       log.write(step, scalars)
-    if step % checkpoint_every == 0 or step == num_steps:
+    preempted = preemption.reached(step) and step < num_steps
+    if step % checkpoint_every == 0 or step == num_steps or preempted:
+      losses.check()  # no checkpoint after a non-finite loss
       checkpoints.save(mngr, state, step)
+    if preempted:
+      mngr.wait_until_finished()
+      log.close()
+      raise faults.Preempted(step)
 
   if result is None:  # resumed after the last step: evaluate what is there
     result = run_eval()
@@ -306,8 +387,15 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-process runs.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
+_COMPILATION_CACHE = flags.DEFINE_string(
+    'compilation_cache', '~/.cache/vgg_jax/xla', 'Directory where compiled steps are kept '
+    'for the next run or restart (\'\' turns the cache off).')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a workdir even if --config changes the model, '
+    'data or optimizer of the run in it (longer schedules and logging need no flag).')
 
-# Errors that mean "the user asked for something impossible": one line, exit 2.
+# Errors that mean "the user asked for something impossible": one line, exit 1.
+# NonFiniteError and CheckpointError are ValueErrors.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
@@ -318,13 +406,19 @@ def main(argv):
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   try:
+    parallel.enable_compilation_cache(_COMPILATION_CACHE.value)
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                     _PROCESS_ID.value)
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    with faults.PreemptionWatch() as preemption:
+      result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, preemption=preemption,
+                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except faults.Preempted as e:
+    print(f'vgg_jax.train: {e}', file=sys.stderr)
+    sys.exit(faults.PREEMPTED_EXIT_CODE)
   except USER_ERRORS as e:
-    sys.exit(f'vgg_jax.train: error: {e}')
+    sys.exit(cli.error_line('vgg_jax.train', e))
   print(f'final test accuracy: {100 * (1 - result["top1_error"]):.2f}% '
         f'({result["num_examples"]} examples)')
 
@@ -332,4 +426,4 @@ def main(argv):
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('vgg_jax.train', _CONFIG))

@@ -100,6 +100,8 @@ def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
 
 def rescale(image: np.ndarray, scale: int) -> np.ndarray:
   """Isotropic rescale of a uint8 image so that its smaller side is `scale`."""
+  if rescaled_size(*image.shape[:2], scale) == image.shape[:2]:
+    return image
   return np.asarray(_rescaled_pil(image, scale))
 
 
@@ -195,19 +197,39 @@ def subtract_mean(image: np.ndarray, mean_rgb: Sequence[float]) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 
+def rescaled_crop(image: np.ndarray, scale: int, top: int, left: int,
+                  size: int) -> np.ndarray:
+  """`crop(rescale(image, scale), top, left, size)`, resampling the crop only.
+
+  Pillow's `resize(box=...)` computes the full resize's filter taps for the
+  crop's pixels alone: at S = 512 for a 224 crop a fifth of the resampling. The
+  box's float coordinates round a few pixels to the neighbouring grey level
+  (at most 1 of 255, under 1 % of pixels; tests/test_data.py bounds both).
+  """
+  height, width = image.shape[:2]
+  new_h, new_w = rescaled_size(height, width, scale)
+  if not (0 <= top <= new_h - size and 0 <= left <= new_w - size):
+    raise ValueError(f'cannot take a {size}x{size} crop at ({top}, {left}) of a '
+                     f'{new_h}x{new_w} image: the scale must be at least the crop size')
+  if (new_h, new_w) == (height, width):
+    return image[top:top + size, left:left + size]
+  sx, sy = width / new_w, height / new_h
+  box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+  return np.asarray(Image.fromarray(image).resize((size, size), RESAMPLE, box=box))
+
+
 def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
                scale: int, color_shift: float, mean_rgb: Sequence[float]) -> np.ndarray:
   """One augmented training crop, float32 [image_size, image_size, 3].
 
   Equals `subtract_mean(pca_colour_shift(maybe flip(random_crop(rescale(
-  image, scale))), alphas), mean_rgb)` up to float rounding, with fewer copies
-  of the rescaled image. `scale` is this image's S (from
+  image, scale))), alphas), mean_rgb)` to within one grey level (see
+  `rescaled_crop`), without resampling the pixels outside the crop. `scale` is this image's S (from
   `sample_scale`, drawn first so that decoding can use it); then the crop
   offsets, the flip and the three lighting alphas come from `rng`, in that order.
   """
-  rescaled = _rescaled_pil(image, scale)
-  top, left = random_crop_offsets(rescaled.height, rescaled.width, image_size, rng)
-  image = np.asarray(rescaled.crop((left, top, left + image_size, top + image_size)))
+  top, left = random_crop_offsets(*rescaled_size(*image.shape[:2], scale), image_size, rng)
+  image = rescaled_crop(image, scale, top, left, image_size)
   if rng.random() < 0.5:
     image = flip(image)
   alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
@@ -221,14 +243,9 @@ def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
 def eval_view(image: np.ndarray, *, image_size: int, scale: int,
               mean_rgb: Sequence[float]) -> np.ndarray:
   """The single-crop test view: smaller side to Q, centre crop, mean subtracted."""
-  rescaled = _rescaled_pil(image, scale)
-  top = (rescaled.height - image_size) // 2
-  left = (rescaled.width - image_size) // 2
-  if min(top, left) < 0:
-    raise ValueError(f'cannot take a {image_size}x{image_size} crop of a '
-                     f'{rescaled.height}x{rescaled.width} image: the scale must be '
-                     'at least the crop size')
-  image = np.asarray(rescaled.crop((left, top, left + image_size, top + image_size)))
+  new_h, new_w = rescaled_size(*image.shape[:2], scale)
+  image = rescaled_crop(image, scale, (new_h - image_size) // 2, (new_w - image_size) // 2,
+                        image_size)
   out = image.astype(np.float32)
   out -= np.asarray(mean_rgb, np.float32)
   return out

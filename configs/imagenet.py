@@ -1,0 +1,118 @@
+"""The paper's ImageNet protocol (§3.1, §3.2, §4) for any row of Table 1.
+
+    --config=configs/imagenet.py:D            VGG-D, fixed S = 256
+    --config=configs/imagenet.py:D,S=384      fixed S = 384 (lr 1e-3; start it from S = 256)
+    --config=configs/imagenet.py:E,jitter     S drawn per image from [256, 512]
+
+Training (§3.1): batch 256, SGD with momentum 0.9, weight decay 5e-4,
+dropout 0.5 before FC2 and FC3, weights from N(0, 0.01^2), biases 0, a
+learning rate of 1e-2 divided by 10 when validation accuracy stops improving
+(at most three times), 74 epochs; random 224 crops of the image rescaled to
+S, flips, PCA colour shift, ImageNet's mean RGB subtracted. Evaluation is
+once an epoch on the validation set (the plateau rule's signal).
+
+Initialisation, as the paper (set `--config.init_from=WORKDIR`, see
+`vgg_jax/warm_start.py`):
+  * A trains from random weights; B-E start from a trained A (conv1_1,
+    conv2_1, conv3_1, conv3_2 and the three FC layers copied).
+  * S = 384 starts from the same configuration trained at S = 256, with the
+    paper's smaller rate 1e-3 (everything copied).
+  * Jittered S starts from the S = 384 model; the paper gives no rate for
+    this fine-tune, so it keeps 1e-3 too.
+
+Test scales: a single scale Q = S (fixed S) or Q = 384 (jittered, Table 3);
+`auto` for the multi-scale rows (Tables 4-5): Q = {S - 32, S, S + 32} or
+{256, 384, 512}. `config.evals` lists what `experiments.sweep` evaluates after
+training; `vgg_jax.train` itself ignores it.
+
+Data: `imagenet2012` from TFDS (the ILSVRC2012 tars in
+DATA_DIR/downloads/manual/); set `--config.data.data_dir=DATA_DIR`.
+
+Expected: the paper's Table 3, e.g. D at S = 256: 27.0 % top-1 / 8.8 % top-5
+error (single scale); D with jitter: 25.6 / 8.1, and 24.8 / 7.5 with dense
+multi-scale evaluation (Table 4). The paper took 2-3 weeks per net on four
+NVIDIA Titan Black GPUs. Not yet measured with this code: no run of this
+config has been made (it needs ImageNet and GPUs).
+"""
+
+import ml_collections
+
+from configs import common
+
+# §3.1: the fixed scales and the jitter range; §4.1: the jittered models'
+# single test scale.
+FIXED_SCALES = (256, 384)
+JITTER_RANGE = (256, 512)
+JITTER_TEST_SCALE = 384
+BASE_LEARNING_RATE = 1e-2
+FINE_TUNE_LEARNING_RATE = 1e-3  # §3.1: S = 384 starts from S = 256 at 1e-3
+
+
+def get_config(arg=None):
+  arg = common.parse_arg(arg, positional='variant', variant='D', S=256, jitter=False)
+  if arg.jitter and arg.S != 256:
+    raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S '
+                     f'from {list(JITTER_RANGE)}')
+  if arg.S < 224:
+    raise ValueError(f'S={arg.S} is smaller than the 224 crop')
+  fine_tune = arg.jitter or arg.S != 256
+
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      variant=arg.variant,
+      depths=ml_collections.config_dict.placeholder(tuple),
+      kernel_size=3,
+      conv1x1=ml_collections.config_dict.placeholder(bool),
+      lrn=ml_collections.config_dict.placeholder(bool),
+      batch_norm=False,
+      width=1.0,
+      fc_width=4096,
+      head='fc',
+      dropout_rate=0.5,
+      weight_init='paper',
+      dtype='float32',
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='imagenet2012',
+      builder_config=ml_collections.config_dict.placeholder(str),
+      folder=ml_collections.config_dict.placeholder(str),
+      data_dir=ml_collections.config_dict.placeholder(str),
+      train_split='train',
+      eval_split='validation',
+      image_size=224,
+      train_scale=JITTER_RANGE if arg.jitter else (arg.S, arg.S),
+      test_scale=JITTER_TEST_SCALE if arg.jitter else arg.S,
+      color_shift=0.1,
+      mean_rgb=(123.68, 116.779, 103.939),
+  ))
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=FINE_TUNE_LEARNING_RATE if fine_tune else BASE_LEARNING_RATE,
+      momentum=0.9,
+      weight_decay=5e-4,
+      schedule='plateau',
+      warmup_epochs=0.0,
+      step_epochs=(),
+      # The paper says "when the validation accuracy stopped improving"; the
+      # patience (in evaluations, one an epoch) is not stated.
+      plateau_patience=2,
+      plateau_factor=0.1,
+      plateau_max_reductions=3,
+  ))
+
+  config.batch_size = 256
+  config.num_epochs = 74.0
+  config.num_train_steps = -1
+  config.seed = 0
+  config.log_every_steps = 100
+  config.eval_every_steps = -1
+  config.checkpoint_every_steps = -1
+  config.keep_checkpoints = 3
+  # The workdir of a trained run to start from (see the docstring); '' = random.
+  config.init_from = ''
+  # Evaluations after training, 'protocol[:scales]' (`vgg_jax.evaluate`):
+  # Table 3 (single scale), Table 4 (multi-scale dense) and Table 5.
+  config.evals = ('single', 'dense', 'dense:auto', 'multicrop:auto',
+                  'dense+multicrop:auto')
+  return config

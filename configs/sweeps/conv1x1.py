@@ -1,0 +1,25 @@
+"""1x1 against 3x3 convs (Table 3, rows B, C, D).
+
+    python -m experiments.sweep --sweep=configs/sweeps/conv1x1.py:runlocal --workdir=DIR
+
+C adds a 1x1 conv to the end of stages 3-5 of B (more non-linearity, the same
+receptive field); D adds a 3x3 conv there instead. The paper: C beats B, D
+beats C (28.7, 28.1, 27.0 % top-1 at S = 256): non-linearity helps, spatial
+context helps more. Base: configs/cifar10.py with the same argument; sweep
+option `seeds=N` (default 3).
+
+Expected result and wall time: not yet measured.
+"""
+
+from configs import cifar10, common
+
+VARIANTS = ('B', 'C', 'D')
+
+
+def get_config(arg=None):
+  return cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+
+
+def get_sweep(arg=None):
+  options, _ = common.split_arg(arg, seeds=3)
+  return [{'model.variant': v, 'seed': s} for v in VARIANTS for s in range(options.seeds)]

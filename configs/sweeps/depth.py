@@ -1,0 +1,34 @@
+"""Depth (Table 3, rows A, B, D, E): 11, 13, 16 and 19 weight layers, 3x3 convs.
+
+    python -m experiments.sweep --sweep=configs/sweeps/depth.py:runlocal --workdir=DIR
+
+The paper: error falls with depth up to 16-19 layers, D ~ E (ImageNet, S = 256:
+29.6, 28.7, 27.0, 27.3 % top-1). Base: configs/cifar10.py with the same
+argument (`runlocal`, `folder=...`, `epochs=...`); sweep options:
+`seeds=N` (default 3) and `warm`, which starts B, D and E from the trained A of
+the same seed as §3.1 does (A's conv1_1, conv2_1, conv3_1, conv3_2 and FC
+layers); by default every net starts from Glorot-initialised weights, which
+the paper notes works as well and keeps the budgets equal.
+
+Expected result and wall time: not yet measured.
+"""
+
+from configs import cifar10, common
+
+VARIANTS = ('A', 'B', 'D', 'E')
+
+
+def get_config(arg=None):
+  return cifar10.get_config(common.split_arg(arg, seeds=3, warm=False)[1])
+
+
+def get_sweep(arg=None):
+  options, _ = common.split_arg(arg, seeds=3, warm=False)
+  points = []
+  for variant in VARIANTS:
+    for seed in range(options.seeds):
+      point = {'model.variant': variant, 'seed': seed}
+      if options.warm and variant != 'A':
+        point['init_from'] = f'@variant=A,seed={seed}'
+      points.append(point)
+  return points

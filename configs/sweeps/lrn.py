@@ -1,0 +1,24 @@
+"""Local response normalisation (Table 3, rows A and A-LRN).
+
+    python -m experiments.sweep --sweep=configs/sweeps/lrn.py:runlocal --workdir=DIR
+
+A-LRN is A with AlexNet's LRN after the first conv. The paper: no gain (29.6
+against 29.7 % top-1), so B-E drop it. Here batch norm follows every conv in
+both nets (configs/cifar10.py), as it does in every sweep. Base:
+configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
+
+Expected result and wall time: not yet measured.
+"""
+
+from configs import cifar10, common
+
+VARIANTS = ('A', 'A-LRN')
+
+
+def get_config(arg=None):
+  return cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+
+
+def get_sweep(arg=None):
+  options, _ = common.split_arg(arg, seeds=3)
+  return [{'model.variant': v, 'seed': s} for v in VARIANTS for s in range(options.seeds)]

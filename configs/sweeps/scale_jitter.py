@@ -1,0 +1,38 @@
+"""Training scale (Tables 3-4): D at fixed S = 37, fixed S = 55, jittered S in [37, 73].
+
+    python -m experiments.sweep --sweep=configs/sweeps/scale_jitter.py:runlocal --workdir=DIR
+
+The paper's S = 256, 384 and [256, 512] at its 224 crop, scaled to the 32
+crop (configs/cifar10.py). The paper: jittered training beats either fixed
+scale, at a single test scale (D: 27.0, 26.8, 25.6 % top-1) and more with
+multi-scale testing (26.6, 26.5, 24.8). Besides the base config's evaluations
+(single Q, dense at the `auto` scales), every model is tested at each of
+TEST_SCALES alone, for the plot of error against Q. All three start from
+random weights with the same budget; the paper fine-tuned S = 384 from
+S = 256 and the jittered model from S = 384 (add 'init_from': '@<point>' to
+the points for that). Base: configs/cifar10.py with the same argument; sweep
+option `seeds=N` (default 3).
+
+Expected result and wall time: not yet measured.
+"""
+
+from configs import cifar10, common
+
+TEST_SCALES = (32, 37, 46, 55, 64, 73)
+SCALES = (
+    {},  # the base: fixed S = 37, Q = 37
+    {'data.train_scale': (55, 55), 'data.test_scale': 55},
+    {'data.train_scale': cifar10.JITTER_RANGE, 'data.test_scale': cifar10.JITTER_TEST_SCALE},
+)
+
+
+def get_config(arg=None):
+  config = cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+  config.evals = (*config.evals, *(f'single:{q}' for q in TEST_SCALES))
+  return config
+
+
+def get_sweep(arg=None):
+  options, _ = common.split_arg(arg, seeds=3)
+  return [{'model.variant': 'D', **scale, 'seed': seed}
+          for scale in SCALES for seed in range(options.seeds)]

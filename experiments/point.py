@@ -1,0 +1,136 @@
+"""One point of a sweep, run in this process: what experiments.sweep launches.
+
+    python -m experiments.point DIR/<point>
+
+The point's directory holds point.json (its config and evaluations, written
+by experiments.sweep). The point trains with `vgg_jax.train.train_and_evaluate`
+(resuming from its newest checkpoint), records the training loop's final
+evaluation as the 'single' protocol, then runs each evaluation of point.json
+it has not made yet with `vgg_jax.evaluate.evaluate_run`. train_result.json
+marks the training done, evals.json the evaluations. The local launcher runs
+this command, one process per point; the SLURM launcher pickles `PointJob`,
+which does the same in every task of the job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Optional
+
+import jax
+import ml_collections
+import submitit
+from absl import app, logging
+from jax.experimental import multihost_utils
+
+from experiments import sweep
+from vgg_jax import checkpoints, evaluate, evaluation, parallel, train
+
+
+def run_point(point_dir: str) -> dict:
+  """Trains the point in `point_dir` (resuming), then runs its missing evaluations.
+
+  Every process of a multi-process job calls this; only process 0 writes.
+  """
+  spec = sweep.read_json(os.path.join(point_dir, sweep.POINT_FILE))
+  if spec is None:
+    raise FileNotFoundError(f'{point_dir} has no {sweep.POINT_FILE}: launch points through '
+                            '`python -m experiments.sweep --sweep=...`')
+  primary = jax.process_index() == 0
+  trained = sweep.is_trained(point_dir)
+  # What is done is read once, before anything is written: every process of
+  # a multi-process job must take the same branches (collectives inside).
+  recorded = sweep.read_json(os.path.join(point_dir, sweep.EVALS_FILE), {})
+  done = {key: file for key, file in recorded.items()
+          if os.path.isfile(os.path.join(point_dir, 'eval', file))}
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'sweep point {spec["name"]} status read')
+
+  def record(eval_spec: str, report: Optional[dict] = None, file: Optional[str] = None):
+    if primary and report is not None:
+      file = os.path.basename(evaluate.write_report(point_dir, report))
+    done[eval_spec] = file or report['file']
+    if primary:
+      sweep.write_json(os.path.join(point_dir, sweep.EVALS_FILE), done)
+
+  config = ml_collections.ConfigDict(spec['config'])
+  if not trained:
+    start = time.time()
+    result = train.train_and_evaluate(config, point_dir)
+    record(sweep.SINGLE, training_eval_report(result, config, point_dir))
+    if primary:
+      sweep.write_json(os.path.join(point_dir, sweep.TRAIN_RESULT_FILE),
+                       {**result, 'wall_seconds': time.time() - start})
+  for eval_spec in spec['evals']:
+    if eval_spec in done:
+      continue
+    protocol, scales = sweep.parse_eval(eval_spec)
+    # 'single' at Q = 37 and 'single:37' are one measurement: make it once.
+    file = evaluate.result_name(
+        protocol, evaluation.parse_scales(scales, config.data),
+        flip=evaluation.resolve_flip(protocol), split=config.data.eval_split,
+        eval_split=config.data.eval_split, step=0, newest=0)
+    if file in done.values():
+      record(eval_spec, file=file)
+      continue
+    report = evaluate.evaluate_run(point_dir, protocol=protocol, scales=scales)
+    record(eval_spec, report)
+    logging.info('%s %s: top-1 error %.4f, top-5 error %.4f', spec['name'], eval_spec,
+                 report['top1_error'], report['top5_error'])
+  return done
+
+
+def training_eval_report(result: dict, config, point_dir: str) -> dict:
+  """The training loop's last evaluation as `vgg_jax.evaluate.evaluate_run`'s report.
+
+  The loop ends with the 'single' protocol at Q = data.test_scale on the
+  eval split, every example once: the measurement 'single' asks for, on the
+  same weights, so the worker records it instead of making it again.
+  """
+  data_cfg = config.data
+  scales = [int(data_cfg.test_scale)]
+  step = max(checkpoints.available_steps(point_dir))
+  return {
+      **result, 'protocol': 'single', 'scales': scales, 'flip': False, 'step': step,
+      'split': data_cfg.eval_split, 'batch_size': config.batch_size // jax.process_count(),
+      'devices': jax.device_count(), 'config': config.model.variant,
+      'train_scale': evaluate.train_scale_label(data_cfg.train_scale),
+      'file': evaluate.result_name('single', scales, flip=False, split=data_cfg.eval_split,
+                                   eval_split=data_cfg.eval_split, step=step, newest=step),
+  }
+
+
+def start_worker() -> None:
+  """What `vgg_jax.train.main` does before training, for a point's process."""
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # TF serves tfds only
+  # Under SLURM with several tasks, jax.distributed reads the job from the
+  # environment; a single process does nothing.
+  parallel.initialize_distributed()
+
+
+class PointJob(submitit.helpers.Checkpointable):
+  """A SLURM job running one point. On a time-out submitit calls `checkpoint`,
+  whose default resubmits the same call: training resumes from its newest
+  checkpoint and finished evaluations are skipped."""
+
+  def __call__(self, point_dir: str) -> dict:
+    start_worker()
+    return run_point(point_dir)
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError('usage: python -m experiments.point DIR/<point>')
+  try:
+    start_worker()
+    run_point(argv[1])
+  except train.USER_ERRORS as e:
+    sys.exit(f'experiments.point: error: {e}')
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main)

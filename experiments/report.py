@@ -1,0 +1,366 @@
+"""The report of sweeps: a table in the paper's format, a CSV and plots.
+
+    python -m experiments.report DIR [--out=OUT]     # scan DIR's runs
+    python -m experiments.report OUT --from_csv      # regenerate from OUT/results.csv
+
+Scanning finds every run under DIR (a directory with config.json and
+eval/*.json, as `experiments.sweep` and `vgg_jax.evaluate` leave them) and
+writes OUT/results.csv (default OUT = DIR): one row per sweep, point and
+evaluation, with the point's architecture, seed, scales and errors. Then,
+from the CSV alone, so that `--from_csv` regenerates the same report:
+
+  report.md  per sweep, a table in the layout of the paper's Tables 3-5
+             (config, train S, test Q, protocol, top-1 / top-5 error in % as
+             mean ± sample std over seeds, number of seeds);
+  <sweep>.png  top-1 and top-5 error per configuration (error bars: std over
+             seeds); against the number of weight layers when every
+             configuration has its own depth, and against the test scale Q,
+             one line per training scale, when a sweep varies the training
+             scale and tests at single scales.
+
+A point shared by several sweeps (same name and config in one DIR) appears in
+each of them. Runs made outside a sweep are grouped as sweep 'runs'.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+from collections import OrderedDict
+from typing import Optional, Sequence
+
+from absl import app, flags
+
+CSV_FILE = 'results.csv'
+REPORT_FILE = 'report.md'
+COLUMNS = ('sweep', 'order', 'point', 'seed', 'config', 'weight_layers', 'variant',
+           'depths', 'kernel_size', 'conv1x1', 'lrn', 'batch_norm', 'width', 'fc_width',
+           'head', 'epochs', 'train_scale', 'protocol', 'test_scales', 'flip', 'step',
+           'num_examples', 'top1_error', 'top5_error', 'nll', 'train_seconds', 'eval_seconds')
+NUMERIC = {'order': int, 'seed': int, 'weight_layers': int, 'kernel_size': int,
+           'width': float, 'fc_width': int, 'epochs': float, 'step': int,
+           'num_examples': int, 'top1_error': float, 'top5_error': float, 'nll': float,
+           'train_seconds': float, 'eval_seconds': float}
+PROTOCOL_ORDER = ('single', 'dense', 'multicrop', 'dense+multicrop')
+OTHER_RUNS = 'runs'
+
+
+# --------------------------------------------------------------------------
+# Scanning runs into rows.
+# --------------------------------------------------------------------------
+
+
+def _read_json(path: str, default=None):
+  if not os.path.isfile(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def find_runs(root: str) -> list[str]:
+  """Directories under `root` (itself included) holding config.json and eval/."""
+  runs = []
+  for directory, subdirs, files in os.walk(root):
+    subdirs[:] = sorted(d for d in subdirs if d not in ('checkpoints', 'slurm'))
+    if 'config.json' in files and os.path.isdir(os.path.join(directory, 'eval')):
+      runs.append(directory)
+  return sorted(runs)
+
+
+def scale_label(scale) -> str:
+  """'37' for a fixed scale, '[37,73]' for a range (as vgg_jax.evaluate prints)."""
+  lo, hi = (scale, scale) if isinstance(scale, (int, float)) else scale
+  return str(int(lo)) if lo == hi else f'[{int(lo)},{int(hi)}]'
+
+
+def config_label(model: dict) -> str:
+  """The row of Table 1, plus what the run changes about it: 'B 5x5 1-1-1-1-1'."""
+  from vgg_jax.model import CONFIGS
+  variant = model.get('variant', 'D')
+  row = CONFIGS.get(variant, {})
+  parts = [variant]
+  depths = model.get('depths')
+  if depths is not None and tuple(depths) != tuple(row.get('depths', ())):
+    parts.append('depths ' + '-'.join(str(d) for d in depths))
+  if model.get('kernel_size', 3) != 3:
+    k = model['kernel_size']
+    parts.append(f'{k}x{k}')
+  if model.get('conv1x1') is not None and bool(model['conv1x1']) != row.get('conv1x1'):
+    parts.append('+1x1' if model['conv1x1'] else '-1x1')
+  if model.get('lrn') is not None and bool(model['lrn']) != row.get('lrn'):
+    parts.append('+LRN' if model['lrn'] else '-LRN')
+  return ' '.join(parts)
+
+
+def weight_layers(model: dict) -> int:
+  from vgg_jax.model import resolve_layers
+  depths = model.get('depths')
+  convs = resolve_layers(model.get('variant', 'D'), None if depths is None else tuple(depths),
+                         model.get('kernel_size', 3), model.get('conv1x1'),
+                         model.get('width', 1.0))
+  return len(convs) + (3 if model.get('head', 'fc') == 'fc' else 2)
+
+
+def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
+  """{sweep: {point: position}} from the manifests experiments.sweep writes."""
+  orders = {}
+  for directory, _, files in os.walk(root):
+    if os.path.basename(directory) != 'sweeps':
+      continue
+    for file in sorted(files):
+      manifest = _read_json(os.path.join(directory, file))
+      if isinstance(manifest, dict) and 'points' in manifest:
+        orders[manifest['sweep']] = {p['name']: i for i, p in enumerate(manifest['points'])}
+  return orders
+
+
+def run_rows(run_dir: str, orders: dict) -> list[dict]:
+  config = _read_json(os.path.join(run_dir, 'config.json'))
+  point = _read_json(os.path.join(run_dir, 'point.json'), {})
+  trained = _read_json(os.path.join(run_dir, 'train_result.json'), {})
+  model, data = config['model'], config['data']
+  name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
+  base = {
+      'point': name, 'seed': config.get('seed', 0), 'config': config_label(model),
+      'weight_layers': weight_layers(model), 'variant': model.get('variant'),
+      'depths': '-'.join(map(str, model['depths'])) if model.get('depths') else '',
+      'kernel_size': model.get('kernel_size', 3),
+      'conv1x1': '' if model.get('conv1x1') is None else model['conv1x1'],
+      'lrn': '' if model.get('lrn') is None else model['lrn'],
+      'batch_norm': model.get('batch_norm'), 'width': model.get('width'),
+      'fc_width': model.get('fc_width'), 'head': model.get('head'),
+      'epochs': config.get('num_epochs'), 'train_scale': scale_label(data['train_scale']),
+      'train_seconds': trained.get('wall_seconds', ''),
+  }
+  sweeps = point.get('sweeps') or [OTHER_RUNS]
+  rows = []
+  eval_dir = os.path.join(run_dir, 'eval')
+  for file in sorted(os.listdir(eval_dir)):
+    if not file.endswith('.json'):
+      continue
+    result = _read_json(os.path.join(eval_dir, file))
+    if not isinstance(result, dict) or 'top1_error' not in result:
+      continue
+    for sweep in sweeps:
+      rows.append({
+          **base, 'sweep': sweep, 'order': orders.get(sweep, {}).get(name, 10**6),
+          'protocol': result['protocol'],
+          'test_scales': ','.join(str(q) for q in result['scales']),
+          'flip': result.get('flip'), 'step': result.get('step'),
+          'num_examples': result['num_examples'], 'top1_error': result['top1_error'],
+          'top5_error': result['top5_error'], 'nll': result.get('nll', ''),
+          'eval_seconds': result.get('seconds', ''),
+      })
+  return rows
+
+
+def scan(root: str) -> list[dict]:
+  orders = _sweep_orders(root)
+  rows = [row for run in find_runs(root) for row in run_rows(run, orders)]
+  return sorted(rows, key=lambda r: (r['sweep'], r['order'], r['point'],
+                                     _protocol_rank(r['protocol']), _scales_rank(r['test_scales'])))
+
+
+def _protocol_rank(protocol: str) -> int:
+  return PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+
+
+def _scales_rank(test_scales: str) -> tuple:
+  """Single scales before several, each in increasing order: '48' < '32,48,64'."""
+  scales = [int(q) for q in test_scales.split(',')]
+  return len(scales), scales
+
+
+# --------------------------------------------------------------------------
+# The CSV: what the report is made from.
+# --------------------------------------------------------------------------
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator='\n')
+    writer.writeheader()
+    for row in rows:
+      # repr keeps every float exactly, so the CSV regenerates the report.
+      writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+  os.replace(tmp, path)
+
+
+def read_csv(path: str) -> list[dict]:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found: run `python -m experiments.report DIR` on a '
+                            'sweep directory first')
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  for row in rows:
+    for key, kind in NUMERIC.items():
+      if row.get(key) not in (None, ''):
+        row[key] = kind(float(row[key])) if kind is int else kind(row[key])
+  return rows
+
+
+# --------------------------------------------------------------------------
+# Aggregation over seeds, the table and the plots.
+# --------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+  """Mean and sample standard deviation (None for a single value)."""
+  n = len(values)
+  mean = sum(values) / n
+  if n < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def aggregate(rows: Sequence[dict]) -> 'OrderedDict[str, list[dict]]':
+  """{sweep: [one entry per (config, train S, protocol, test Q) over seeds]}."""
+  groups: 'OrderedDict[tuple, list[dict]]' = OrderedDict()
+  for row in rows:
+    key = (row['sweep'], row['config'], row['train_scale'], row['protocol'],
+           row['test_scales'], str(row['flip']))
+    groups.setdefault(key, []).append(row)
+  sweeps: 'OrderedDict[str, list[dict]]' = OrderedDict()
+  for (sweep, config, train_scale, protocol, test_scales, _), members in groups.items():
+    top1, top1_std = mean_std([m['top1_error'] for m in members])
+    top5, top5_std = mean_std([m['top5_error'] for m in members])
+    sweeps.setdefault(sweep, []).append(dict(
+        config=config, train_scale=train_scale, protocol=protocol, test_scales=test_scales,
+        weight_layers=members[0]['weight_layers'], order=min(m['order'] for m in members),
+        top1=top1, top1_std=top1_std, top5=top5, top5_std=top5_std,
+        seeds=sorted(m['seed'] for m in members)))
+  for entries in sweeps.values():
+    entries.sort(key=lambda e: (e['order'], _protocol_rank(e['protocol']),
+                                _scales_rank(e['test_scales'])))
+  return sweeps
+
+
+def _percent(mean: float, std: Optional[float]) -> str:
+  return f'{100 * mean:.1f}' if std is None else f'{100 * mean:.1f} ± {100 * std:.1f}'
+
+
+def markdown(sweeps: 'OrderedDict[str, list[dict]]', plots: dict[str, str]) -> str:
+  lines = ['# Results', '',
+           'Top-1 and top-5 test error in %, mean ± sample standard deviation over the '
+           'seeds listed; generated by `python -m experiments.report` from '
+           f'`{CSV_FILE}`.', '']
+  for sweep, entries in sweeps.items():
+    lines += [f'## {sweep}', '',
+              '| config | weight layers | train S | test Q | protocol | top-1 err | '
+              'top-5 err | seeds |',
+              '|---|---|---|---|---|---|---|---|']
+    for e in entries:
+      lines.append(f'| {e["config"]} | {e["weight_layers"]} | {e["train_scale"]} | '
+                   f'{e["test_scales"]} | {e["protocol"]} | {_percent(e["top1"], e["top1_std"])} | '
+                   f'{_percent(e["top5"], e["top5_std"])} | '
+                   f'{",".join(str(s) for s in e["seeds"])} |')
+    if sweep in plots:
+      lines += ['', f'![{sweep}]({plots[sweep]})']
+    lines.append('')
+  return '\n'.join(lines)
+
+
+def _series_key(e: dict) -> str:
+  return f'{e["protocol"]} Q={e["test_scales"]}'
+
+
+def plot_sweep(sweep: str, entries: Sequence[dict], path: str) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  train_scales = list(dict.fromkeys(e['train_scale'] for e in entries))
+  single_q = [e for e in entries if e['protocol'] == 'single' and ',' not in e['test_scales']]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  if len(train_scales) > 1 and len({e['test_scales'] for e in single_q}) > 1:
+    # Fixed against jittered S, across test scales: one line per training scale.
+    for metric, ax in zip(('top1', 'top5'), axes):
+      for config, train_scale in dict.fromkeys((e['config'], e['train_scale']) for e in single_q):
+        points = sorted((int(e['test_scales']), e) for e in single_q
+                        if e['train_scale'] == train_scale and e['config'] == config)
+        ax.errorbar([q for q, _ in points], [100 * e[metric] for _, e in points],
+                    yerr=[100 * (e[f'{metric}_std'] or 0) for _, e in points],
+                    marker='o', capsize=3, label=f'{config}, train S={train_scale}')
+      ax.set_xlabel('test scale Q (single crop)')
+  else:
+    configs = list(dict.fromkeys(e['config'] for e in entries))
+    layers = {e['config']: e['weight_layers'] for e in entries}
+    by_depth = len(set(layers.values())) == len(configs) > 1
+    positions = ({c: layers[c] for c in configs} if by_depth
+                 else {c: i for i, c in enumerate(configs)})
+    series = list(dict.fromkeys(_series_key(e) for e in entries))
+    for metric, ax in zip(('top1', 'top5'), axes):
+      for i, key in enumerate(series):
+        chosen = [e for e in entries if _series_key(e) == key]
+        # A small offset per series keeps overlapping error bars apart.
+        offset = (i - (len(series) - 1) / 2) * (0.08 if by_depth else 0.05)
+        ax.errorbar([positions[e['config']] + offset for e in chosen],
+                    [100 * e[metric] for e in chosen],
+                    yerr=[100 * (e[f'{metric}_std'] or 0) for e in chosen],
+                    marker='o', capsize=3, linestyle='-' if by_depth else 'none', label=key)
+      ax.set_xticks([positions[c] for c in configs])
+      ax.set_xticklabels([f'{c}\n({layers[c]} layers)' if by_depth else c for c in configs],
+                         fontsize=8)
+      ax.set_xlabel('weight layers' if by_depth else 'configuration')
+  for metric, ax in zip(('top-1', 'top-5'), axes):
+    ax.set_ylabel(f'{metric} error (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f'{sweep}: mean ± std over seeds')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def render(rows: Sequence[dict], out_dir: str) -> str:
+  """report.md and one PNG per sweep from CSV rows; returns the report's path."""
+  sweeps = aggregate(rows)
+  plots = {}
+  for sweep, entries in sweeps.items():
+    file = f'{sweep}.png'
+    plot_sweep(sweep, entries, os.path.join(out_dir, file))
+    plots[sweep] = file
+  path = os.path.join(out_dir, REPORT_FILE)
+  with open(path, 'w') as f:
+    f.write(markdown(sweeps, plots))
+  return path
+
+
+def make_report(directory: str, out_dir: Optional[str] = None, from_csv: bool = False) -> str:
+  out_dir = out_dir or directory
+  csv_path = os.path.join(out_dir, CSV_FILE)
+  if not from_csv:
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f'{directory} does not exist')
+    rows = scan(directory)
+    if not rows:
+      raise ValueError(f'no evaluated runs under {directory}: expected <run>/config.json and '
+                       '<run>/eval/*.json (python -m experiments.sweep leaves them)')
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(rows, csv_path)
+  # Always from the CSV, so a regenerated report is the same report.
+  return render(read_csv(csv_path), out_dir)
+
+
+_OUT = flags.DEFINE_string('out', None, 'Where results.csv, report.md and the plots go '
+                           '(default: DIR).')
+_FROM_CSV = flags.DEFINE_bool('from_csv', False, 'Regenerate report.md and the plots from '
+                              'DIR/results.csv without reading any run.')
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError('usage: python -m experiments.report DIR [--out=OUT] [--from_csv]')
+  try:
+    path = make_report(argv[1], _OUT.value, _FROM_CSV.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f'experiments.report: error: {e}')
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,68 @@
+"""The benchmark measures the right things; speed itself is never asserted here."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vgg_jax import benchmark
+from vgg_jax.model import VGG, abstract_variables, count_params
+
+torch = pytest.importorskip('torch')
+
+TINY = dict(width=1 / 16, fc_width=16, num_classes=5, image_size=32)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(variant='A'),
+    dict(variant='A-LRN'),
+    dict(variant='C', batch_norm=True),
+    dict(variant='D', head='gap'),
+    dict(variant='B', kernel_size=5, image_size=64),
+])
+def test_torch_counterpart_has_the_same_parameters(kwargs):
+  model = VGG(**{**TINY, **kwargs})
+  net = benchmark.torch_model(model)
+  torch_params = sum(p.numel() for p in net.parameters())
+  assert torch_params == count_params(abstract_variables(model)['params'])
+  out = net(torch.zeros(2, 3, model.image_size, model.image_size))
+  assert tuple(out.shape) == (2, 5)
+
+
+def run_benchmark(*args):
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  return subprocess.run([sys.executable, '-m', 'vgg_jax.benchmark', *args],
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_benchmark_prints_every_measurement_as_json(tmp_path):
+  out = tmp_path / 'bench.json'
+  proc = run_benchmark('--width=0.0625', '--fc_width=16', '--batch_size=8', '--steps=1',
+                       '--windows=1', '--devices=2', '--pipeline_images=4', '--peak_size=256',
+                       '--compare=torch', f'--output={out}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(out.read_text())
+  assert report == json.loads(proc.stdout)
+  model = VGG(variant='A', width=1 / 16, fc_width=16, num_classes=10, image_size=32)
+  macs = sum(row[3] for row in benchmark.layer_table(model))
+  train = report['train']
+  assert train['model_flops_per_step'] == 3 * 2 * macs * 8
+  # XLA counts what it compiled: the same convolutions and matmuls, give or
+  # take the first layer's unneeded input gradient and the elementwise work.
+  assert 0.5 < train['xla_flops_per_step'] / train['model_flops_per_step'] < 1.5
+  assert train['mfu'] == pytest.approx(
+      train['model_flops_per_sec'] / report['peak']['flops_per_sec'])
+  assert report['machine']['devices'] == 2
+  for rate in (train, report['eval'], report['pipeline']['one_thread'], report['torch']):
+    assert rate['img_per_sec'] > 0
+  assert report['torch']['ratio'] == pytest.approx(
+      train['img_per_sec'] / report['torch']['img_per_sec'])
+
+
+def test_more_devices_than_visible_is_a_one_line_error():
+  proc = run_benchmark('--devices=3', '--measure=train')
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'vgg_jax.benchmark: error: --devices=3 but only 2 are visible')

@@ -1,0 +1,116 @@
+"""The CPU fast paths equal XLA's plain convolution and pooling: values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_jax import cpu_ops
+from vgg_jax import model as vgg
+
+LAYOUT = ('NHWC', 'HWIO', 'NHWC')
+
+
+def normal(*shape, seed=0):
+  # numpy, not jax.random: XLA CPU takes seconds to compile each threefry draw.
+  return np.random.default_rng([seed, *shape]).standard_normal(shape, np.float32)
+
+
+def conv_and_grads(conv, x, w, cotangent, padding, **kwargs):
+  out, vjp = jax.vjp(lambda x, w: conv(x, w, (1, 1), padding, dimension_numbers=LAYOUT,
+                                       **kwargs), x, w)
+  return (out, *vjp(cotangent))
+
+
+def assert_same_as_plain(shape, kernel, padding, cout=12, **kwargs):
+  x = normal(*shape)
+  w = normal(kernel, kernel, shape[-1], cout)
+  out_shape = jax.eval_shape(
+      lambda: jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=LAYOUT,
+                                           **kwargs)).shape
+  cotangent = normal(*out_shape, seed=1)
+  fast = jax.jit(lambda *a: conv_and_grads(cpu_ops.conv_general_dilated, *a, padding, **kwargs))
+  plain = jax.jit(lambda *a: conv_and_grads(jax.lax.conv_general_dilated, *a, padding, **kwargs))
+  for name, f, p in zip(('output', 'input grad', 'kernel grad'), fast(x, w, cotangent),
+                        plain(x, w, cotangent)):
+    scale = float(jnp.max(jnp.abs(p)))
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize('side, kernel', [(2, 3), (1, 3), (3, 5), (2, 7)])
+def test_map_smaller_than_the_kernel(side, kernel):
+  assert_same_as_plain((3, side, side, 10), kernel, 'SAME')
+
+
+@pytest.mark.parametrize('side, kernel, padding', [
+    (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (16, 3, ((2, 0), (1, 3)))])
+def test_map_at_least_the_kernel_with_shifted_weight_gradient(side, kernel, padding):
+  assert side * side >= cpu_ops.SHIFTED_WEIGHT_GRAD_MIN_POSITIONS
+  assert_same_as_plain((2, side, side, 5), kernel, padding)
+
+
+@pytest.mark.parametrize('kwargs', [dict(rhs_dilation=(2, 2)), dict(feature_group_count=5)])
+def test_unusual_convolutions_take_the_plain_path(kwargs):
+  # Grouped kernels have in_channels / groups input features.
+  cin = 1 if 'feature_group_count' in kwargs else 5
+  x = normal(2, 16, 16, 5)
+  w = normal(3, 3, cin, 10)
+  fast = cpu_ops.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT, **kwargs)
+  plain = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT, **kwargs)
+  np.testing.assert_array_equal(fast, plain)
+
+
+def test_flax_conv_reaches_the_fast_path():
+  """flax passes ConvDimensionNumbers, not layout strings: both must be recognised."""
+  calls = []
+
+  def spy(*args, **kwargs):
+    calls.append(cpu_ops._is_nhwc_hwio(args[0], args[1], kwargs['dimension_numbers']))
+    return cpu_ops.conv_general_dilated(*args, **kwargs)
+
+  layer = nn.Conv(4, (3, 3), conv_general_dilated=spy)
+  layer.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  assert calls and all(calls)
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_max_pool_equals_flax_with_its_gradient(shape):
+  x = normal(*shape)
+  out, vjp = jax.vjp(cpu_ops.max_pool_2x2, x)
+  ref, ref_vjp = jax.vjp(cpu_ops.flax_max_pool_2x2, x)
+  np.testing.assert_array_equal(out, ref)
+  cotangent = normal(*out.shape, seed=1)
+  np.testing.assert_array_equal(vjp(cotangent)[0], ref_vjp(cotangent)[0])
+
+
+def test_max_pool_ties_after_relu_give_the_same_gradient():
+  # A ReLU's zeros tie within a window; the ReLU's zero gradient there makes
+  # sharing (reshape) and picking one (select-and-scatter) agree.
+  x = normal(2, 8, 8, 4) - 0.5
+  cotangent = normal(2, 4, 4, 4, seed=1)
+  grads = [jax.vjp(lambda x: pool(jax.nn.relu(x)), x)[1](cotangent)[0]
+           for pool in (cpu_ops.max_pool_2x2, cpu_ops.flax_max_pool_2x2)]
+  np.testing.assert_array_equal(*grads)
+
+
+def test_whole_model_gradients_equal_the_plain_convolution():
+  # 32x32 input: maps from 32x32 (shifted weight gradients) down to 2x2 (patches).
+  model = vgg.VGG(variant='B', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
+                  dropout_rate=0.0)
+  plain = model.clone(conv_fn=jax.lax.conv_general_dilated,
+                      pool_fn=cpu_ops.flax_max_pool_2x2)
+  x = normal(4, 32, 32, 3)
+  # Init's random code compiles slowly at full LLVM optimisation; the values are the same.
+  params = jax.jit(model.init, compiler_options={'xla_backend_optimization_level': 0})(
+      jax.random.key(0), x)
+  assert vgg.default_conv_fn() is cpu_ops.conv_general_dilated
+  assert vgg.default_pool_fn() is cpu_ops.max_pool_2x2
+
+  def loss_and_grad(m):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)))(params)
+
+  (fast_loss, fast_grads), (plain_loss, plain_grads) = loss_and_grad(model), loss_and_grad(plain)
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
+  for f, p in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))

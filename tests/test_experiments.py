@@ -1,0 +1,513 @@
+"""Experiment configs, warm starts, the sweep runner and the report (issue #7).
+
+One tiny two-point sweep (A, then B warm-started from it) runs through the
+real command line; everything else reuses it or needs no training.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+# Imported here, not inside a test: importing submitit reconfigures logging,
+# which closes pytest's capture file if a test's capsys is active.
+import submitit
+
+from configs import cifar10, imagenet
+from experiments import point as point_worker
+from experiments import report, sweep
+from vgg_jax import checkpoints, evaluation, parallel, train, warm_start
+from vgg_jax.model import VGG
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train import tiny_config  # pylint: disable=wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP_FILES = ('depth', 'kernel_size', 'conv1x1', 'lrn', 'scale_jitter')
+COPIED_FROM_A = ('conv1_1', 'bn1_1', 'conv2_1', 'bn2_1', 'conv3_1', 'bn3_1', 'conv3_2',
+                 'bn3_2', 'fc1', 'fc2', 'fc3')
+A_POINT, B_POINT = 'variant=A,seed=0', 'variant=B,from=variant=A+seed=0,learning_rate=0.0,seed=0'
+
+TINY_SWEEP = '''
+from configs import default
+
+def get_config(arg=None):
+  config = default.get_config()
+  config.data.data_dir = {data_dir!r}
+  config.data.builder_config = 'tiny'
+  config.model.width = 1 / 16
+  config.model.fc_width = 16
+  config.batch_size = 16
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.eval_every_steps = 8
+  config.checkpoint_every_steps = 4
+  config.keep_checkpoints = 3
+  with config.unlocked():
+    config.evals = ('single', 'single:auto', 'single:48')  # the last is 'single'
+  return config
+
+def get_sweep(arg=None):
+  # B starts from A and learns nothing (rate 0): its copied layers stay A's.
+  return [{{'model.variant': 'A', 'seed': 0}},
+          {{'model.variant': 'B', 'seed': 0, 'init_from': '@variant=A,seed=0',
+           'optimizer.learning_rate': 0.0}}]
+'''
+
+
+def run_cli(module, *args, timeout=600):
+  # One CPU device: the runner does not care how many devices a point uses
+  # (test_train and test_parallel cover eight), and eight simulated devices
+  # take twice as long to compile and step.
+  env = dict(os.environ, XLA_FLAGS=re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                                          os.environ.get('XLA_FLAGS', '')))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def mtimes(root):
+  return {os.path.relpath(os.path.join(r, f), root): os.stat(os.path.join(r, f)).st_mtime_ns
+          for r, _, files in os.walk(root) for f in files}
+
+
+# --------------------------------------------------------------------------
+# Configs.
+# --------------------------------------------------------------------------
+
+
+def test_imagenet_configs_set_the_paper_protocol():
+  d384 = imagenet.get_config('D,S=384')
+  assert d384.model.variant == 'D' and d384.model.dropout_rate == 0.5
+  assert d384.model.weight_init == 'paper' and not d384.model.batch_norm
+  assert d384.model.fc_width == 4096 and d384.model.width == 1.0
+  assert tuple(d384.data.train_scale) == (384, 384) and d384.data.test_scale == 384
+  assert d384.data.image_size == 224 and d384.data.eval_split == 'validation'
+  assert d384.batch_size == 256 and d384.num_epochs == 74
+  assert d384.optimizer.momentum == 0.9 and d384.optimizer.weight_decay == 5e-4
+  assert d384.optimizer.schedule == 'plateau' and d384.optimizer.plateau_factor == 0.1
+  assert d384.optimizer.plateau_max_reductions == 3
+  assert d384.optimizer.learning_rate == 1e-3  # §3.1: S = 384 starts from S = 256 at 1e-3
+  assert 'dense:auto' in d384.evals and d384.init_from == ''
+
+  e_jitter = imagenet.get_config('E,jitter')
+  assert e_jitter.model.variant == 'E'
+  assert tuple(e_jitter.data.train_scale) == (256, 512) and e_jitter.data.test_scale == 384
+  d = imagenet.get_config('D')
+  assert tuple(d.data.train_scale) == (256, 256) and d.optimizer.learning_rate == 1e-2
+  assert imagenet.get_config('A-LRN').model.variant == 'A-LRN'
+  for bad, message in [('D,S=384,jitter', 'exclude each other'), ('D,Q=3', 'unknown config'),
+                       ('D,E', 'not KEY=VALUE'), ('D,S=big', 'must be of type int')]:
+    with pytest.raises(ValueError, match=message):
+      imagenet.get_config(bad)
+
+
+def test_cifar10_config_scales_and_runlocal():
+  config = cifar10.get_config('E,jitter,folder=/data/cifar')
+  assert config.model.variant == 'E' and config.data.folder == '/data/cifar'
+  assert config.data.name == 'image_folder' and config.data.image_size == 32
+  assert tuple(config.data.train_scale) == (37, 73) and config.data.test_scale == 55
+  assert tuple(cifar10.get_config('D,S=55').data.train_scale) == (55, 55)
+  local = cifar10.get_config('A,runlocal')
+  full = cifar10.get_config('A')
+  assert local.model.width < full.model.width and local.num_epochs < full.num_epochs
+  assert local.model.batch_norm and cifar10.get_config('A,head=gap').model.head == 'gap'
+  assert cifar10.get_config('A,runlocal,epochs=0.5').num_epochs == 0.5
+
+
+@pytest.mark.parametrize('name', SWEEP_FILES)
+def test_sweep_files_give_named_points_with_seeds(name, tmp_path):
+  module, arg = sweep.load_sweep_module(f'configs/sweeps/{name}.py:runlocal')
+  base = module.get_config(arg)
+  points = sweep.make_points(base, module.get_sweep(arg), str(tmp_path))
+  assert {p.config['seed'] for p in points} == {0, 1, 2}
+  assert len({p.name for p in points}) == len(points)
+  for point in points:
+    assert point.config['model']['width'] == 0.125  # runlocal reached the base
+    assert 'evals' not in point.config and point.evals
+    for spec in point.evals:
+      assert sweep.parse_eval(spec)[0] in ('single', 'dense', 'multicrop', 'dense+multicrop')
+  assert sweep.load_sweep_module(f'configs/sweeps/{name}.py:runlocal,seeds=1')[0].get_sweep(
+      'runlocal,seeds=1')[0]['seed'] == 0
+
+
+def test_point_names_are_canonical():
+  assert sweep.point_name({'seed': 1, 'model.variant': 'B'}) == 'variant=B,seed=1'
+  assert sweep.point_name({'model.variant': 'B', 'model.depths': (1,) * 5,
+                           'model.kernel_size': 5, 'seed': 0}) == \
+      'variant=B,depths=1-1-1-1-1,kernel_size=5,seed=0'
+  assert sweep.point_name({'model.variant': 'D', 'data.train_scale': (37, 73),
+                           'evals': ('single',)}) == 'variant=D,train_scale=37-73'
+  with pytest.raises(ValueError, match='no field'):
+    sweep.make_points(tiny_config('/tmp'), [{'model.varient': 'A'}], '/tmp/x')
+  assert sweep.PROTOCOLS == evaluation.PROTOCOLS
+  with pytest.raises(ValueError, match="unknown protocol 'dens'"):
+    sweep.parse_eval('dens:auto')
+
+
+# --------------------------------------------------------------------------
+# Warm start, as a pure function.
+# --------------------------------------------------------------------------
+
+
+def init_params(variant, seed, **kwargs):
+  """(model, variables): the model's shapes filled with seeded random numbers
+  (a real init runs op by op here, and is ten times slower)."""
+  model = VGG(**{'variant': variant, 'image_size': 32, 'num_classes': 10, 'width': 1 / 16,
+                 'fc_width': 16, 'batch_norm': True, **kwargs})
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  rng = np.random.default_rng(seed)
+  return model, jax.tree_util.tree_map(
+      lambda s: rng.standard_normal(s.shape).astype(s.dtype), shapes)
+
+
+def test_copy_layers_from_a_into_d_takes_the_papers_seven_layers():
+  model_a, source = init_params('A', 0)
+  model_d, fresh = init_params('D', 1)
+  params, copied = warm_start.copy_layers(fresh['params'], source['params'],
+                                          model_a.layers(), model_d.layers())
+  assert sorted(copied) == sorted(COPIED_FROM_A)
+  for name in params:
+    same = name in COPIED_FROM_A
+    expected = source['params'][name] if same else fresh['params'][name]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params[name], expected)
+  # Same shapes in A and D, but not one of the paper's layers: stays fresh.
+  assert not np.array_equal(params['conv4_1']['kernel'], source['params']['conv4_1']['kernel'])
+
+  # A run of the same architecture (S = 384 from S = 256) gives everything.
+  _, other_a = init_params('A', 2)
+  params, copied = warm_start.copy_layers(other_a['params'], source['params'],
+                                          model_a.layers(), model_a.layers())
+  assert sorted(copied) == sorted(other_a['params'])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, source['params'])
+
+
+def test_copy_layers_rejects_other_shapes():
+  model_a, source = init_params('A', 0)
+  wide, fresh = init_params('D', 1, width=1 / 8)  # width overrides
+  with pytest.raises(ValueError, match=r"conv1_1\['kernel'\]: \(3, 3, 3, 4\) in the source, "
+                     r'\(3, 3, 3, 8\) here \(and \d+ more layers\)'):
+    warm_start.copy_layers(fresh['params'], source['params'], model_a.layers(), wide.layers())
+  five, fresh = init_params('B', 1, depths=(1,) * 5, kernel_size=5)
+  with pytest.raises(ValueError, match=r'\(3, 3, 3, 4\) in the source, \(5, 5, 3, 4\) here'):
+    warm_start.copy_layers(fresh['params'], source['params'], model_a.layers(), five.layers())
+  deep = VGG(variant='D', width=1 / 16)
+  with pytest.raises(ValueError, match='the source network has no conv3_2'):
+    warm_start.layers_to_copy(five.layers(), deep.layers())
+
+
+# --------------------------------------------------------------------------
+# The two-point sweep, end to end through the command line.
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def tiny_sweep(tmp_path_factory):
+  """(sweep file, workdir, first run's stdout): A, then B from A, 8 steps each."""
+  root = tmp_path_factory.mktemp('sweep')
+  sweep_file = root / 'tiny.py'
+  sweep_file.write_text(TINY_SWEEP.format(data_dir=str(root / 'tfds')))
+  workdir = root / 'runs'
+  proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--parallel=2')
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  return sweep_file, workdir, proc.stdout
+
+
+def test_sweep_trains_and_evaluates_each_point(tiny_sweep):
+  _, workdir, stdout = tiny_sweep
+  assert 'sweep tiny: 2 points' in stdout and '0 done, 2 to run' in stdout
+  assert stdout.index(f'finished {A_POINT}') < stdout.index(f'started {B_POINT}')
+  for name in (A_POINT, B_POINT):
+    point_dir = workdir / name
+    assert checkpoints.available_steps(str(point_dir))[-1] == 8
+    evals = json.loads((point_dir / 'evals.json').read_text())
+    assert evals == {'single': 'single_48.json', 'single:auto': 'single_32-48-64.json',
+                     'single:48': 'single_48.json'}  # measured once
+    for file in evals.values():
+      assert json.loads((point_dir / 'eval' / file).read_text())['num_examples'] == 100
+  manifest = json.loads((workdir / 'sweeps' / 'tiny.json').read_text())
+  assert [p['name'] for p in manifest['points']] == [A_POINT, B_POINT]
+
+
+def test_warm_started_point_holds_as_layers_and_logs_them(tiny_sweep):
+  _, workdir, _ = tiny_sweep
+  b_config = json.loads((workdir / B_POINT / 'config.json').read_text())
+  assert b_config['init_from'] == str(workdir / A_POINT)
+  log = (workdir / B_POINT / 'log.txt').read_text()
+  assert re.search(r'init_from .*variant=A,seed=0 \(step 8, variant A\): copied conv1_1, '
+                   r'bn1_1, conv2_1, bn2_1, conv3_1, bn3_1, conv3_2, bn3_2, fc1, fc2, fc3; '
+                   r'fresh: conv1_2, bn1_2, conv2_2, bn2_2, conv4_1', log), log[-2000:]
+  a = checkpoints.restore_params(str(workdir / A_POINT))
+  b = checkpoints.restore_params(str(workdir / B_POINT))  # 8 steps at learning rate 0
+  for name in COPIED_FROM_A:
+    jax.tree_util.tree_map(np.testing.assert_array_equal, b[name], a[name])
+  for name in ('conv4_1', 'conv4_2', 'conv5_1', 'conv5_2'):  # same shapes, not copied
+    assert not np.array_equal(b[name]['kernel'], a[name]['kernel'])
+  assert 'conv1_2' in b and 'conv1_2' not in a
+
+
+def test_rerun_does_no_work_twice_and_resumes_what_is_unfinished(tiny_sweep):
+  sweep_file, workdir, _ = tiny_sweep
+  before = mtimes(workdir)
+  proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '2 done, 0 to run' in proc.stdout and 'started' not in proc.stdout
+  assert mtimes(workdir) == before  # not a file written
+
+  # B stopped after its step-4 checkpoint; A lost one evaluation.
+  stopped, a_dir = workdir / B_POINT, workdir / A_POINT
+  (stopped / 'train_result.json').unlink()
+  subprocess.run(['rm', '-rf', os.path.join(checkpoints.checkpoint_dir(str(stopped)), '8')],
+                 check=True)
+  (a_dir / 'eval' / 'single_32-48-64.json').unlink()
+  single = json.loads((stopped / 'eval' / 'single_48.json').read_text())
+  before = mtimes(workdir)
+  proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--parallel=2')
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  # A is trained, so B need not wait for its evaluation: both start at once.
+  assert f'started {A_POINT} (evaluate)' in proc.stdout
+  assert f'started {B_POINT} (resume)' in proc.stdout
+  assert proc.stdout.index(f'started {B_POINT}') < proc.stdout.index('finished')
+  after = mtimes(workdir)
+  changed = {f for f in after if after[f] != before.get(f)}
+  # A: only the missing evaluation; no training, no other evaluation.
+  assert {f for f in changed if f.startswith(A_POINT)} == {
+      f'{A_POINT}/eval/single_32-48-64.json', f'{A_POINT}/log.txt'}
+  # B: trained from step 4 to 8 again (not warm-started again), to the same
+  # weights: its training's last evaluation, recorded as 'single', is the
+  # same; the multi-scale evaluation was done and stays.
+  assert f'{B_POINT}/train_result.json' in changed
+  assert f'{B_POINT}/eval/single_32-48-64.json' not in changed
+  assert json.loads((stopped / 'eval' / 'single_48.json').read_text())['top1_error'] == \
+      single['top1_error']
+  assert checkpoints.available_steps(str(stopped))[-1] == 8
+  assert [json.loads(l)['step'] for l in open(stopped / 'metrics.jsonl')] == [4, 8]
+  log = (stopped / 'log.txt').read_text()
+  assert 'resumed from the checkpoint at step 4' in log and log.count('copied conv1_1') == 1
+
+
+def test_changed_config_is_an_error_not_a_mix(tiny_sweep):
+  sweep_file, workdir, _ = tiny_sweep
+  proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--sweep.batch_size=8')
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0
+  assert last.startswith(f'experiments.sweep: error: point {A_POINT}') and \
+      'batch_size: 16 -> 8' in last
+
+
+def test_local_launcher_starts_a_warm_start_after_its_source(tmp_path, monkeypatch, capsys):
+  """Scheduling alone: each worker only writes train_result.json."""
+  base = tiny_config(str(tmp_path))
+  with base.unlocked():
+    base.evals = ('single',)
+  points = sweep.make_points(base, [
+      {'model.variant': 'B', 'seed': 0, 'init_from': '@variant=A,seed=0'},
+      {'model.variant': 'A', 'seed': 0}, {'model.variant': 'A', 'seed': 1}], str(tmp_path))
+  assert points[0].depends_on == ('variant=A,seed=0',)
+  assert points[0].config['init_from'] == str(tmp_path / A_POINT)
+  for point in points:
+    sweep.prepare(point, str(tmp_path), 'order')
+  monkeypatch.setattr(sweep, 'worker_command', lambda point_dir: [
+      sys.executable, '-c', f'import time; time.sleep(0.5); '
+      f'open({os.path.join(point_dir, "train_result.json")!r}, "w").write("{{}}")'])
+  failed = sweep.launch_local(points, str(tmp_path), parallel=2, gpus_per_point=0,
+                              finished=set())
+  out = capsys.readouterr().out
+  assert failed == []
+  b, a1 = 'variant=B,from=variant=A+seed=0,seed=0', 'variant=A,seed=1'
+  assert out.index(f'started {A_POINT}') < out.index(f'started {a1}') < \
+      out.index(f'finished {A_POINT}') < out.index(f'started {b}')
+
+
+def test_slurm_dry_run_prints_one_job_per_point(tiny_sweep, tmp_path):
+  sweep_file, _, _ = tiny_sweep
+  workdir = tmp_path / 'slurm_sweep'
+  proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}',
+                 '--launcher=slurm', '--dry_run', '--slurm_nodes=2',
+                 '--slurm_gpus_per_node=8', '--slurm_partition=gpu', '--slurm_mem_gb=64',
+                 '--slurm_time_min=600', '--slurm_setup=module load cuda')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not workdir.exists()  # nothing written
+  scripts = proc.stdout.split('### sbatch script of point ')[1:]
+  names = [A_POINT, B_POINT]
+  assert [s.split(' ', 1)[0] for s in scripts] == names
+  for name, script in zip(names, scripts):
+    body = script.split('\n', 1)[1]
+    assert body.startswith('#!/bin/bash\n')
+    flags_ = dict(re.findall(r'^#SBATCH --([a-z-]+)=(.*)$', body, re.M))
+    assert flags_['nodes'] == '2' and flags_['gpus-per-node'] == '8'
+    assert flags_['ntasks-per-node'] == '8'  # one JAX process per GPU
+    assert flags_['partition'] == 'gpu' and flags_['mem'] == '64GB'
+    assert flags_['time'] == '600' and flags_['job-name'] == f'tiny.{name}'
+    assert f'{workdir}/{name}/slurm/' in flags_['output']
+    assert '\nmodule load cuda\n' in body
+    assert re.search(r'^srun .* -m submitit\.core\._submit .*/slurm$', body, re.M)
+  assert 'dependency' not in scripts[0]
+  assert "#SBATCH --dependency='afterok:<job of variant=A,seed=0>'" in scripts[1]
+
+
+def test_slurm_submission_waits_for_sources_and_skips_queued_points(tmp_path, monkeypatch,
+                                                                   capsys):
+  """Submission without a cluster: submitit's executor replaced by a recorder."""
+  base = tiny_config(str(tmp_path))
+  with base.unlocked():
+    base.evals = ('single',)
+  points = sweep.make_points(base, [
+      {'model.variant': 'A', 'seed': 0},
+      {'model.variant': 'B', 'seed': 0, 'init_from': '@variant=A,seed=0'}], str(tmp_path))
+  for point in points:
+    sweep.prepare(point, str(tmp_path), 'tiny')
+  jobs = []
+
+  class Recorder:
+    def __init__(self):
+      self.parameters = {}
+
+    def update_parameters(self, **parameters):
+      self.parameters.update(parameters)
+
+    def submit(self, fn, point_dir):
+      jobs.append((self.parameters, fn, point_dir))
+      return types.SimpleNamespace(job_id=str(100 + len(jobs)))
+
+  monkeypatch.setattr(sweep, '_slurm_executor', lambda *args: Recorder())
+  options = types.SimpleNamespace(
+      slurm_gpus_per_node=4, slurm_nodes=1, slurm_time_min=60, slurm_partition='gpu',
+      slurm_account=None, slurm_qos=None, slurm_constraint=None, slurm_cpus_per_task=8,
+      slurm_mem_gb=None, slurm_setup=None, slurm_max_requeues=3)
+  assert sweep.launch_slurm(points, str(tmp_path), 'tiny', options, dry_run=False,
+                            finished=set()) == ['101', '102']
+  (a_params, a_job, a_dir), (b_params, _, b_dir) = jobs
+  assert isinstance(a_job, point_worker.PointJob) and a_dir == str(tmp_path / A_POINT)
+  assert a_params['ntasks_per_node'] == a_params['gpus_per_node'] == 4
+  assert 'dependency' not in a_params and b_params['dependency'] == 'afterok:101'
+  assert json.loads((tmp_path / A_POINT / 'slurm_job.json').read_text())['job_id'] == '101'
+
+  # Submitted again while both jobs wait in the queue: nothing new.
+  monkeypatch.setattr(submitit, 'SlurmJob',
+                      lambda folder, job_id: types.SimpleNamespace(state='PENDING'))
+  capsys.readouterr()
+  assert sweep.launch_slurm(points, str(tmp_path), 'tiny', options, dry_run=False,
+                            finished=set()) == []
+  assert 'queued already: variant=A,seed=0 is SLURM job 101' in capsys.readouterr().out
+  assert len(jobs) == 2
+
+
+def test_jax_distributed_reads_the_slurm_job(monkeypatch):
+  """The environment srun gives task 9 of a 2-node x 8-GPU job."""
+  from jax._src import clusters
+  env = dict(SLURM_JOB_ID='4242', SLURM_STEP_NODELIST='gpu[017-018]', SLURM_NTASKS='16',
+             SLURM_PROCID='9', SLURM_LOCALID='1', SLURM_STEP_NUM_NODES='2')
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  address, count, process_id, local = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      None, None, None, None, None, None)
+  assert address.startswith('gpu017:') and (count, process_id, local) == (16, 9, [1])
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(jax, 'process_index', lambda: 9)
+  parallel.initialize_distributed()
+  assert calls == [((), {})]  # no arguments: jax reads SLURM itself
+
+
+# --------------------------------------------------------------------------
+# Warm start inside training.
+# --------------------------------------------------------------------------
+
+
+def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_path):
+  _, workdir, _ = tiny_sweep
+  source = workdir / A_POINT
+  mesh = parallel.make_mesh()
+
+  def fresh_state(**model_fields):
+    config = tiny_config(str(tmp_path), **{f'model.{k}': v for k, v in model_fields.items()})
+    config.init_from = str(source)
+    model = train.create_model(config.model, 10, 32)
+    tx = optax.sgd(0.1)
+    return config, model, train.create_train_state(model, tx, jax.random.key(7), 32, mesh)
+
+  config, model, state = fresh_state(variant='D')
+  started = warm_start.apply_init_from(config, state, model)
+  a = checkpoints.restore_variables(str(source))
+  for name in COPIED_FROM_A:
+    jax.tree_util.tree_map(np.testing.assert_array_equal, started.params[name],
+                           a['params'][name])
+    assert started.params[name]['bias' if 'bn' in name else 'kernel'].sharding == \
+        state.params[name]['bias' if 'bn' in name else 'kernel'].sharding
+  jax.tree_util.tree_map(np.testing.assert_array_equal, started.batch_stats['bn3_2'],
+                         a['batch_stats']['bn3_2'])
+  for name in ('conv3_3', 'conv4_1', 'conv5_3'):  # fresh, as created
+    assert started.params[name] is state.params[name]
+  assert warm_start.apply_init_from(tiny_config(str(tmp_path)), state, model) is state
+
+  wide = train.create_model(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
+  shapes = jax.eval_shape(lambda: wide.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+  with pytest.raises(ValueError, match=r'cannot warm-start this model: layer shapes differ: '
+                     r"conv1_1\['kernel'\].*width=0.0625.*width=0.125"):
+    warm_start.apply_init_from(config, types.SimpleNamespace(**shapes), wide)
+
+
+# --------------------------------------------------------------------------
+# The report.
+# --------------------------------------------------------------------------
+
+
+def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
+  _, workdir, _ = tiny_sweep
+  out = tmp_path / 'results'
+  report.make_report(str(workdir), str(out))
+  rows = list(csv.DictReader(open(out / 'results.csv')))
+  assert [(r['point'], r['protocol'], r['test_scales']) for r in rows] == [
+      (A_POINT, 'single', '48'), (A_POINT, 'single', '32,48,64'),
+      (B_POINT, 'single', '48'), (B_POINT, 'single', '32,48,64')]
+  assert {r['sweep'] for r in rows} == {'tiny'}
+  assert (rows[0]['weight_layers'], rows[2]['weight_layers']) == ('11', '13')
+  for row in (rows[0], rows[2]):
+    evaluated = json.loads((workdir / row['point'] / 'eval' / 'single_48.json').read_text())
+    assert float(row['top1_error']) == evaluated['top1_error']  # exactly, through the CSV
+  first = (out / 'report.md').read_text()
+  assert f'| B | 13 | [32,64] | 48 | single | {100 * float(rows[2]["top1_error"]):.1f} |' in first
+  (out / 'report.md').unlink()
+  (out / 'tiny.png').unlink()
+  proc = run_cli('experiments.report', str(out), '--from_csv')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (out / 'report.md').read_text() == first
+  assert (out / 'tiny.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def _rows(sweep_name, config, train_scale, protocol, test_scales, errors, **extra):
+  return [dict({c: '' for c in report.COLUMNS}, sweep=sweep_name, order=s, point=f'{config}-{s}',
+               seed=s, config=config, weight_layers=extra.get('layers', 11),
+               train_scale=train_scale, protocol=protocol, test_scales=test_scales, flip=False,
+               top1_error=top1, top5_error=top1 / 3, num_examples=10000)
+          for s, top1 in enumerate(errors)]
+
+
+def test_report_table_gives_mean_and_std_over_seeds(tmp_path):
+  rows = (_rows('depth', 'A', '37', 'single', '37', [0.30, 0.32, 0.31]) +
+          _rows('depth', 'E', '37', 'single', '37', [0.20, 0.22, 0.24], layers=19) +
+          [r for q in (32, 46, 55) for r in
+           _rows('scale_jitter', 'D', '37', 'single', str(q), [0.3, 0.3 + q / 1000]) +
+           _rows('scale_jitter', 'D', '[37,73]', 'single', str(q), [0.25])])
+  report.write_csv(rows, str(tmp_path / 'results.csv'))
+  path = report.make_report(str(tmp_path), from_csv=True)
+  text = open(path).read()
+  assert '| A | 11 | 37 | 37 | single | 31.0 ± 1.0 | 10.3 ± 0.3 | 0,1,2 |' in text
+  assert '| E | 19 | 37 | 37 | single | 22.0 ± 2.0 | 7.3 ± 0.7 | 0,1,2 |' in text
+  assert '| D | 11 | [37,73] | 55 | single | 25.0 | 8.3 | 0 |' in text
+  assert text.index('## depth') < text.index('## scale_jitter')
+  for plot in ('depth.png', 'scale_jitter.png'):
+    assert (tmp_path / plot).read_bytes()[:4] == b'\x89PNG'
+  assert report.make_report(str(tmp_path), from_csv=True) == path
+  assert open(path).read() == text

@@ -1,0 +1,400 @@
+"""Throughput of training, evaluation and the input pipeline, as JSON.
+
+    python -m vgg_jax.benchmark --variant=A --image_size=32 --batch_size=64 --compare=torch
+    python -m vgg_jax.benchmark --variant=D --image_size=224 --batch_size=256 \\
+        --dtype=bfloat16 --width=1 --fc_width=4096 --num_classes=1000   # one GPU
+
+Every rate is measured after compilation, which is never inside a timed region:
+each compiled function is built with `.lower().compile()` and called once
+before its clock starts. A rate is the median of `--windows` timed windows of
+`--steps` calls each; with `--compare=torch` the vgg_jax and PyTorch training
+windows take turns, so both see the same background load.
+
+* train: the real training step (`train.compile_train_step`: SGD with momentum
+  and weight decay, donated state, the batch split across `--devices`) on a
+  batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
+  compiled step, and the model's own count (3 x the forward pass's 2 x MACs,
+  from `model.layer_table`), which is what MFU uses.
+* peak: a square matmul in the compute dtype on one device, measured in the same
+  run; on a GPU it is multiplied by the number of devices, on the CPU not
+  (host devices share the same cores). MFU = model FLOP/s / peak.
+* eval: the single-crop forward pass at the same size and batch.
+* pipeline: the training input pipeline at 224 with scale jitter S in
+  [256, 512] from JPEG files (`--pipeline_folder`, or synthetic photo-sized
+  JPEGs), with one thread (img/s per core) and with all threads.
+* --compare=torch: the same network, optimizer and batch in PyTorch (an
+  optional dependency), and the ratio vgg_jax / PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from vgg_jax import cpu_ops, data, optim, parallel, train
+from vgg_jax.data import transforms
+from vgg_jax.model import VGG, layer_table, resolve_layers
+
+PIPELINE_SIZE, PIPELINE_SCALE = 224, (256, 512)
+
+
+# --------------------------------------------------------------------------
+# Timing.
+# --------------------------------------------------------------------------
+
+
+def timed_rate(run_window: Callable[[], None], items_per_window: int, windows: int) -> dict:
+  """Items per second: the median over `windows` calls of `run_window`."""
+  return timed_rates({'only': (run_window, items_per_window)}, windows)['only']
+
+
+def timed_rates(runs: dict, windows: int) -> dict:
+  """Rates of several {name: (run_window, items_per_window)}, their windows interleaved.
+
+  Taking turns window by window exposes every contender to the same
+  background load, so a side-by-side ratio stays fair on a shared machine.
+  """
+  rates = {name: [] for name in runs}
+  for _ in range(windows):
+    for name, (run_window, items) in runs.items():
+      start = time.perf_counter()
+      run_window()
+      rates[name].append(items / (time.perf_counter() - start))
+  return {name: {'img_per_sec': statistics.median(r), 'windows': r} for name, r in rates.items()}
+
+
+def matmul_peak(dtype, device, size: Optional[int] = None, steps: int = 5) -> dict:
+  """FLOP/s of a square matmul on one device: the denominator of MFU."""
+  size = size or (2048 if device.platform == 'cpu' else 8192)
+  a = jax.device_put(jnp.ones((size, size), dtype), device)
+  # A chain of dependent matmuls, so one call is long enough to time well.
+  chain = jax.jit(lambda a: jax.lax.fori_loop(0, steps, lambda _, x: (x @ a) * 1e-3, a))
+  compiled = chain.lower(a).compile()
+  jax.block_until_ready(compiled(a))
+  # The best window: a peak is what the hardware can do, not what it did under load.
+  rate = max(timed_rate(lambda: jax.block_until_ready(compiled(a)), 1, 5)['windows'])
+  return {'matmul_size': size, 'flops_per_sec': 2 * size**3 * steps * rate}
+
+
+def xla_flops(compiled) -> Optional[float]:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # older jax: one dict per program
+    analysis = analysis[0] if analysis else None
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
+
+
+# --------------------------------------------------------------------------
+# What is measured.
+# --------------------------------------------------------------------------
+
+
+def build_model(f) -> VGG:
+  """The benchmarked network from the flags `f`: dropout 0.5 as in the paper."""
+  plain = f.ops == 'plain'
+  return VGG(variant=f.variant, num_classes=f.num_classes, image_size=f.image_size,
+             width=f.width, fc_width=f.fc_width, head=f.head, batch_norm=f.batch_norm,
+             dropout_rate=0.5, weight_init='glorot', dtype=jnp.dtype(f.dtype),
+             conv_fn=jax.lax.conv_general_dilated if plain else None,
+             pool_fn=cpu_ops.flax_max_pool_2x2 if plain else None)
+
+
+def model_train_flops(model: VGG, batch: int) -> float:
+  """Forward + backward (twice the forward) FLOPs of one step, from the layer table."""
+  macs = sum(row[3] for row in layer_table(model))
+  return 3 * 2 * macs * batch
+
+
+def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
+  rng = np.random.default_rng(0)
+  local = {'image': rng.standard_normal((batch, size, size, 3), np.float32) * 60,
+           'label': rng.integers(0, num_classes, batch).astype(np.int32)}
+  return jax.device_put(local, parallel.batch_sharded(mesh))
+
+
+def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
+  """A timed window of `steps` compiled train steps, and the compiled step."""
+  batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
+  opt_cfg = ml_collections.ConfigDict(dict(learning_rate=0.01, momentum=0.9,
+                                           weight_decay=5e-4, schedule='constant'))
+  tx = optim.create_optimizer(opt_cfg, num_steps=1000, steps_per_epoch=100)
+  lr_fn = optim.learning_rate_fn(opt_cfg, 1000, 100)
+  init_key, dropout_key = jax.random.split(jax.random.key(0))
+  state = train.create_train_state(model, tx, init_key, model.image_size, mesh)
+  step = train.compile_train_step(model, tx, lr_fn, dropout_key, mesh)
+  compiled = step.lower(state, batch).compile()
+  state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
+
+  def window():
+    nonlocal state
+    for _ in range(steps):
+      state, _ = compiled(state, batch)  # no host synchronisation inside the loop
+    jax.block_until_ready(state)
+
+  return window, compiled
+
+
+def train_summary(rate: dict, compiled, model: VGG, mesh, batch_size: int) -> dict:
+  """The train rate with step time and FLOP/s, by the model's count and XLA's."""
+  result = dict(rate)
+  steps_per_sec = result['img_per_sec'] / batch_size
+  result['step_ms'] = 1e3 / steps_per_sec
+  result['model_flops_per_step'] = model_train_flops(model, batch_size)
+  result['model_flops_per_sec'] = result['model_flops_per_step'] * steps_per_sec
+  per_device = xla_flops(compiled)
+  if per_device is not None:
+    # The compiled program is one device's share of the step.
+    result['xla_flops_per_step'] = per_device * mesh.devices.size
+    result['xla_flops_per_sec'] = result['xla_flops_per_step'] * steps_per_sec
+  return result
+
+
+def measure_eval(model: VGG, mesh, batch_size: int, steps: int, windows: int) -> dict:
+  batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
+  variables = jax.jit(model.init, out_shardings=parallel.replicated(mesh),
+                      compiler_options={'xla_backend_optimization_level': 0})(
+                          jax.random.key(0), batch['image'][:1])
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  compiled = forward.lower(variables, batch['image']).compile()
+  jax.block_until_ready(compiled(variables, batch['image']))
+
+  def window():
+    outs = [compiled(variables, batch['image']) for _ in range(steps)]
+    jax.block_until_ready(outs)
+
+  return timed_rate(window, steps * batch_size, windows)
+
+
+def write_synthetic_jpegs(root: str, count: int) -> None:
+  """Photo-sized JPEGs (500x375, ~ImageNet's average) with smooth and fine detail."""
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, n in (('train', count), ('test', 2)):
+    for i in range(n):
+      folder = os.path.join(root, split, f'class{i % 2}')
+      os.makedirs(folder, exist_ok=True)
+      coarse = rng.uniform(0, 255, (12, 16, 3)).astype(np.uint8)
+      image = np.asarray(Image.fromarray(coarse).resize((500, 375), Image.Resampling.BICUBIC),
+                         np.float32)
+      image += rng.normal(0, 12, image.shape)
+      Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+          os.path.join(folder, f'{i:05d}.jpg'), quality=90)
+
+
+def pipeline_config(folder: str, threads: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name='image_folder', folder=folder, train_split='train', eval_split='test',
+      image_size=PIPELINE_SIZE, train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0],
+      color_shift=0.1, mean_rgb=transforms.IMAGENET_MEAN_RGB, num_threads=threads))
+
+
+def measure_pipeline(folder: Optional[str], images: int, windows: int) -> dict:
+  """Training batches at 224 with scale jitter, decoded from JPEG files."""
+  with contextlib.ExitStack() as stack:
+    if folder is None:
+      folder = stack.enter_context(tempfile.TemporaryDirectory())
+      write_synthetic_jpegs(folder, images)
+    batch = 16
+    result = {'image_size': PIPELINE_SIZE, 'train_scale': list(PIPELINE_SCALE),
+              'cpu_cores': os.cpu_count()}
+    for name, threads in (('one_thread', 1), ('all_threads', os.cpu_count() or 1)):
+      batches = data.train_batches(pipeline_config(folder, threads),
+                                   global_batch_size=batch, seed=0)
+      next(batches)  # start the workers outside the clock
+      per_window = max(1, images // batch)
+      rate = timed_rate(lambda: [next(batches) for _ in range(per_window)],
+                        per_window * batch, windows)
+      result[name] = {'threads': threads, **rate}
+    result['img_per_sec_per_core'] = result['one_thread']['img_per_sec']
+    return result
+
+
+# --------------------------------------------------------------------------
+# PyTorch, for the side-by-side comparison.
+# --------------------------------------------------------------------------
+
+
+def torch_model(model: VGG):
+  """The same layers as `model` (its resolved architecture) as a torch Sequential."""
+  import torch
+  from torch import nn
+  layers, channels, stage = [], 3, 1
+  use_lrn = model.lrn if model.lrn is not None else model.variant == 'A-LRN'
+  for spec in resolve_layers(model.variant, model.depths, model.kernel_size,
+                             model.conv1x1, model.width):
+    if spec.stage != stage:
+      layers.append(nn.MaxPool2d(2))
+      stage = spec.stage
+    layers.append(nn.Conv2d(channels, spec.features, spec.kernel_size,
+                            padding=spec.kernel_size // 2, bias=not model.batch_norm))
+    if model.batch_norm:
+      layers.append(nn.BatchNorm2d(spec.features, momentum=0.1, eps=1e-5))
+    layers.append(nn.ReLU(inplace=True))
+    if use_lrn and spec.name == 'conv1_1':
+      layers.append(nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))
+    channels = spec.features
+  layers.append(nn.MaxPool2d(2))
+  dropout = nn.Dropout(model.dropout_rate)
+  if model.head == 'gap':
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, model.fc_width),
+               nn.ReLU(inplace=True), dropout, nn.Linear(model.fc_width, model.num_classes)]
+  else:
+    w = model.fc1_window
+    layers += [nn.Flatten(), nn.Linear(channels * w * w, model.fc_width), nn.ReLU(inplace=True),
+               dropout, nn.Linear(model.fc_width, model.fc_width), nn.ReLU(inplace=True),
+               nn.Dropout(model.dropout_rate), nn.Linear(model.fc_width, model.num_classes)]
+  return torch.nn.Sequential(*layers)
+
+
+def prepare_torch(model: VGG, batch_size: int, steps: int) -> Callable[[], None]:
+  """A timed window of `steps` PyTorch train steps of the same network and optimizer."""
+  try:
+    import torch
+  except ImportError:
+    sys.exit('vgg_jax.benchmark: error: --compare=torch needs PyTorch: '
+             'pip install torch --index-url https://download.pytorch.org/whl/cpu')
+  torch.manual_seed(0)
+  net = torch_model(model).train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  size = model.image_size
+  images = torch.randn(batch_size, 3, size, size) * 60
+  labels = torch.randint(0, model.num_classes, (batch_size,))
+  autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if model.dtype == jnp.bfloat16
+              else contextlib.nullcontext())
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      loss = loss_fn(net(images), labels)
+    loss.backward()
+    opt.step()
+
+  step()
+  return lambda: [step() for _ in range(steps)]
+
+
+def torch_info() -> dict:
+  import torch
+  return {'threads': torch.get_num_threads(), 'version': torch.__version__}
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def _define_flags():
+  # Defined by the command line only: importing this module (tests do) defines no flags.
+  flags.DEFINE_string('variant', 'A', 'Row of Table 1.')
+  flags.DEFINE_integer('image_size', 32, 'Input side.')
+  flags.DEFINE_integer('batch_size', 64, 'Global batch.')
+  flags.DEFINE_float('width', 1.0, 'Channel multiplier.')
+  flags.DEFINE_integer('fc_width', 512, 'Hidden FC width.')
+  flags.DEFINE_integer('num_classes', 10, 'Classes.')
+  flags.DEFINE_enum('head', 'fc', ['fc', 'gap'], 'Classifier head.')
+  flags.DEFINE_bool('batch_norm', False, 'BatchNorm after every conv.')
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
+      'Compute dtype; parameters and optimizer state stay float32.')
+  flags.DEFINE_enum('ops', 'auto', ['auto', 'plain'],
+      "'auto': the model's backend-specific convolution and pooling "
+      "(vgg_jax.cpu_ops on the CPU); 'plain': lax.conv_general_dilated "
+      'and nn.max_pool everywhere, as a plain Flax VGG has them.')
+  flags.DEFINE_integer('steps', 10, 'Calls per timed window.')
+  flags.DEFINE_integer('windows', 3, 'Timed windows; rates are their median.')
+  flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
+  flags.DEFINE_list('measure', ['train', 'peak', 'eval', 'pipeline'],
+      'What to measure: train, peak, eval, pipeline.')
+  flags.DEFINE_enum('compare', None, ['torch'], 'Also time PyTorch.')
+  flags.DEFINE_string(
+      'pipeline_folder', None, 'Image folder (train/<class>/*.jpg) for the pipeline; '
+      'default: synthetic 500x375 JPEGs.')
+  flags.DEFINE_integer('pipeline_images', 96, 'Images per pipeline window.')
+  flags.DEFINE_integer('peak_size', 0, 'Side of the peak matmul (0: 2048 on the '
+      'CPU, 8192 on accelerators).')
+  flags.DEFINE_string('output', None, 'Also write the JSON to this file.')
+
+
+def main(argv):
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  unknown = set(f.measure) - {'train', 'peak', 'eval', 'pipeline'}
+  if unknown:
+    sys.exit(f'vgg_jax.benchmark: error: unknown --measure entries {sorted(unknown)}: '
+             'choose from train, peak, eval, pipeline')
+  devices = jax.devices()
+  if f.devices:
+    if f.devices > len(devices):
+      sys.exit(f'vgg_jax.benchmark: error: --devices={f.devices} but only '
+               f'{len(devices)} are visible; on the CPU set XLA_FLAGS='
+               f'--xla_force_host_platform_device_count={f.devices}')
+    devices = devices[:f.devices]
+  mesh = parallel.make_mesh(devices)
+  try:
+    parallel.check_batch_size(f.batch_size, mesh)
+    model = build_model(f)
+    model.check_input(model.image_size, model.image_size)
+    model.layers()
+  except ValueError as e:
+    sys.exit(f'vgg_jax.benchmark: error: {e}')
+
+  steps, windows = f.steps, f.windows
+  report = {
+      'setting': {name: f[name].value for name in (
+          'variant', 'image_size', 'batch_size', 'width', 'fc_width', 'num_classes', 'head',
+          'batch_norm', 'dtype', 'ops', 'steps', 'windows')},
+      'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
+                  'devices': len(devices), 'cpu_cores': os.cpu_count(),
+                  'jax': jax.__version__},
+  }
+  measure = f.measure
+  runs, items = {}, steps * f.batch_size
+  if 'train' in measure:
+    train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
+    runs['train'] = (train_window, items)
+  if f.compare == 'torch':
+    runs['torch'] = (prepare_torch(model, f.batch_size, steps), items)
+  rates = timed_rates(runs, windows)
+  if 'train' in measure:
+    report['train'] = train_summary(rates['train'], compiled, model, mesh, f.batch_size)
+  if 'peak' in measure:
+    peak = matmul_peak(model.dtype, devices[0], f.peak_size or None)
+    if devices[0].platform != 'cpu':
+      peak['flops_per_sec'] *= len(devices)
+    report['peak'] = peak
+    if 'train' in report:
+      report['train']['mfu'] = report['train']['model_flops_per_sec'] / peak['flops_per_sec']
+  if 'eval' in measure:
+    report['eval'] = measure_eval(model, mesh, f.batch_size, steps, windows)
+  if 'pipeline' in measure:
+    report['pipeline'] = measure_pipeline(f.pipeline_folder, f.pipeline_images,
+                                          windows)
+  if f.compare == 'torch':
+    report['torch'] = {**rates['torch'], **torch_info()}
+    if 'train' in report:
+      report['torch']['ratio'] = report['train']['img_per_sec'] / report['torch']['img_per_sec']
+  text = json.dumps(report, indent=2)
+  print(text)
+  if f.output:
+    os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+    with open(f.output, 'w') as out:
+      out.write(text + '\n')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

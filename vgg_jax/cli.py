@@ -1,0 +1,78 @@
+"""Conventions shared by the command lines (`vgg_jax.train`, `vgg_jax.evaluate`).
+
+A mistake on the command line, in the config or in the data ends the program
+with one line on stderr, `PROG: error: WHAT: FIX`, and exit status 1, before
+anything on disk changes: absl's parser would print two lines, or the whole
+help, and a config file that fails to load a traceback. Config files are
+Python modules, executed as they are loaded, so they are trusted code: load
+only your own.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from absl import flags
+
+
+def one_line(error: BaseException) -> str:
+  """An exception's message with its line breaks and runs of spaces squeezed."""
+  return ' '.join(str(error).split()) or type(error).__name__
+
+
+def error_line(prog: str, error: BaseException) -> str:
+  return f'{prog}: error: {one_line(error)}'
+
+
+def _config_argument(argv: Sequence[str]) -> Optional[str]:
+  for arg in argv:
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+  return None
+
+
+def flags_parser(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]:
+  """An `app.run(flags_parser=...)` that reports every flag error in one line.
+
+  With `config_flag` (from `config_flags.DEFINE_config_file`), the config is
+  loaded here, so that a missing file, a syntax error or an unknown override
+  is a flag error like the others.
+  """
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      rest = flags.FLAGS(argv)
+      if config_flag is not None and config_flag.value is not None:
+        # A config that failed to load is a stand-in raising on first use.
+        config_flag.value.keys  # pylint: disable=pointless-statement
+    except flags.Error as e:
+      sys.exit(f'{prog}: error: {one_line(e).rstrip(".")}; see --helpfull for the flags')
+    except Exception as e:  # pylint: disable=broad-except
+      # A config file is Python: anything can go wrong in it or its overrides.
+      chain = [e]
+      while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+      cause, config_file = chain[-1], _config_argument(argv)
+      key_error = next((x for x in chain if isinstance(x, KeyError) and x.args), None)
+      if key_error is not None:
+        # ml_collections: "'name'\nDid you mean "other" instead of "name"?"
+        name, _, suggestion = str(key_error.args[0]).partition('\n')
+        override = next((a for a in argv if a.startswith('--config.') and
+                         name.strip("'") in a), 'a --config. override')
+        hint = f' ({suggestion.strip().replace("Did", "did")})' if suggestion.strip() else ''
+        sys.exit(f'{prog}: error: {override}: no config field {name}{hint}; the fields '
+                 f'are those of {config_file}')
+      if config_file and not os.path.isfile(config_file.split(':')[0]):
+        sys.exit(f'{prog}: error: --config={config_file}: no such file; pass a config '
+                 'file such as configs/default.py')
+      sys.exit(f'{prog}: error: cannot load --config={config_file}: '
+               f'{type(cause).__name__}: {one_line(cause)}; fix the file (it needs a '
+               'get_config() returning the config, like configs/default.py)')
+    if len(rest) > 1:
+      sys.exit(f'{prog}: error: unexpected arguments {" ".join(rest[1:])}: flags take the '
+               'form --name=value; see --helpfull')
+    return rest
+
+  return parse

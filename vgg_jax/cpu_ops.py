@@ -1,0 +1,166 @@
+"""VGG's convolution and pooling without XLA CPU's slow paths.
+
+Measured on a 2-core AMD EPYC (jax 0.10.2, fp32, batch 64; `experiments/PERFORMANCE.md`),
+XLA's CPU backend is as fast as PyTorch on the forward pass and the input
+gradient of VGG's convolutions, but has three slow paths:
+
+* a kernel larger than the feature map (a 3x3 conv on the 2x2 last stage of a
+  32x32 input): 1.7 s forward for 64x2x2x512 -> 512, where patches + one matmul
+  take 47 ms;
+* the weight gradient on large maps: 1.4 s for 64x32x32x64 -> 64 (4.8 GFLOP),
+  where the sum over the k*k kernel offsets of (shifted input)^T (output
+  gradient) matmuls takes 225 ms;
+* the gradient of 2x2 max pooling (XLA's select-and-scatter): 184 ms for
+  64x32x32x64, where a max over a reshaped array and its gradient take 33 ms.
+
+`conv_general_dilated` below routes exactly those convolutions to the
+equivalent matmul formulations and everything else to XLA; `max_pool_2x2`
+pools by reshaping. The results equal the plain operations to float rounding
+(tests/test_cpu_ops.py checks values and gradients). Only stride-1, undilated,
+ungrouped NHWC/HWIO convolutions, which is every convolution VGG has, take the
+fast paths. `vgg_jax.model` uses them on the CPU backend only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Weight gradients on maps with at least this many positions go through the
+# shifted matmuls. Alone, XLA's weight gradient looks as fast on 8x8 maps, but
+# inside VGG-D's step the shifted matmuls everywhere make the step 5-7 % faster
+# (1.87 s against 1.99 s, batch 64 at 32x32, 2 cores).
+SHIFTED_WEIGHT_GRAD_MIN_POSITIONS = 1
+_LAYOUT = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _pads(padding, in_hw, kernel_hw):
+  if isinstance(padding, str):
+    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, (1, 1), padding))
+  return tuple(tuple(p) for p in padding)
+
+
+def _plain(lhs, rhs, pads, precision):
+  return lax.conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT,
+                                  precision=precision)
+
+
+def patches_conv(lhs, rhs, pads, precision=None):
+  """The convolution as image patches times the flattened kernel."""
+  kh, kw, cin, cout = rhs.shape
+  patches = lax.conv_general_dilated_patches(
+      lhs, (kh, kw), (1, 1), pads, dimension_numbers=_LAYOUT, precision=precision)
+  # Patch features are ordered (in_channels, kh, kw).
+  weights = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
+  return jnp.dot(patches, weights, precision=precision)
+
+
+def shifted_weight_grad(lhs, grad_out, kernel_hw, pads, precision=None):
+  """d(conv)/d(kernel) as a sum over kernel offsets of two plain matmuls each.
+
+  kernel[i, j] meets input pixel (y + i - pad, x + j - pad) at output (y, x), so
+  its gradient is (the input shifted by (i, j))^T @ (the output gradient), both
+  flattened to (batch * positions, channels).
+  """
+  kh, kw = kernel_hw
+  (top, bottom), (left, right) = pads
+  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  n, ho, wo, cout = grad_out.shape
+  cin = lhs.shape[-1]
+  flat_grad = grad_out.reshape(n * ho * wo, cout)
+  contract_rows = (((0,), (0,)), ((), ()))
+  blocks = [lax.dot_general(padded[:, i:i + ho, j:j + wo, :].reshape(n * ho * wo, cin),
+                            flat_grad, contract_rows, precision=precision,
+                            preferred_element_type=jnp.float32)
+            for i in range(kh) for j in range(kw)]
+  return jnp.stack(blocks).reshape(kh, kw, cin, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_with_shifted_weight_grad(lhs, rhs, pads, precision):
+  return _plain(lhs, rhs, pads, precision)
+
+
+def _fwd(lhs, rhs, pads, precision):
+  return _plain(lhs, rhs, pads, precision), (lhs, rhs)
+
+
+def _bwd(pads, precision, residuals, grad_out):
+  lhs, rhs = residuals
+  # The input gradient is XLA's own transposed convolution, which is fast.
+  _, input_vjp = jax.vjp(lambda x: _plain(x, rhs, pads, precision), lhs)
+  (grad_lhs,) = input_vjp(grad_out)
+  grad_rhs = shifted_weight_grad(lhs, grad_out, rhs.shape[:2], pads, precision)
+  return grad_lhs, grad_rhs.astype(rhs.dtype)
+
+
+_conv_with_shifted_weight_grad.defvjp(_fwd, _bwd)
+
+
+def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
+  canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _LAYOUT)
+  given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return given == canonical
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None,
+                         feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated` with the CPU fast paths; same signature and result."""
+  plain = functools.partial(
+      lax.conv_general_dilated, lhs, rhs, window_strides, padding,
+      lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count, precision=precision,
+      preferred_element_type=preferred_element_type)
+  ones = (None, (1, 1), [1, 1])
+  if (lhs.ndim != 4 or tuple(window_strides) != (1, 1) or lhs_dilation not in ones
+      or rhs_dilation not in ones or feature_group_count != 1 or batch_group_count != 1
+      or preferred_element_type is not None
+      or not _is_nhwc_hwio(lhs, rhs, dimension_numbers)):
+    return plain()
+  kernel_hw = rhs.shape[:2]
+  height, width = lhs.shape[1:3]
+  if kernel_hw == (1, 1):
+    return plain()
+  pads = _pads(padding, (height, width), kernel_hw)
+  if height < kernel_hw[0] or width < kernel_hw[1]:
+    return patches_conv(lhs, rhs, pads, precision)
+  if height * width >= SHIFTED_WEIGHT_GRAD_MIN_POSITIONS:
+    return _conv_with_shifted_weight_grad(lhs, rhs, pads, precision)
+  return plain()
+
+
+def max_pool_2x2(x):
+  """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of an NHWC array, by reshaping.
+
+  The gradient goes to the maximum of each window; where several entries tie
+  it is shared among them, where XLA's pooling gives it to one. In VGG ties are
+  the zeros of a ReLU, whose gradient is zero either way.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h - h % 2, :w - w % 2, :]
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def flax_max_pool_2x2(x):
+  return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def on_cpu() -> bool:
+  return jax.default_backend() == 'cpu'
+
+
+def default_conv_fn():
+  """The convolution for the current backend: the fast paths on the CPU only."""
+  return conv_general_dilated if on_cpu() else lax.conv_general_dilated
+
+
+def default_pool_fn():
+  """2x2 max pooling for the current backend: by reshaping on the CPU only."""
+  return max_pool_2x2 if on_cpu() else flax_max_pool_2x2

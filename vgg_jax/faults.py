@@ -1,0 +1,132 @@
+"""What the training loop does about faults: preemption and divergence.
+
+Preemption. SLURM (at a time limit or on preemption) and cloud schedulers send
+SIGTERM, then SIGKILL some seconds later. `PreemptionWatch` turns SIGTERM into
+a flag that the loop reads once per step; the loop then saves a checkpoint at
+the step it reached, waits until it is written, and raises `Preempted`, which
+`vgg_jax.train` reports on stderr before exiting with `PREEMPTED_EXIT_CODE`.
+Rerunning the same command continues from that step exactly.
+
+With several processes the step must be the same everywhere, or the
+collective save would hang. JAX's preemption service (started by
+`jax.distributed.initialize`) owns SIGTERM then: any process that receives it
+tells the others, and `multihost_utils.reached_preemption_sync_point` agrees
+on a step that every process reaches. A Python handler would replace JAX's, so
+none is installed in that case.
+
+Divergence. `LossCheck` keeps the loss of every step since it last looked and
+looks where the loop waits for the device anyway (logging, checkpoints), so a
+NaN or Inf stops the run naming the exact step, without a per-step sync.
+`vgg_jax.checkpoints.save` also refuses a state with non-finite values, so no
+checkpoint holds them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+# 128 + SIGTERM: what a shell reports for a process that SIGTERM ended, so job
+# scripts that already requeue on "terminated" keep working; distinct from 0
+# (finished) and 1 (error).
+PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
+
+
+class Preempted(Exception):
+  """The run stopped on a preemption notice after checkpointing `step`."""
+
+  def __init__(self, step: int):
+    super().__init__(f'preempted (SIGTERM) at step {step}: saved a checkpoint at step '
+                     f'{step}; rerun the same command to continue from it')
+    self.step = step
+
+
+class NonFiniteError(ValueError):
+  """The loss or the training state stopped being finite: the run diverged."""
+
+
+class PreemptionWatch:
+  """Whether every process has seen a preemption notice, asked once per step.
+
+  Use as a context manager around training: entering installs the SIGTERM
+  handler of a single-process run and leaving restores the previous one. Not
+  entered, a single process never reports preemption.
+  """
+
+  def __init__(self):
+    self._received = False
+    self._previous = None
+
+  def __enter__(self) -> 'PreemptionWatch':
+    # Signal handlers can only be set from the main thread, and with several
+    # processes JAX's own handler must stay (see the module docstring).
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+  def _on_sigterm(self, signum, frame) -> None:
+    # Only take note: the loop acts at the next step boundary, where the
+    # state is whole and nothing else is being written.
+    del signum, frame
+    self._received = True
+
+  def reached(self, step: int) -> bool:
+    """True at the step where the run should checkpoint and stop."""
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._received
+
+
+class LossCheck:
+  """Raises `NonFiniteError` naming the first step whose loss is NaN or Inf.
+
+  `add` is called every step with the step's loss, still on the device; the
+  values are fetched only by `check`, and by `add` at multiples of `every`
+  (the logging interval, where the loop waits for the device anyway), so the
+  loop keeps dispatching ahead of the device in between. `last_checkpoint`
+  returns the newest saved step once written, for the message.
+
+  """
+
+  def __init__(self, every: int, last_checkpoint: Callable[[], Optional[int]]):
+    self.every = max(1, every)
+    self.last_checkpoint = last_checkpoint
+    self._steps: list[int] = []
+    self._losses: list[jax.Array] = []
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._steps.append(step)
+    self._losses.append(loss)
+    if step % self.every == 0:
+      self.check()
+
+  def check(self) -> None:
+    if not self._steps:
+      return
+    steps, losses = self._steps, np.asarray(jax.device_get(self._losses), np.float64)
+    self._steps, self._losses = [], []
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+      raise diverged(f'the training loss is {losses[bad[0]]} at step {steps[bad[0]]}',
+                     self.last_checkpoint())
+
+
+def diverged(what: str, last_checkpoint: Optional[int]) -> NonFiniteError:
+  """The error for a diverged run: what happened, what is kept, what to do."""
+  kept = (f'the newest checkpoint, step {last_checkpoint}, is kept' if last_checkpoint
+          is not None else 'there is no checkpoint yet')
+  return NonFiniteError(
+      f'{what}: the run diverged. No checkpoint holds non-finite values; {kept}. '
+      'Lower --config.optimizer.learning_rate or raise --config.optimizer.warmup_epochs '
+      'and rerun with --allow_config_change (or in a new --workdir)')

@@ -1,0 +1,132 @@
+"""Checks before a run starts or resumes in a workdir, made before it writes anything.
+
+`check_writable`: the workdir (or the directory it would be created in) must
+be writable, so that a week-long job does not fail at its first checkpoint.
+
+`check_config`: a workdir with checkpoints belongs to the config in its
+config.json. Resuming with different values of fields that define the
+experiment (the model, the data and its order, the optimizer) would mix two
+experiments in one run, so it is refused with the list of differences unless
+`--allow_config_change` says it is meant, e.g. a lower learning rate after a
+divergence. Fields that only say how long to train or how often to log,
+evaluate and checkpoint, and where the data lives, may change freely: a
+longer schedule is an ordinary continuation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from vgg_jax import checkpoints
+
+CONFIG_FILE = 'config.json'
+
+# Fields whose change makes a different experiment: everything under these
+# groups, and these top-level fields (the batches of step t depend on both).
+EXPERIMENT_GROUPS = ('model.', 'data.', 'optimizer.')
+EXPERIMENT_FIELDS = ('batch_size', 'seed')
+# ... except where the data lives and how fast it is read.
+FREE_DATA_FIELDS = ('data.data_dir', 'data.num_threads', 'data.num_workers',
+                    'data.prefetch_batches')
+
+
+def check_writable(workdir: str) -> None:
+  """Raises (one line, with the fix) if the run could not write to `workdir`.
+
+  Leaves nothing behind: it creates and removes a test directory, and does not
+  create the workdir, so a run that fails later leaves no empty one.
+  """
+  path = os.path.abspath(workdir)
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise NotADirectoryError(
+        f'--workdir={workdir} cannot be a directory: {existing} is a file; choose '
+        'another --workdir')
+  targets = [existing]
+  if existing == path and os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_DIR)):
+    targets.append(os.path.join(path, checkpoints.CHECKPOINT_DIR))
+  for target in targets:
+    # Try, rather than trust permission bits: root ignores them, read-only
+    # and network file systems do not show in them.
+    try:
+      os.rmdir(tempfile.mkdtemp(prefix='.vgg_jax_write_test', dir=target))
+    except OSError as e:
+      raise PermissionError(
+          f'cannot write to --workdir={workdir}: {target} refused a test directory '
+          f'({e.strerror}); choose a --workdir you can write to, or fix its permissions'
+      ) from e
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds a committed checkpoint (a step directory)."""
+  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    flat = {}
+    for key, value in tree.items():
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    return flat
+  return {prefix[:-1]: tree}
+
+
+def is_experiment_field(key: str) -> bool:
+  if key in FREE_DATA_FIELDS:
+    return False
+  return key.startswith(EXPERIMENT_GROUPS) or key in EXPERIMENT_FIELDS
+
+
+_UNSET = object()
+
+
+def config_changes(saved: dict, config) -> list[tuple[str, Any, Any]]:
+  """(field, saved value, new value) for every field that differs, sorted.
+
+  `config` is compared in the JSON form `vgg_jax.train` saves it in, so
+  tuples and lists are equal; a field only one side has counts as changed.
+  """
+  old = _flatten(saved)
+  new = _flatten(json.loads(config.to_json_best_effort()))
+  pairs = ((key, old.get(key, _UNSET), new.get(key, _UNSET)) for key in sorted({*old, *new}))
+  return [(key, a, b) for key, a, b in pairs if a != b]
+
+
+def _show(value: Any) -> str:
+  return 'unset' if value is _UNSET else json.dumps(value)
+
+
+def check_config(workdir: str, config, allow_change: bool = False) -> list[str]:
+  """Refuses to resume `workdir` with a config that changes the experiment.
+
+  Returns the changes that are allowed (as 'field: old -> new'), for the log.
+  Raises ValueError listing the refused ones otherwise. A workdir without a
+  checkpoint has nothing to protect, and `allow_change` accepts everything.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not has_checkpoints(workdir) or not os.path.isfile(path):
+    return []
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    if allow_change:
+      return [f'{CONFIG_FILE} unreadable ({e}); replaced']
+    raise ValueError(f'cannot read {path} to compare configs ({e}): restore it, or pass '
+                     '--allow_config_change to resume with this config') from e
+  changes = config_changes(saved, config)
+  refused = [c for c in changes if is_experiment_field(c[0])]
+  if refused and not allow_change:
+    shown = '; '.join(f'{key}: {_show(old)} -> {_show(new)}' for key, old, new in refused[:6])
+    more = f'; and {len(refused) - 6} more' if len(refused) > 6 else ''
+    raise ValueError(
+        f'{workdir} holds a run with a different config ({shown}{more}): resume it with '
+        f'its own config ({path}), use a new --workdir, or pass --allow_config_change '
+        'if the change is meant')
+  return [f'{key}: {_show(old)} -> {_show(new)}' for key, old, new in changes]
