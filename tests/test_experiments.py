@@ -24,8 +24,10 @@ import submitit
 from configs import cifar10, imagenet
 from experiments import point as point_worker
 from experiments import report, sweep
-from vgg_jax import checkpoints, evaluation, parallel, train, warm_start
+from vgg_jax import checkpoints, cli, evaluation, parallel, train, warm_start
 from vgg_jax.model import VGG
+# The README troubleshooting table's check (tests/ is on the path under pytest).
+from test_reliability import assert_in_readme
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import tiny_config  # pylint: disable=wrong-import-position
@@ -454,8 +456,13 @@ def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_pat
   wide = train.create_model(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
   shapes = jax.eval_shape(lambda: wide.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   with pytest.raises(ValueError, match=r'cannot warm-start this model: layer shapes differ: '
-                     r"conv1_1\['kernel'\].*width=0.0625.*width=0.125"):
+                     r"conv1_1\['kernel'\].*width=0.0625.*width=0.125") as raised:
     warm_start.apply_init_from(config, types.SimpleNamespace(**shapes), wide)
+  assert_in_readme(cli.error_line('vgg_jax.train', raised.value), DIR=source)
+  config.init_from = str(tmp_path / 'no_run_here')
+  with pytest.raises(FileNotFoundError) as raised:
+    warm_start.apply_init_from(config, state, model)
+  assert_in_readme(cli.error_line('vgg_jax.train', raised.value), DIR=tmp_path / 'no_run_here')
 
 
 # --------------------------------------------------------------------------
