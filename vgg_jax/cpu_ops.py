@@ -161,16 +161,6 @@ def default_conv_fn():
   return conv_general_dilated if on_cpu() else lax.conv_general_dilated
 
 
-def compiler_options() -> dict:
-  """XLA options for compiling VGG steps on the current backend.
-
-  On the CPU, XLA's YNNPACK fusions make VGG-D's training step slower: with
-  them off it ran at 1.07x PyTorch against 0.93x with them
-  (experiments/PERFORMANCE.md). Per compilation, not process-wide.
-  """
-  return {'xla_cpu_experimental_ynn_fusion_type': ''} if on_cpu() else {}
-
-
 def default_pool_fn():
   """2x2 max pooling for the current backend: by reshaping on the CPU only."""
   return max_pool_2x2 if on_cpu() else flax_max_pool_2x2

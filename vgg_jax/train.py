@@ -28,8 +28,8 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, cpu_ops, data, evaluation, faults, optim, parallel,
-                     resume, warm_start)
+from vgg_jax import (checkpoints, cli, data, evaluation, faults, optim, parallel, resume,
+                     warm_start)
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -113,8 +113,7 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
   return jax.jit(
       lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
       in_shardings=(replicated, parallel.batch_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=0,
-      compiler_options=cpu_ops.compiler_options())
+      out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 # --------------------------------------------------------------------------
