@@ -39,9 +39,6 @@ Sizes:
 
 import os
 
-import ml_collections
-from ml_collections import config_dict
-
 from configs import common
 
 # The paper's scales (§3.1, §4.1) times 32/224.
@@ -61,13 +58,9 @@ def get_config(arg=None):
   if arg.S < 32:
     raise ValueError(f'S={arg.S} is smaller than the 32 crop')
 
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
+  config = common.base_config()
+  config.model.update(
       variant=arg.variant,
-      depths=config_dict.placeholder(tuple),
-      kernel_size=3,
-      conv1x1=config_dict.placeholder(bool),
-      lrn=config_dict.placeholder(bool),
       batch_norm=True,
       width=0.125 if arg.runlocal else 1.0,
       fc_width=128 if arg.runlocal else 512,
@@ -76,46 +69,21 @@ def get_config(arg=None):
       # only converges slower with it.
       dropout_rate=0.0 if arg.runlocal else 0.5,
       weight_init='glorot',
-      dtype='float32',
-  ))
-
-  config.data = ml_collections.ConfigDict(dict(
+  )
+  config.data.update(
       name='image_folder',
-      builder_config=config_dict.placeholder(str),
       folder=os.path.expanduser(arg.folder),
-      data_dir=config_dict.placeholder(str),
-      train_split='train',
       eval_split='test',
       image_size=32,
       train_scale=JITTER_RANGE if arg.jitter else (arg.S, arg.S),
       test_scale=JITTER_TEST_SCALE if arg.jitter else arg.S,
-      color_shift=0.1,
       # CIFAR-10's mean pixel (training set).
       mean_rgb=(125.3, 123.0, 113.9),
-  ))
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=0.05,
-      momentum=0.9,
-      weight_decay=5e-4,
-      schedule='cosine',
-      warmup_epochs=0.0,
-      step_epochs=(),
-      plateau_patience=2,
-      plateau_factor=0.1,
-      plateau_max_reductions=3,
-  ))
-
+  )
+  config.optimizer.update(learning_rate=0.05, schedule='cosine')
   config.batch_size = 64 if arg.runlocal else 128
   config.num_epochs = arg.epochs or (2.0 if arg.runlocal else 60.0)
-  config.num_train_steps = -1
-  config.seed = 0
-  config.log_every_steps = 100
-  config.eval_every_steps = -1
-  config.checkpoint_every_steps = -1
   config.keep_checkpoints = 2
-  config.init_from = ''
-  # Evaluations after training, 'protocol[:scales]' (read by experiments.sweep):
   # Table 3 (single scale Q) and Table 4 (dense, multi-scale); multi-crop
   # (50 views per image and scale) only at full size.
   config.evals = (('single', 'dense:auto') if arg.runlocal else

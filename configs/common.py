@@ -1,4 +1,7 @@
-"""What the experiment configs share: the `get_config(arg)` string parser.
+"""What the configs share: every field with the paper's values, and the argument parser.
+
+`base_config()` is the one schema: each config file starts from it and sets
+only what differs, so every config takes the same `--config.*` overrides.
 
 Configs are code and take one string, as in big_vision:
 `--config=configs/imagenet.py:D,S=384` calls `get_config('D,S=384')`. The
@@ -17,6 +20,79 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field `vgg_jax.train` reads, set to the paper's ImageNet protocol (§3.1).
+
+  VGG-D at full width, no batch norm, 4096-wide FC layers with dropout 0.5 and
+  the paper's initialisation; 224 crops of images rescaled to S = 256; batch
+  256, SGD with momentum 0.9 and weight decay 5e-4 from 1e-2, divided by 10
+  when the validation error stops improving, for 74 epochs.
+  """
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(dict(
+      variant='D',
+      depths=config_dict.placeholder(tuple),  # None: the variant's own
+      kernel_size=3,
+      conv1x1=config_dict.placeholder(bool),  # None: the variant's own (C has them)
+      lrn=config_dict.placeholder(bool),  # None: the variant's own (A-LRN has it)
+      batch_norm=False,
+      width=1.0,
+      fc_width=4096,
+      head='fc',
+      dropout_rate=0.5,
+      weight_init='paper',
+      dtype='float32',
+  ))
+  config.data = ml_collections.ConfigDict(dict(
+      name='imagenet2012',
+      builder_config=config_dict.placeholder(str),
+      folder=config_dict.placeholder(str),
+      data_dir=config_dict.placeholder(str),
+      train_split='train',
+      eval_split='validation',
+      image_size=224,
+      train_scale=(256, 256),
+      test_scale=256,
+      color_shift=0.1,
+      mean_rgb=(123.68, 116.779, 103.939),
+  ))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-2,
+      momentum=0.9,
+      weight_decay=5e-4,
+      schedule='plateau',
+      warmup_epochs=0.0,
+      step_epochs=(),
+      # The paper says "when the validation accuracy stopped improving"; the
+      # patience (in evaluations, one an epoch) is not stated.
+      plateau_patience=2,
+      plateau_factor=0.1,
+      plateau_max_reductions=3,
+  ))
+  config.batch_size = 256
+  config.num_epochs = 74.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.seed = 0
+  config.log_every_steps = 100
+  config.eval_every_steps = -1  # -1: once an epoch
+  config.checkpoint_every_steps = -1  # -1: once an epoch
+  config.keep_checkpoints = 3
+  # Batches copied to the devices ahead of the step that needs them.
+  config.prefetch_to_device = 2
+  # A jax.profiler trace of a few steps into WORKDIR/profile (TensorBoard / xprof).
+  config.profile = False
+  config.profile_skip_steps = 5
+  config.profile_num_steps = 5
+  # Workdir of a trained run to copy layers from when starting fresh
+  # (vgg_jax/warm_start.py); '' starts from random weights.
+  config.init_from = ''
+  # Evaluations after training, 'protocol[:scales]', run by experiments.sweep
+  # (`vgg_jax.evaluate`); `vgg_jax.train` itself ignores the field.
+  config.evals = ('single',)
+  return config
 
 
 def _convert(key: str, text: str, default: Any) -> Any:

@@ -35,8 +35,6 @@ NVIDIA Titan Black GPUs. Not yet measured with this code: no run of this
 config has been made (it needs ImageNet and GPUs).
 """
 
-import ml_collections
-
 from configs import common
 
 # §3.1: the fixed scales and the jitter range; §4.1: the jittered models'
@@ -57,62 +55,11 @@ def get_config(arg=None):
     raise ValueError(f'S={arg.S} is smaller than the 224 crop')
   fine_tune = arg.jitter or arg.S != 256
 
-  config = ml_collections.ConfigDict()
-  config.model = ml_collections.ConfigDict(dict(
-      variant=arg.variant,
-      depths=ml_collections.config_dict.placeholder(tuple),
-      kernel_size=3,
-      conv1x1=ml_collections.config_dict.placeholder(bool),
-      lrn=ml_collections.config_dict.placeholder(bool),
-      batch_norm=False,
-      width=1.0,
-      fc_width=4096,
-      head='fc',
-      dropout_rate=0.5,
-      weight_init='paper',
-      dtype='float32',
-  ))
-
-  config.data = ml_collections.ConfigDict(dict(
-      name='imagenet2012',
-      builder_config=ml_collections.config_dict.placeholder(str),
-      folder=ml_collections.config_dict.placeholder(str),
-      data_dir=ml_collections.config_dict.placeholder(str),
-      train_split='train',
-      eval_split='validation',
-      image_size=224,
-      train_scale=JITTER_RANGE if arg.jitter else (arg.S, arg.S),
-      test_scale=JITTER_TEST_SCALE if arg.jitter else arg.S,
-      color_shift=0.1,
-      mean_rgb=(123.68, 116.779, 103.939),
-  ))
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=FINE_TUNE_LEARNING_RATE if fine_tune else BASE_LEARNING_RATE,
-      momentum=0.9,
-      weight_decay=5e-4,
-      schedule='plateau',
-      warmup_epochs=0.0,
-      step_epochs=(),
-      # The paper says "when the validation accuracy stopped improving"; the
-      # patience (in evaluations, one an epoch) is not stated.
-      plateau_patience=2,
-      plateau_factor=0.1,
-      plateau_max_reductions=3,
-  ))
-
-  config.batch_size = 256
-  config.num_epochs = 74.0
-  config.num_train_steps = -1
-  config.seed = 0
-  config.log_every_steps = 100
-  config.eval_every_steps = -1
-  config.checkpoint_every_steps = -1
-  config.keep_checkpoints = 3
-  # The workdir of a trained run to start from (see the docstring); '' = random.
-  config.init_from = ''
-  # Evaluations after training, 'protocol[:scales]' (`vgg_jax.evaluate`):
+  config = common.base_config()  # the paper's protocol
+  config.model.variant = arg.variant
+  config.data.train_scale = JITTER_RANGE if arg.jitter else (arg.S, arg.S)
+  config.data.test_scale = JITTER_TEST_SCALE if arg.jitter else arg.S
+  config.optimizer.learning_rate = FINE_TUNE_LEARNING_RATE if fine_tune else BASE_LEARNING_RATE
   # Table 3 (single scale), Table 4 (multi-scale dense) and Table 5.
-  config.evals = ('single', 'dense', 'dense:auto', 'multicrop:auto',
-                  'dense+multicrop:auto')
+  config.evals = ('single', 'dense', 'dense:auto', 'multicrop:auto', 'dense+multicrop:auto')
   return config

@@ -26,7 +26,7 @@ from absl import app, logging
 from jax.experimental import multihost_utils
 
 from experiments import sweep
-from vgg_jax import checkpoints, evaluate, evaluation, parallel, train
+from vgg_jax import checkpoints, evaluate, evaluation, faults, parallel, train
 
 
 def run_point(point_dir: str) -> dict:
@@ -58,7 +58,10 @@ def run_point(point_dir: str) -> dict:
   config = ml_collections.ConfigDict(spec['config'])
   if not trained:
     start = time.time()
-    result = train.train_and_evaluate(config, point_dir)
+    # SIGTERM (a stopped sweep, a preempted job): checkpoint at the step
+    # reached and raise faults.Preempted; the point resumes from there.
+    with faults.PreemptionWatch() as preemption:
+      result = train.train_and_evaluate(config, point_dir, preemption=preemption)
     record(sweep.SINGLE, training_eval_report(result, config, point_dir))
     if primary:
       sweep.write_json(os.path.join(point_dir, sweep.TRAIN_RESULT_FILE),
@@ -106,6 +109,11 @@ def start_worker() -> None:
   """What `vgg_jax.train.main` does before training, for a point's process."""
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # TF serves tfds only
+  # Points of a sweep share their train and evaluation steps' shapes: the
+  # second one on a machine skips their compilation. JAX_COMPILATION_CACHE_DIR,
+  # when set, is JAX's own choice and stays.
+  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    parallel.enable_compilation_cache(parallel.DEFAULT_COMPILATION_CACHE)
   # Under SLURM with several tasks, jax.distributed reads the job from the
   # environment; a single process does nothing.
   parallel.initialize_distributed()
@@ -127,6 +135,9 @@ def main(argv):
   try:
     start_worker()
     run_point(argv[1])
+  except faults.Preempted as e:
+    print(f'experiments.point: {e}', file=sys.stderr)
+    sys.exit(faults.PREEMPTED_EXIT_CODE)
   except train.USER_ERRORS as e:
     sys.exit(f'experiments.point: error: {e}')
 

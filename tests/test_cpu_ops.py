@@ -107,10 +107,21 @@ def test_whole_model_gradients_equal_the_plain_convolution():
   assert vgg.default_conv_fn() is cpu_ops.conv_general_dilated
   assert vgg.default_pool_fn() is cpu_ops.max_pool_2x2
 
-  def loss_and_grad(m):
-    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)))(params)
+  def loss_and_grad(m, **options):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)),
+                   compiler_options=options)(params)
 
-  (fast_loss, fast_grads), (plain_loss, plain_grads) = loss_and_grad(model), loss_and_grad(plain)
-  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
-  for f, p in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
-    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
+  plain_loss, plain_grads = loss_and_grad(plain)
+  # The fast operations, compiled as XLA defaults and as the train step is.
+  step_options = cpu_ops.compiler_options()
+  for fast_loss, fast_grads in loss_and_grad(model), loss_and_grad(model, **step_options):
+    np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-5)
+    for f, p in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
+      np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
+
+
+def test_cpu_compiler_options_turn_ynnpack_fusions_off_unless_asked_to_keep_defaults(monkeypatch):
+  monkeypatch.delenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, raising=False)
+  assert cpu_ops.compiler_options() == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  monkeypatch.setenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, '1')
+  assert cpu_ops.compiler_options() == {}

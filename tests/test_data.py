@@ -396,9 +396,17 @@ def test_batch_must_split_evenly_over_processes(cfg):
 
 
 def test_scales_smaller_than_the_crop_are_rejected(cfg):
-  cfg.train_scale = (24, 64)
-  with pytest.raises(ValueError, match='at least image_size'):
-    data.train_batches(cfg, global_batch_size=8, seed=0)
+  # The same checks (and messages) as `vgg_jax.train`'s, for direct callers.
+  good = (tuple(cfg.train_scale), cfg.test_scale)
+  for train_scale, test_scale, message in [
+      ((24, 64), good[1], 'larger than the smallest training scale S=24'),
+      ((64, 40), good[1], r'must be \(min, max\) with min <= max'),
+      (good[0], 24, 'larger than data.test_scale=24: the centre crop must fit')]:
+    cfg.train_scale, cfg.test_scale = train_scale, test_scale
+    with pytest.raises(ValueError, match=message):
+      next(data.train_batches(cfg, global_batch_size=8, seed=0))
+    with pytest.raises(ValueError, match=message):
+      next(data.eval_batches(cfg, global_batch_size=8))
 
 
 # --------------------------------------------------------------------------

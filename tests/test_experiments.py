@@ -8,8 +8,10 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import jax
@@ -21,10 +23,10 @@ import pytest
 # which closes pytest's capture file if a test's capsys is active.
 import submitit
 
-from configs import cifar10, imagenet
+from configs import cifar10, common, default, imagenet
 from experiments import point as point_worker
 from experiments import report, sweep
-from vgg_jax import checkpoints, cli, evaluation, parallel, train, warm_start
+from vgg_jax import checkpoints, cli, evaluation, faults, parallel, train, warm_start
 from vgg_jax.model import VGG
 # The README troubleshooting table's check (tests/ is on the path under pytest).
 from test_reliability import assert_in_readme
@@ -53,8 +55,7 @@ def get_config(arg=None):
   config.eval_every_steps = 8
   config.checkpoint_every_steps = 4
   config.keep_checkpoints = 3
-  with config.unlocked():
-    config.evals = ('single', 'single:auto', 'single:48')  # the last is 'single'
+  config.evals = ('single', 'single:auto', 'single:48')  # the last is 'single'
   return config
 
 def get_sweep(arg=None):
@@ -109,6 +110,19 @@ def test_imagenet_configs_set_the_paper_protocol():
                        ('D,E', 'not KEY=VALUE'), ('D,S=big', 'must be of type int')]:
     with pytest.raises(ValueError, match=message):
       imagenet.get_config(bad)
+
+
+def test_every_config_has_the_same_fields():
+  def fields(config, prefix=''):
+    return {name for key, value in config.items()
+            for name in (fields(value, f'{prefix}{key}.') if hasattr(value, 'items')
+                         else [prefix + key])}
+
+  schema = fields(common.base_config())
+  assert {'profile', 'prefetch_to_device', 'init_from', 'evals', 'model.dtype'} <= schema
+  for config in (default.get_config(), imagenet.get_config('E,jitter'),
+                 cifar10.get_config('A,runlocal'), cifar10.get_config('D')):
+    assert fields(config) == schema
 
 
 def test_cifar10_config_scales_and_runlocal():
@@ -295,6 +309,34 @@ def test_rerun_does_no_work_twice_and_resumes_what_is_unfinished(tiny_sweep):
   assert [json.loads(l)['step'] for l in open(stopped / 'metrics.jsonl')] == [4, 8]
   log = (stopped / 'log.txt').read_text()
   assert 'resumed from the checkpoint at step 4' in log and log.count('copied conv1_1') == 1
+
+
+def test_a_point_stopped_by_sigterm_checkpoints_and_exits_for_a_rerun(tiny_sweep, tmp_path):
+  _, workdir, _ = tiny_sweep
+  spec = json.loads((workdir / A_POINT / 'point.json').read_text())
+  spec['config'].update(num_train_steps=100_000, checkpoint_every_steps=100_000)
+  point_dir = tmp_path / A_POINT
+  point_dir.mkdir()
+  (point_dir / 'point.json').write_text(json.dumps(spec))
+  env = dict(os.environ, XLA_FLAGS='')
+  with open(tmp_path / 'log.txt', 'w') as log:
+    proc = subprocess.Popen([sys.executable, '-m', 'experiments.point', str(point_dir)],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + 300
+      while 'training steps' not in (tmp_path / 'log.txt').read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (tmp_path / 'log.txt').read_text()[-3000:]
+        time.sleep(0.05)
+      time.sleep(1.0)  # a few steps in
+      proc.send_signal(signal.SIGTERM)
+      assert proc.wait(300) == faults.PREEMPTED_EXIT_CODE
+    finally:
+      proc.kill()
+  last = (tmp_path / 'log.txt').read_text().strip().splitlines()[-1]
+  step = int(re.search(r'experiments.point: preempted \(SIGTERM\) at step (\d+)', last).group(1))
+  assert checkpoints.available_steps(str(point_dir)) == [step]
+  assert not (point_dir / 'train_result.json').exists()
 
 
 def test_changed_config_is_an_error_not_a_mix(tiny_sweep):

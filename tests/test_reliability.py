@@ -38,7 +38,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from vgg_jax import checkpoints, cli, data, evaluate, faults, resume, train
+from vgg_jax import checkpoints, cli, cpu_ops, data, evaluate, faults, resume, train
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, cli_args, tiny_config  # pylint: disable=wrong-import-position
@@ -200,6 +200,18 @@ def no_run_left_behind():
       run.proc.kill()
       run.proc.wait()
     run._log.close()  # pylint: disable=protected-access
+
+
+@pytest.fixture(scope='module', autouse=True)
+def xla_cpu_defaults():
+  """Every run of this module, in-process or not, with XLA's default CPU options.
+
+  Two JAX processes on CPUs compile with them whatever the step asks for
+  (cpu_ops.compiler_options), and test 2 compares two processes with one.
+  """
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, '1')
+    yield
 
 
 @pytest.fixture(scope='module')

@@ -24,6 +24,7 @@ fast paths. `vgg_jax.model` uses them on the CPU backend only.
 from __future__ import annotations
 
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -35,6 +36,9 @@ from jax import lax
 # inside VGG-D's step the shifted matmuls everywhere make the step 5-7 % faster
 # (1.87 s against 1.99 s, batch 64 at 32x32, 2 cores).
 SHIFTED_WEIGHT_GRAD_MIN_POSITIONS = 1
+# Set to 1, the train step keeps XLA's default CPU options (YNNPACK fusions on);
+# see compiler_options.
+KEEP_XLA_DEFAULTS_ENV = 'VGG_JAX_XLA_CPU_DEFAULTS'
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -159,6 +163,23 @@ def on_cpu() -> bool:
 def default_conv_fn():
   """The convolution for the current backend: the fast paths on the CPU only."""
   return conv_general_dilated if on_cpu() else lax.conv_general_dilated
+
+
+def compiler_options() -> dict:
+  """XLA options for compiling the training step on the current backend.
+
+  On the CPU, XLA's YNNPACK fusions slow VGG's training step: with them off,
+  VGG-D went from 0.93x to about 1.0x PyTorch and VGG-A from 1.01x to 1.2x
+  (experiments/PERFORMANCE.md). Per compilation, not process-wide.
+
+  XLA's multi-process CPU client (`jax.distributed` on CPUs) ignores the
+  option: two processes reach what one process reaches with YNNPACK fusions
+  on (to float rounding), whether it is set or not. A one-process run that has
+  to match such a run sets VGG_JAX_XLA_CPU_DEFAULTS=1.
+  """
+  if not on_cpu() or os.environ.get(KEEP_XLA_DEFAULTS_ENV, '0') not in ('', '0'):
+    return {}
+  return {'xla_cpu_experimental_ynn_fusion_type': ''}
 
 
 def default_pool_fn():

@@ -1,20 +1,15 @@
 """Exact evaluation: every example counted once, whatever the batch or device count.
 
-Two entry points share that rule:
-
-* `make_eval_step` + `evaluate`: single-crop batches from `data.eval_batches`,
-  padded with `mask=False` rows (the pipeline never drops a remainder); the
-  compiled step returns masked *sums* over the global batch and the host adds
-  them up.
-* `evaluate_protocol`: the paper's test protocols (§3.2): 'single' (centre
-  crop of the image rescaled to Q), 'dense' (the whole rescaled image, any
-  aspect ratio, through the fully convolutional net, class scores averaged
-  over the map), 'multicrop' (5x5 grid of crops x 2 flips per scale) and
-  'dense+multicrop', over one or several scales Q. An image's posterior is
-  the mean of the softmax outputs of all its views; views are batched by
-  shape, padded batches carry zero-weight rows, and each process scores its
-  own share of the examples on its local devices before the totals are
-  summed. `python -m vgg_jax.evaluate` is its command line.
+`evaluate_protocol` runs the paper's test protocols (§3.2): 'single' (centre
+crop of the image rescaled to Q), 'dense' (the whole rescaled image, any
+aspect ratio, through the fully convolutional net, class scores averaged over
+the map), 'multicrop' (5x5 grid of crops x 2 flips per scale) and
+'dense+multicrop', over one or several scales Q. An image's posterior is the
+mean of the softmax outputs of all its views; views are batched by shape,
+padded batches carry zero-weight rows, and each process scores its own share
+of the examples on its local devices before the totals are summed.
+`python -m vgg_jax.evaluate` is its command line; the training loop evaluates
+with it too.
 """
 
 from __future__ import annotations
@@ -36,51 +31,6 @@ from jax.experimental import multihost_utils
 
 from vgg_jax import data, parallel
 from vgg_jax.data import transforms
-
-
-def classification_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
-  """Masked sums of top-1/top-5 errors and NLL for one batch."""
-  logits = logits.astype(jnp.float32)
-  mask = mask.astype(jnp.float32)
-  nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
-  # Rank of the true class: the number of classes scored strictly higher.
-  true_score = jnp.take_along_axis(logits, labels[:, None], -1)
-  rank = jnp.sum(logits > true_score, axis=-1)
-  return {
-      'top1_errors': jnp.sum((rank >= 1) * mask),
-      'top5_errors': jnp.sum((rank >= 5) * mask),
-      'nll': jnp.sum(nll * mask),
-      'count': jnp.sum(mask),
-  }
-
-
-def make_eval_step(apply_fn: Callable, mesh) -> Callable:
-  """A compiled step: (variables, batch) -> masked sums over the global batch."""
-
-  def step(variables, batch):
-    logits = apply_fn(variables, batch['image'], train=False)
-    return classification_sums(logits, batch['label'], batch['mask'])
-
-  return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 out_shardings=parallel.replicated(mesh))
-
-
-def evaluate(eval_step: Callable, variables, batches: Iterable[dict], mesh) -> dict:
-  """Top-1/top-5 error and mean NLL over all (unmasked) examples of `batches`."""
-  totals = None
-  for local_batch in batches:
-    sums = eval_step(variables, parallel.global_batch(local_batch, mesh))
-    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError('the evaluation split is empty')
-  totals = jax.device_get(totals)
-  count = float(totals['count'])
-  return {
-      'top1_error': float(totals['top1_errors']) / count,
-      'top5_error': float(totals['top5_errors']) / count,
-      'nll': float(totals['nll']) / count,
-      'num_examples': int(round(count)),
-  }
 
 
 # --------------------------------------------------------------------------
@@ -262,7 +212,7 @@ class _Posteriors:
     """Scores complete examples and frees their rows."""
     prob, labels = self.prob[rows], self.label[rows]
     true = prob[np.arange(len(rows)), labels]
-    # Rank of the true class: classes scored strictly higher (as classification_sums).
+    # Rank of the true class: the number of classes scored strictly higher.
     rank = np.sum(prob > true[:, None], axis=-1)
     out = dict(top1_errors=rank >= 1, top5_errors=rank >= 5, nll=-self.loglik[rows],
                posterior=prob.astype(np.float32), index=self.index[rows].copy())

@@ -98,6 +98,10 @@ def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mes
     enqueue(1)
 
 
+# Where `vgg_jax.train` and sweep points keep compiled programs by default.
+DEFAULT_COMPILATION_CACHE = '~/.cache/vgg_jax/xla'
+
+
 def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
   """Keeps compiled programs in `path`, so a restarted or repeated run skips XLA.
 

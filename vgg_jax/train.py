@@ -28,8 +28,8 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, data, evaluation, faults, optim, parallel, resume,
-                     warm_start)
+from vgg_jax import (checkpoints, cli, cpu_ops, data, evaluation, faults, optim, parallel,
+                     resume, warm_start)
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -113,7 +113,8 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
   return jax.jit(
       lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
       in_shardings=(replicated, parallel.batch_sharded(mesh)),
-      out_shardings=(replicated, replicated), donate_argnums=0)
+      out_shardings=(replicated, replicated), donate_argnums=0,
+      compiler_options=cpu_ops.compiler_options())
 
 
 # --------------------------------------------------------------------------
@@ -138,20 +139,7 @@ def every(n: int, default: int) -> int:
 
 def validate(config) -> None:
   """Config errors found before anything touches the disk."""
-  data_cfg = config.data
-  s_min, s_max = data_cfg.train_scale
-  if s_min > s_max:
-    raise ValueError(f'data.train_scale={tuple(data_cfg.train_scale)} must be (min, max) '
-                     'with min <= max')
-  if data_cfg.image_size > s_min:
-    raise ValueError(
-        f'data.image_size={data_cfg.image_size} is larger than the smallest training '
-        f'scale S={s_min}: crops must fit in the rescaled image; raise '
-        f'data.train_scale or lower data.image_size')
-  if data_cfg.image_size > data_cfg.test_scale:
-    raise ValueError(
-        f'data.image_size={data_cfg.image_size} is larger than data.test_scale='
-        f'{data_cfg.test_scale}: the centre crop must fit; raise data.test_scale')
+  data.check_scales(config.data)
   if config.batch_size <= 0:
     raise ValueError(f'batch_size={config.batch_size} must be positive')
   if config.optimizer.schedule not in optim.SCHEDULES:
@@ -388,7 +376,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
 _COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', '~/.cache/vgg_jax/xla', 'Directory where compiled steps are kept '
+    'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where compiled steps are kept '
     'for the next run or restart (\'\' turns the cache off).')
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a workdir even if --config changes the model, '

@@ -32,6 +32,7 @@ operations), `sources` (random access to each kind of dataset), `pipeline`
 
 from vgg_jax.data import builtin
 from vgg_jax.data import transforms
+from vgg_jax.data.pipeline import check_scales
 from vgg_jax.data.pipeline import eval_batches
 from vgg_jax.data.pipeline import num_eval_batches
 from vgg_jax.data.pipeline import train_batches
@@ -40,5 +41,5 @@ from vgg_jax.data.sources import dataset_info
 from vgg_jax.data.sources import mean_rgb
 from vgg_jax.data.sources import open_split
 
-__all__ = ['DatasetInfo', 'builtin', 'dataset_info', 'eval_batches',
+__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'eval_batches',
            'mean_rgb', 'num_eval_batches', 'open_split', 'train_batches', 'transforms']

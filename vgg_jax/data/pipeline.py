@@ -157,13 +157,21 @@ def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[
   return iter(stream.batch(local_batch_size, batch_fn=_stack))
 
 
-def _check_scales(cfg) -> None:
-  lo, _ = transforms.scale_bounds(cfg.train_scale)
-  size = int(cfg.image_size)
-  if lo < size or int(cfg.test_scale) < size:
-    raise ValueError(f'train_scale={tuple(np.atleast_1d(cfg.train_scale))} and '
-                     f'test_scale={cfg.test_scale} must be at least image_size='
-                     f'{size}: the crop is taken from the rescaled image')
+def check_scales(cfg) -> None:
+  """The crop must fit in the rescaled image, at training and at test scale."""
+  if np.ndim(cfg.train_scale) != 0 and int(cfg.train_scale[0]) > int(cfg.train_scale[1]):
+    raise ValueError(f'data.train_scale={tuple(cfg.train_scale)} must be (min, max) '
+                     'with min <= max')
+  s_min, _ = transforms.scale_bounds(cfg.train_scale)
+  if cfg.image_size > s_min:
+    raise ValueError(
+        f'data.image_size={cfg.image_size} is larger than the smallest training '
+        f'scale S={s_min}: crops must fit in the rescaled image; raise '
+        f'data.train_scale or lower data.image_size')
+  if cfg.image_size > cfg.test_scale:
+    raise ValueError(
+        f'data.image_size={cfg.image_size} is larger than data.test_scale='
+        f'{cfg.test_scale}: the centre crop must fit; raise data.test_scale')
 
 
 def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0,
@@ -175,7 +183,7 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
   local = _local_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
-  _check_scales(cfg)
+  check_scales(cfg)
   source = sources.open_split(cfg, _get(cfg, 'train_split', 'train'))
   example = _TrainExample(source, cfg, seed=seed, start_step=start_step,
                           global_batch_size=global_batch_size,
@@ -200,7 +208,7 @@ def eval_batches(cfg, split: Optional[str] = None, *, global_batch_size: int,
   ceil(N / B) batches.
   """
   local = _local_batch_size(global_batch_size, process_count)
-  _check_scales(cfg)
+  check_scales(cfg)
   source = sources.open_split(cfg, split or _get(cfg, 'eval_split', 'test'))
   example = _EvalExample(source, cfg, global_batch_size=global_batch_size,
                          process_index=process_index, process_count=process_count)

@@ -1,0 +1,81 @@
+"""Times XLA's three CPU slow paths against their replacements in vgg_jax.cpu_ops.
+
+    python -m experiments.bench_ops [--repeats=5]
+
+Prints one JSON line per operation (batch 64, float32, the shapes VGG has at
+32x32 input): milliseconds for XLA's own operation and for cpu_ops', each the
+best of `repeats` calls after one untimed call that compiles. The numbers in
+experiments/PERFORMANCE.md ("What changed") come from this script.
+"""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jax import lax
+
+from vgg_jax import cpu_ops
+
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per operation; the best is kept.')
+_LAYOUT = ('NHWC', 'HWIO', 'NHWC')
+
+
+def best_ms(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))  # compiles
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * min(times)
+
+
+def conv(conv_fn):
+  return lambda x, w: conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=_LAYOUT)
+
+
+def forward(conv_fn):
+  return jax.jit(conv(conv_fn))
+
+
+def weight_gradient(conv_fn):
+  return jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(conv_fn)(x, w), w)[1](dy)[0])
+
+
+def pool_forward_backward(pool_fn):
+  return jax.jit(lambda x, dy: jax.vjp(pool_fn, x)[1](dy)[0])
+
+
+def normal(seed, *shape):
+  return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+
+
+def cases():
+  """(name, shape text, make(op) -> jitted fn, args, plain op, fast op)."""
+  small = (normal(0, 64, 2, 2, 512), normal(1, 3, 3, 512, 512))
+  large = (normal(2, 64, 32, 32, 64), normal(3, 3, 3, 64, 64), normal(4, 64, 32, 32, 64))
+  pool = (normal(5, 64, 32, 32, 64), normal(6, 64, 16, 16, 64))
+  return [
+      ('conv forward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',
+       forward, small, lax.conv_general_dilated, cpu_ops.conv_general_dilated),
+      ('conv weight gradient, large map', '64x32x32x64 -> 64, 3x3',
+       weight_gradient, large, lax.conv_general_dilated, cpu_ops.conv_general_dilated),
+      ('2x2 max pool, forward and backward', '64x32x32x64',
+       pool_forward_backward, pool, cpu_ops.flax_max_pool_2x2, cpu_ops.max_pool_2x2),
+  ]
+
+
+def main(argv):
+  del argv
+  for name, shape, make, args, plain_op, fast_op in cases():
+    plain_ms = best_ms(make(plain_op), *args, repeats=_REPEATS.value)
+    fast_ms = best_ms(make(fast_op), *args, repeats=_REPEATS.value)
+    print(json.dumps({'operation': name, 'shape': shape, 'xla_ms': round(plain_ms, 1),
+                      'cpu_ops_ms': round(fast_ms, 1),
+                      'speedup': round(plain_ms / fast_ms, 1)}), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
