@@ -38,9 +38,11 @@ def assert_same_as_plain(shape, kernel, padding, cout=12, **kwargs):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize('side, kernel', [(2, 3), (1, 3), (3, 5), (2, 7)])
-def test_map_smaller_than_the_kernel(side, kernel):
-  assert_same_as_plain((3, side, side, 10), kernel, 'SAME')
+@pytest.mark.parametrize('side, kernel, padding', [
+    (2, 3, 'SAME'), (1, 3, 'SAME'), (3, 5, 'SAME'), (2, 7, 'SAME'), (2, 3, ((2, 0), (0, 1))),
+    (2, 3, ((3, 0), (1, 1)))])  # asymmetric pads, the last one wider than k - 1
+def test_map_smaller_than_the_kernel(side, kernel, padding):
+  assert_same_as_plain((3, side, side, 10), kernel, padding)
 
 
 @pytest.mark.parametrize('side, kernel, padding', [
