@@ -59,6 +59,15 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
     assert rate['img_per_sec'] > 0
   assert report['torch']['ratio'] == pytest.approx(
       train['img_per_sec'] / report['torch']['img_per_sec'])
+  assert report['torch']['ratio_best'] == pytest.approx(
+      max(train['windows']) / max(report['torch']['windows']))
+
+
+def test_side_by_side_ratios():
+  ratios = benchmark.side_by_side([10, 20, 30], [20, 10, 60])
+  assert ratios['ratio'] == pytest.approx(20 / 20)
+  assert ratios['ratio_paired'] == pytest.approx(0.5)  # median of 0.5, 2, 0.5
+  assert ratios['ratio_best'] == pytest.approx(30 / 60)
 
 
 def test_more_devices_than_visible_is_a_one_line_error():
