@@ -1,17 +1,18 @@
 """VGG's convolution and pooling without XLA CPU's slow paths.
 
-Measured on a 2-core AMD EPYC (jax 0.10.2, fp32, batch 64; `experiments/PERFORMANCE.md`),
-XLA's CPU backend is as fast as PyTorch on the forward pass and the input
-gradient of VGG's convolutions, but has three slow paths:
+Measured on a 2-core AMD EPYC (jax 0.10.2, fp32, batch 64; `python -m
+experiments.bench_ops`, experiments/PERFORMANCE.md), XLA's CPU backend is as
+fast as PyTorch on the forward pass and the input gradient of VGG's
+convolutions, but has three slow paths:
 
 * a kernel larger than the feature map (a 3x3 conv on the 2x2 last stage of a
-  32x32 input): 1.7 s forward for 64x2x2x512 -> 512, where patches + one matmul
-  take 47 ms;
-* the weight gradient on large maps: 1.4 s for 64x32x32x64 -> 64 (4.8 GFLOP),
+  32x32 input): 912 ms forward for 64x2x2x512 -> 512, where patches + one
+  matmul take 10 ms;
+* the weight gradient on large maps: 2.2 s for 64x32x32x64 -> 64 (4.8 GFLOP),
   where the sum over the k*k kernel offsets of (shifted input)^T (output
-  gradient) matmuls takes 225 ms;
-* the gradient of 2x2 max pooling (XLA's select-and-scatter): 184 ms for
-  64x32x32x64, where a max over a reshaped array and its gradient take 33 ms.
+  gradient) matmuls takes 201 ms;
+* the gradient of 2x2 max pooling (XLA's select-and-scatter): 90 ms forward
+  and backward for 64x32x32x64, where a max over a reshaped array takes 15 ms.
 
 `conv_general_dilated` below routes exactly those convolutions to the
 equivalent matmul formulations and everything else to XLA; `max_pool_2x2`
