@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -533,6 +534,19 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (out / 'report.md').read_text() == first
   assert (out / 'tiny.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_committed_cifar10_report_is_regenerated_from_its_csv(tmp_path):
+  committed = os.path.join(REPO, 'experiments', 'results')
+  shutil.copy(os.path.join(committed, report.CSV_FILE), tmp_path)
+  report.make_report(str(tmp_path), from_csv=True)
+  with open(os.path.join(committed, report.REPORT_FILE)) as f:
+    assert (tmp_path / report.REPORT_FILE).read_text() == f.read()
+  rows = report.read_csv(str(tmp_path / report.CSV_FILE))
+  assert {r['sweep'] for r in rows} == set(SWEEP_FILES)
+  assert {r['seed'] for r in rows} == {0, 1, 2}
+  for sweep_file in SWEEP_FILES:
+    assert os.path.isfile(os.path.join(committed, f'{sweep_file}.png'))
 
 
 def _rows(sweep_name, config, train_scale, protocol, test_scales, errors, **extra):

@@ -8,7 +8,9 @@ beats C (28.7, 28.1, 27.0 % top-1 at S = 256): non-linearity helps, spatial
 context helps more. Base: configs/cifar10.py with the same argument; sweep
 option `seeds=N` (default 3).
 
-Expected result and wall time: not yet measured.
+Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; C's 3 points
+took 9 min, B and D came from the depth sweep): top-1 error B 46.3 ± 1.7, C 49.3 ± 1.6,
+D 53.4 ± 2.2 %.
 """
 
 from configs import cifar10, common

@@ -10,7 +10,9 @@ the same seed as §3.1 does (A's conv1_1, conv2_1, conv3_1, conv3_2 and FC
 layers); by default every net starts from Glorot-initialised weights, which
 the paper notes works as well and keeps the budgets equal.
 
-Expected result and wall time: not yet measured.
+Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 62 min for
+the 12 points): top-1 error A 45.0 ± 2.0, B 46.3 ± 1.7, D 53.4 ± 2.2, E 59.9 ± 2.4 %;
+after one epoch depth hurts.
 """
 
 from configs import cifar10, common

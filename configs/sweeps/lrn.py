@@ -7,7 +7,9 @@ against 29.7 % top-1), so B-E drop it. Here batch norm follows every conv in
 both nets (configs/cifar10.py), as it does in every sweep. Base:
 configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
-Expected result and wall time: not yet measured.
+Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; A-LRN's 3
+points took 7 min, A came from the depth sweep): top-1 error A 45.0 ± 2.0, A-LRN
+45.4 ± 0.6 %.
 """
 
 from configs import cifar10, common
