@@ -26,7 +26,8 @@ from 0.05, and `head=gap` allowed (global average pooling instead of FC1).
 
 Sizes:
   default   full width (64..512 channels), FC 512, dropout 0.5, batch 128,
-            60 epochs.
+            60 epochs. Expected result and wall time: not yet measured (it
+            needs a GPU run).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' and
             'dense:auto'. Measured 2026-11-29 for D (one point of the depth
@@ -36,8 +37,6 @@ Sizes:
             held it (load average 4-6; 150-370 img/s). With `epochs=1`, every
             variant at 3 seeds (experiments/results/): 42.7-59.9 % top-1
             error (single), 1-4 min per point on the 2-core machine when free.
-  default (60 epochs, full width): expected result and wall time not yet
-            measured (a GPU run).
 """
 
 import os
