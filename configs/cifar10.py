@@ -4,15 +4,14 @@
     --config=configs/cifar10.py:D,S=55               fixed S = 55
     --config=configs/cifar10.py:E,jitter             S drawn per image from [37, 73]
     --config=configs/cifar10.py:A,runlocal           the 2-core CPU size
-    --config=configs/cifar10.py:A,folder=/data/cifar10-jpg
+    --config=configs/cifar10.py:A,folder=/data/cifar10-jpg   an image folder
 
-Data: the CIFAR-10 JPEGs of ../shared/data/cifar10-jpg.tar.gz as an image
-folder (ROOT/train/<class>/*.jpg, ROOT/test/<class>/*.jpg):
-
-    mkdir -p /tmp/cifar && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar
-
-`folder=` (default /tmp/cifar) names ROOT; a missing folder fails at start
-with "image folder ... does not exist". `data.name=cifar10` (TFDS) also works.
+Data: TFDS's `cifar10` (splits 'train' and 'test'), downloaded and prepared on
+first use into `--config.data.data_dir` (TFDS's default directory when unset).
+Offline, `folder=ROOT` reads an image folder instead (`data.name=image_folder`):
+any tree ROOT/train/<class>/*.jpg, ROOT/test/<class>/*.jpg (any common format
+and size; e.g. the CIFAR-10 images written out as JPEGs, one directory per
+class). A missing ROOT fails at start with "image folder ... does not exist".
 
 Scales are the paper's times 32/224, the ratio of the crops: S = 256 -> 37,
 S = 384 -> 55, S in [256, 512] -> [37, 73], and the jittered models' single
@@ -29,30 +28,35 @@ Sizes:
             60 epochs. Expected result and wall time: not yet measured (it
             needs a GPU run).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
-            batch 64, `epochs` epochs (default 2), evaluations 'single' and
-            'dense:auto'. Measured 2026-11-29 for D (one point of the depth
+            batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
+            crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured 2026-11-29 for D (one point of the depth
             sweep, experiments/README.md): 44.1 % top-1 / 5.5 % top-5 test
-            error (single, Q = 37), 44.2 / 5.3 (dense, Q = 32, 37, 42), in
+            error (centre crop, Q = 37), 44.2 / 5.3 (dense, Q = 32, 37, 42), in
             11 min 33 s on the 2-core development machine while other jobs
             held it (load average 4-6; 150-370 img/s). With `epochs=1`, every
             variant at 3 seeds (experiments/results/): 42.7-59.9 % top-1
-            error (single), 1-4 min per point on the 2-core machine when free.
+            error (centre crop), 1-4 min per point on the 2-core machine when free.
 """
 
 import os
+import sys
 
-from configs import common
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import common  # pylint: disable=wrong-import-position
 
 # The paper's scales (§3.1, §4.1) times 32/224.
 FIXED_SCALES = (37, 55)
 JITTER_RANGE = (37, 73)
 JITTER_TEST_SCALE = 55
-DEFAULT_FOLDER = '/tmp/cifar'
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, positional='variant', variant='D', S=FIXED_SCALES[0],
-                         jitter=False, runlocal=False, folder=DEFAULT_FOLDER,
+                         jitter=False, runlocal=False, folder='',
                          epochs=0.0, head='fc')
   if arg.jitter and arg.S != FIXED_SCALES[0]:
     raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S from '
@@ -72,9 +76,11 @@ def get_config(arg=None):
       dropout_rate=0.0 if arg.runlocal else 0.5,
       weight_init='glorot',
   )
+  if arg.folder:
+    config.data.update(name='image_folder', folder=os.path.expanduser(arg.folder))
+  else:
+    config.data.name = 'cifar10'
   config.data.update(
-      name='image_folder',
-      folder=os.path.expanduser(arg.folder),
       eval_split='test',
       image_size=32,
       train_scale=JITTER_RANGE if arg.jitter else (arg.S, arg.S),
@@ -86,8 +92,8 @@ def get_config(arg=None):
   config.batch_size = 64 if arg.runlocal else 128
   config.num_epochs = arg.epochs or (2.0 if arg.runlocal else 60.0)
   config.keep_checkpoints = 2
-  # Table 3 (single scale Q) and Table 4 (dense, multi-scale); multi-crop
-  # (50 views per image and scale) only at full size.
-  config.evals = (('single', 'dense:auto') if arg.runlocal else
+  # The centre crop, Table 3 (dense at Q = S) and Table 4 (dense, multi-scale);
+  # multi-crop (50 views per image and scale) only at full size.
+  config.evals = (('single', 'dense', 'dense:auto') if arg.runlocal else
                   ('single', 'dense', 'dense:auto', 'multicrop:auto', 'dense+multicrop:auto'))
   return config

@@ -89,9 +89,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Workdir of a trained run to copy layers from when starting fresh
   # (vgg_jax/warm_start.py); '' starts from random weights.
   config.init_from = ''
+  # True where the config's learning rate only suits fine-tuning a trained run
+  # (the paper's S = 384 and jittered models): training refuses to start
+  # without init_from instead of silently training from scratch at that rate.
+  config.requires_init_from = False
   # Evaluations after training, 'protocol[:scales]', run by experiments.sweep
-  # (`vgg_jax.evaluate`); `vgg_jax.train` itself ignores the field.
-  config.evals = ('single',)
+  # (`vgg_jax.evaluate`); `vgg_jax.train` itself ignores the field. 'single' is
+  # the centre crop; the paper's single-scale Table 3 is 'dense' at Q = S.
+  config.evals = ('single', 'dense')
   return config
 
 

@@ -15,6 +15,7 @@ which does the same in every task of the job.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from typing import Optional
@@ -29,10 +30,12 @@ from experiments import sweep
 from vgg_jax import checkpoints, evaluate, evaluation, faults, parallel, train
 
 
-def run_point(point_dir: str) -> dict:
+def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
   """Trains the point in `point_dir` (resuming), then runs its missing evaluations.
 
   Every process of a multi-process job calls this; only process 0 writes.
+  Any of `signals` makes training checkpoint the step it reached and raise
+  `faults.Preempted`.
   """
   spec = sweep.read_json(os.path.join(point_dir, sweep.POINT_FILE))
   if spec is None:
@@ -58,9 +61,10 @@ def run_point(point_dir: str) -> dict:
   config = ml_collections.ConfigDict(spec['config'])
   if not trained:
     start = time.time()
-    # SIGTERM (a stopped sweep, a preempted job): checkpoint at the step
-    # reached and raise faults.Preempted; the point resumes from there.
-    with faults.PreemptionWatch() as preemption:
+    # SIGTERM (a stopped sweep, a preempted job), or submitit's time-out
+    # notice: checkpoint at the step reached and raise faults.Preempted; the
+    # point resumes from there.
+    with faults.PreemptionWatch(signals) as preemption:
       result = train.train_and_evaluate(config, point_dir, preemption=preemption)
     record(sweep.SINGLE, training_eval_report(result, config, point_dir))
     if primary:
@@ -119,14 +123,34 @@ def start_worker() -> None:
   parallel.initialize_distributed()
 
 
+def submitit_signal() -> signal.Signals:
+  """The signal submitit sends ahead of a time limit or preemption (USR2 unless
+  SUBMITIT_PREEMPT_SIGNAL names another)."""
+  return getattr(signal, 'SIG' + os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2'))
+
+
 class PointJob(submitit.helpers.Checkpointable):
-  """A SLURM job running one point. On a time-out submitit calls `checkpoint`,
-  whose default resubmits the same call: training resumes from its newest
-  checkpoint and finished evaluations are skipped."""
+  """A SLURM job running one point, requeued by submitit on a time-out.
+
+  submitit's own handler of its notice (USR2) requeues the job and exits at
+  once, wherever training is, losing the steps since the last checkpoint.
+  The job takes the notice itself instead: training checkpoints the step it
+  reached, then submitit's handler runs (it calls `checkpoint`, whose
+  default resubmits the same call, and requeues). The rerun resumes from
+  that step and skips finished evaluations.
+  """
 
   def __call__(self, point_dir: str) -> dict:
     start_worker()
-    return run_point(point_dir)
+    notice = submitit_signal()
+    requeue = signal.getsignal(notice)  # submitit's, installed before the job started
+    try:
+      return run_point(point_dir, signals=(signal.SIGTERM, notice))
+    except faults.Preempted as e:
+      logging.warning('%s', e)
+      if callable(requeue):
+        requeue(notice, None)
+      raise
 
 
 def main(argv):

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from vgg_jax import benchmark
-from vgg_jax.model import VGG, abstract_variables, count_params
+from vgg_jax.model import VGG
+from vgg_jax.summary import abstract_variables, count_params
 
 torch = pytest.importorskip('torch')
 

@@ -113,6 +113,22 @@ def test_imagenet_configs_set_the_paper_protocol():
       imagenet.get_config(bad)
 
 
+@pytest.mark.parametrize('arg', ['D,S=384', 'E,jitter', 'C,S=384'])
+def test_fine_tune_configs_refuse_to_start_without_init_from(arg, tmp_path):
+  config = imagenet.get_config(arg)
+  assert config.requires_init_from
+  with pytest.raises(ValueError, match=r'--config\.init_from=WORKDIR.*scratch') as raised:
+    train.validate(config)
+  assert_in_readme(cli.error_line('vgg_jax.train', raised.value))
+  with config.unlocked():
+    config.init_from = str(tmp_path)
+  train.validate(config)  # a run to start from: accepted
+  scratch = imagenet.get_config(arg + ',scratch')  # said on purpose: accepted
+  assert not scratch.requires_init_from and scratch.optimizer.learning_rate == 1e-3
+  train.validate(scratch)
+  assert not imagenet.get_config('D').requires_init_from  # S = 256 trains from scratch
+
+
 def test_every_config_has_the_same_fields():
   def fields(config, prefix=''):
     return {name for key, value in config.items()
@@ -127,9 +143,14 @@ def test_every_config_has_the_same_fields():
 
 
 def test_cifar10_config_scales_and_runlocal():
+  # Building a config only names the data: nothing is downloaded or read here.
+  tfds_config = cifar10.get_config('D')
+  assert tfds_config.data.name == 'cifar10' and tfds_config.data.folder is None
+  assert tfds_config.data.train_split == 'train' and tfds_config.data.eval_split == 'test'
   config = cifar10.get_config('E,jitter,folder=/data/cifar')
   assert config.model.variant == 'E' and config.data.folder == '/data/cifar'
   assert config.data.name == 'image_folder' and config.data.image_size == 32
+  assert config.data.eval_split == 'test'
   assert tuple(config.data.train_scale) == (37, 73) and config.data.test_scale == 55
   assert tuple(cifar10.get_config('D,S=55').data.train_scale) == (55, 55)
   local = cifar10.get_config('A,runlocal')
@@ -312,30 +333,75 @@ def test_rerun_does_no_work_twice_and_resumes_what_is_unfinished(tiny_sweep):
   assert 'resumed from the checkpoint at step 4' in log and log.count('copied conv1_1') == 1
 
 
-def test_a_point_stopped_by_sigterm_checkpoints_and_exits_for_a_rerun(tiny_sweep, tmp_path):
+def long_point(tiny_sweep, tmp_path):
+  """A copy of the tiny sweep's point A that would train far longer than a test."""
   _, workdir, _ = tiny_sweep
   spec = json.loads((workdir / A_POINT / 'point.json').read_text())
   spec['config'].update(num_train_steps=100_000, checkpoint_every_steps=100_000)
   point_dir = tmp_path / A_POINT
   point_dir.mkdir()
   (point_dir / 'point.json').write_text(json.dumps(spec))
+  return point_dir
+
+
+def signal_during_training(command, signum, log_path):
+  """Runs `command`, sends `signum` a few steps into training; (exit code, log)."""
   env = dict(os.environ, XLA_FLAGS='')
-  with open(tmp_path / 'log.txt', 'w') as log:
-    proc = subprocess.Popen([sys.executable, '-m', 'experiments.point', str(point_dir)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+  with open(log_path, 'w') as log:
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
       deadline = time.monotonic() + 300
-      while 'training steps' not in (tmp_path / 'log.txt').read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            (tmp_path / 'log.txt').read_text()[-3000:]
+      while 'training steps' not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
         time.sleep(0.05)
       time.sleep(1.0)  # a few steps in
-      proc.send_signal(signal.SIGTERM)
-      assert proc.wait(300) == faults.PREEMPTED_EXIT_CODE
+      proc.send_signal(signum)
+      code = proc.wait(300)
     finally:
       proc.kill()
-  last = (tmp_path / 'log.txt').read_text().strip().splitlines()[-1]
+  return code, log_path.read_text()
+
+
+def test_a_point_stopped_by_sigterm_checkpoints_and_exits_for_a_rerun(tiny_sweep, tmp_path):
+  point_dir = long_point(tiny_sweep, tmp_path)
+  code, log = signal_during_training(
+      [sys.executable, '-m', 'experiments.point', str(point_dir)], signal.SIGTERM,
+      tmp_path / 'log.txt')
+  assert code == faults.PREEMPTED_EXIT_CODE
+  last = log.strip().splitlines()[-1]
   step = int(re.search(r'experiments.point: preempted \(SIGTERM\) at step (\d+)', last).group(1))
+  assert checkpoints.available_steps(str(point_dir)) == [step]
+  assert not (point_dir / 'train_result.json').exists()
+
+
+# A SLURM job as submitit runs it: submitit's USR2 handler (here a stand-in that
+# records the call) requeues the job and exits with -1.
+SUBMITIT_JOB = '''
+import signal, sys
+from absl import logging
+from experiments import point
+logging.set_verbosity(logging.INFO)
+def requeue(signum, frame):
+  open(sys.argv[2], 'w').write(signal.Signals(signum).name)
+  sys.exit(-1)
+signal.signal(signal.SIGUSR2, requeue)
+try:
+  point.PointJob()(sys.argv[1])
+except Exception as e:
+  print('job error:', e)
+'''
+
+
+def test_submitit_time_out_notice_checkpoints_the_step_reached_then_requeues(
+    tiny_sweep, tmp_path):
+  point_dir = long_point(tiny_sweep, tmp_path)
+  requeued = tmp_path / 'requeued'
+  code, log = signal_during_training(
+      [sys.executable, '-c', SUBMITIT_JOB, str(point_dir), str(requeued)], signal.SIGUSR2,
+      tmp_path / 'log.txt')
+  assert code == 255, log[-3000:]  # submitit's exit after requeueing
+  assert requeued.read_text() == 'SIGUSR2'  # submitit's handler ran, after the save
+  step = int(re.search(r'preempted \(SIGUSR2\) at step (\d+): saved a checkpoint', log)[1])
   assert checkpoints.available_steps(str(point_dir)) == [step]
   assert not (point_dir / 'train_result.json').exists()
 

@@ -1,11 +1,15 @@
 """The model against the paper's numbers and against independent computations."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from vgg_jax import model as vgg
+from vgg_jax import summary
 
 # Table 2, exact (VGG_REFERENCE.md): 224x224 input, 1000 classes.
 PAPER_PARAMS = {
@@ -19,7 +23,7 @@ FC_PARAMS = 123_642_856
 
 @pytest.mark.parametrize('variant', list(vgg.CONFIGS))
 def test_parameter_count_and_cost_match_table2(variant):
-  rows = vgg.layer_table(vgg.VGG(variant=variant))
+  rows = summary.layer_table(vgg.VGG(variant=variant))
   assert sum(r[2] for r in rows) == PAPER_PARAMS[variant]
   assert sum(r[2] for r in rows if r[0].startswith('fc')) == FC_PARAMS
   assert round(sum(r[3] for r in rows) / 1e9, 2) == PAPER_GMACS[variant]
@@ -43,8 +47,8 @@ def test_knobs_are_config_changes():
   assert [s.name for s in d_1x1 if s.kernel_size == 1] == ['conv3_4', 'conv4_4', 'conv5_4']
   assert [s.features for s in d_1x1 if s.name.endswith('_1')] == [16, 32, 64, 128, 128]
   # 5x5 pair replacement: conv weights 25 C^2 against 2 * 9 C^2 for the pair.
-  b = vgg.count_params(vgg.abstract_variables(vgg.VGG(variant='B'))['params'])
-  b5 = vgg.count_params(vgg.abstract_variables(
+  b = summary.count_params(summary.abstract_variables(vgg.VGG(variant='B'))['params'])
+  b5 = summary.count_params(summary.abstract_variables(
       vgg.VGG(variant='B', depths=(1,) * 5, kernel_size=5))['params'])
   assert b - b5 == _b_minus_shallow()
 
@@ -73,7 +77,7 @@ def _b_minus_shallow():
 ])
 def test_impossible_settings_fail_clearly(bad, message):
   with pytest.raises(ValueError, match=message):
-    vgg.abstract_variables(vgg.VGG(**bad))
+    summary.abstract_variables(vgg.VGG(**bad))
 
 
 def test_input_smaller_than_training_crop_fails_clearly():
@@ -173,15 +177,86 @@ def test_paper_init_has_std_0_01_and_zero_bias():
   assert not np.any(np.asarray(params['conv4_1']['bias']))
 
 
+def test_glorot_init_gives_fc1_the_dense_layers_fans_at_224():
+  # FC1 is stored as a (7, 7, C, fc_width) conv kernel; the dense layer it
+  # stands for has 7*7*C inputs and fc_width outputs. Flax's conv Glorot would
+  # count 7*7*fc_width outputs: a std of 0.0084 here instead of 0.0234.
+  model = vgg.VGG(variant='A', image_size=224, width=1 / 8, fc_width=512, weight_init='glorot')
+  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
+  fc1 = np.asarray(params['fc1']['kernel'])
+  assert fc1.shape == (7, 7, 64, 512)
+  np.testing.assert_allclose(fc1.std(), np.sqrt(2 / (7 * 7 * 64 + 512)), rtol=0.01)
+  # Convs keep their receptive-field fans, dense layers theirs.
+  conv = np.asarray(params['conv4_1']['kernel'])  # 3x3, 32 -> 64
+  np.testing.assert_allclose(conv.std(), np.sqrt(2 / (9 * 32 + 9 * 64)), rtol=0.02)
+  fc2 = np.asarray(params['fc2']['kernel'])
+  np.testing.assert_allclose(fc2.std(), np.sqrt(2 / (512 + 512)), rtol=0.02)
+
+
 def test_summary_cli_prints_layers_and_total(capsys):
-  text = vgg.summary(vgg.VGG(variant='D'))
+  text = summary.summary(vgg.VGG(variant='D'))
   assert '138,357,544' in text and 'conv5_3' in text and '15.47 GMACs' in text
-  table = vgg.table2()
+  table = summary.table2()
   assert all(f'{n:,}' in table for n in PAPER_PARAMS.values())
 
 
 def test_plot_writes_a_png(tmp_path):
-  pytest.importorskip('matplotlib')
+  image = pytest.importorskip('matplotlib.image')
   path = tmp_path / 'vgg.png'
-  vgg.plot(vgg.VGG(variant='C', image_size=32, **TINY), str(path))
+  summary.plot(vgg.VGG(variant='C', image_size=32, batch_norm=True, **TINY), str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  pixels = image.imread(str(path))
+  assert pixels.ndim == 3 and min(pixels.shape[:2]) > 100
+
+
+def _stage(convs):
+  return convs + ['maxpool']
+
+
+HEAD = ['FC-4096', 'FC-4096', 'FC-1000', 'soft-max']
+INPUT = 'input (224x224 RGB image)'
+
+
+def test_architecture_labels_read_like_table1():
+  """The picture's labels are the paper's column for C: the 1x1 convs show."""
+  labels = summary.architecture_labels(vgg.VGG(variant='C'))
+  assert labels == ([INPUT] + _stage(['conv3-64'] * 2) + _stage(['conv3-128'] * 2)
+                    + _stage(['conv3-256'] * 2 + ['conv1-256'])
+                    + _stage(['conv3-512'] * 2 + ['conv1-512'])
+                    + _stage(['conv3-512'] * 2 + ['conv1-512']) + HEAD)
+  assert [l for l in labels if l.startswith('conv1-')] == [
+      'conv1-256', 'conv1-512', 'conv1-512']
+
+
+def test_architecture_labels_show_lrn_and_pools():
+  a_lrn = summary.architecture_labels(vgg.VGG(variant='A-LRN'))
+  assert a_lrn[:4] == [INPUT, 'conv3-64', 'LRN', 'maxpool']
+  assert a_lrn.count('LRN') == 1
+  assert 'LRN' not in summary.architecture_labels(vgg.VGG(variant='A'))
+  d = summary.architecture_labels(vgg.VGG(variant='D'))
+  assert d.count('maxpool') == 5 and d[-5:] == ['maxpool'] + HEAD
+  assert len([l for l in d if l.startswith(('conv', 'FC'))]) == 16
+
+
+def test_architecture_labels_follow_the_knobs():
+  model = vgg.VGG(variant='B', depths=(1,) * 5, kernel_size=5, width=0.25,
+                  head='gap', fc_width=256, num_classes=10, image_size=32)
+  assert summary.architecture_labels(model) == (
+      ['input (32x32 RGB image)'] + _stage(['conv5-16']) + _stage(['conv5-32'])
+      + _stage(['conv5-64']) + _stage(['conv5-128']) + _stage(['conv5-128'])
+      + ['global avgpool', 'FC-256', 'FC-10', 'soft-max'])
+
+
+def test_cli_prints_and_draws_and_imports_define_no_flags(tmp_path):
+  """`python -m vgg_jax.model` works; importing the library defines no flags.
+
+  A-LRN checks that the summary finds layers of the `__main__` copy of the model.
+  """
+  code = ('from absl import flags; import vgg_jax.model, vgg_jax.summary; '
+          'assert "variant" not in flags.FLAGS')
+  subprocess.run([sys.executable, '-c', code], check=True)
+  path = tmp_path / 'a.png'
+  out = subprocess.run(
+      [sys.executable, '-m', 'vgg_jax.model', '--variant', 'A-LRN', '--plot', str(path)],
+      check=True, capture_output=True, text=True).stdout
+  assert '\nlrn ' in out and '132,863,336' in out and path.read_bytes()

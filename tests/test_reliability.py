@@ -351,6 +351,28 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
   np.testing.assert_allclose([losses[s] for s in sorted(losses)],
                              [expected[s] for s in sorted(expected)], rtol=1e-5)
 
+  # The pair again, on the finished run: it has no step left, so it evaluates
+  # the final checkpoint, each process its half of the test split on its own
+  # devices, the totals summed across processes. The same score as one process.
+  coordinator = [f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
+  pair = [Run(workdir, data_dir, cache_dir, devices=2, flags=[*coordinator, f'--process_id={i}'])
+          for i in range(2)]
+  assert [run.finish() for run in pair] == [0, 0], (
+      pair[0].stderr()[-2000:] + pair[1].stderr()[-2000:])
+  expected = final_evaluation(single.stderr())
+  assert expected['examples'] == 100  # the whole tiny test split
+  for run in pair:
+    got = final_evaluation(run.stderr())
+    assert got['examples'] == expected['examples'] and got['top1'] == expected['top1']
+    np.testing.assert_allclose(got['nll'], expected['nll'], rtol=1e-4)
+
+
+def final_evaluation(stderr):
+  """The training loop's last evaluation, from its log line."""
+  line = re.findall(r'single at Q=\d+: top-1 error ([\d.]+), top-5 error [\d.]+, '
+                    r'NLL ([\d.]+) over (\d+) examples', stderr)[-1]
+  return {'top1': line[0], 'nll': float(line[1]), 'examples': int(line[2])}
+
 
 # --------------------------------------------------------------------------
 # 3: divergence.

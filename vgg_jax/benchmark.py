@@ -14,7 +14,7 @@ windows take turns, so both see the same background load.
   and weight decay, donated state, the batch split across `--devices`) on a
   batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
   compiled step, and the model's own count (3 x the forward pass's 2 x MACs,
-  from `model.layer_table`), which is what MFU uses.
+  from `summary.layer_table`), which is what MFU uses.
 * peak: a square matmul in the compute dtype on one device, measured in the same
   run; on a GPU it is multiplied by the number of devices, on the CPU not
   (host devices share the same cores). MFU = model FLOP/s / peak.
@@ -47,7 +47,8 @@ from absl import app, flags
 
 from vgg_jax import cpu_ops, data, optim, parallel, train
 from vgg_jax.data import transforms
-from vgg_jax.model import VGG, layer_table, resolve_layers
+from vgg_jax.model import VGG, resolve_layers
+from vgg_jax.summary import layer_table
 
 PIPELINE_SIZE, PIPELINE_SCALE = 224, (256, 512)
 

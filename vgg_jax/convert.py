@@ -30,6 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from vgg_jax import model as vgg
+from vgg_jax import summary
 
 # The configs the reference libraries build; C has as many convs as D, so it
 # cannot be told apart by depth and neither library has it anyway.
@@ -85,7 +86,7 @@ def _checked(variables, model: vgg.VGG, source: str):
   (even through `jnp.array`), which may be the torch tensors themselves, and
   a later `load_state_dict` would overwrite them under us.
   """
-  expected = traverse_util.flatten_dict(vgg.abstract_variables(model), sep='/')
+  expected = traverse_util.flatten_dict(summary.abstract_variables(model), sep='/')
   got = traverse_util.flatten_dict(variables, sep='/')
   for path in sorted(expected.keys() | got.keys()):
     want = expected[path].shape if path in expected else None

@@ -212,8 +212,11 @@ class _Posteriors:
     """Scores complete examples and frees their rows."""
     prob, labels = self.prob[rows], self.label[rows]
     true = prob[np.arange(len(rows)), labels]
-    # Rank of the true class: the number of classes scored strictly higher.
-    rank = np.sum(prob > true[:, None], axis=-1)
+    # Rank of the true class as argmax and top_k order classes: those scored
+    # higher, and those scored the same with a lower index. Ties are real: an
+    # untrained deep net's float32 softmax ties hundreds of classes.
+    before = np.arange(self.num_classes) < labels[:, None]
+    rank = np.sum((prob > true[:, None]) | ((prob == true[:, None]) & before), axis=-1)
     out = dict(top1_errors=rank >= 1, top5_errors=rank >= 5, nll=-self.loglik[rows],
                posterior=prob.astype(np.float32), index=self.index[rows].copy())
     self.prob[rows] = 0.0

@@ -7,12 +7,17 @@ the step it reached, waits until it is written, and raises `Preempted`, which
 `vgg_jax.train` reports on stderr before exiting with `PREEMPTED_EXIT_CODE`.
 Rerunning the same command continues from that step exactly.
 
+Other notices can be watched as well: submitit, which runs the SLURM sweeps,
+sends SIGUSR2 ahead of a time limit (`PreemptionWatch(signals=(SIGTERM,
+SIGUSR2))`, see experiments/point.py).
+
 With several processes the step must be the same everywhere, or the
 collective save would hang. JAX's preemption service (started by
 `jax.distributed.initialize`) owns SIGTERM then: any process that receives it
 tells the others, and `multihost_utils.reached_preemption_sync_point` agrees
 on a step that every process reaches. A Python handler would replace JAX's, so
-none is installed in that case.
+none is installed for SIGTERM in that case; the other signals are passed on to
+JAX's service as a SIGTERM to the process itself.
 
 Divergence. `LossCheck` keeps the loss of every step since it last looked and
 looks where the loop waits for the device anyway (logging, checkpoints), so a
@@ -23,6 +28,7 @@ checkpoint holds them.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Callable, Optional
@@ -40,10 +46,11 @@ PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 class Preempted(Exception):
   """The run stopped on a preemption notice after checkpointing `step`."""
 
-  def __init__(self, step: int):
-    super().__init__(f'preempted (SIGTERM) at step {step}: saved a checkpoint at step '
-                     f'{step}; rerun the same command to continue from it')
+  def __init__(self, step: int, signal_name: str = 'SIGTERM'):
+    super().__init__(f'preempted ({signal_name}) at step {step}: saved a checkpoint at '
+                     f'step {step}; rerun the same command to continue from it')
     self.step = step
+    self.signal_name = signal_name
 
 
 class NonFiniteError(ValueError):
@@ -53,39 +60,50 @@ class NonFiniteError(ValueError):
 class PreemptionWatch:
   """Whether every process has seen a preemption notice, asked once per step.
 
-  Use as a context manager around training: entering installs the SIGTERM
-  handler of a single-process run and leaving restores the previous one. Not
-  entered, a single process never reports preemption.
+  Use as a context manager around training: entering installs handlers for
+  `signals` (SIGTERM by default) and leaving restores the previous ones. Not
+  entered, a single process never reports preemption. `received` names the
+  first signal that arrived.
   """
 
-  def __init__(self):
-    self._received = False
-    self._previous = None
+  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)):
+    self.signals = tuple(signals)
+    self.received: Optional[str] = None
+    self._previous: dict = {}
 
   def __enter__(self) -> 'PreemptionWatch':
-    # Signal handlers can only be set from the main thread, and with several
-    # processes JAX's own handler must stay (see the module docstring).
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    # Signal handlers can only be set from the main thread.
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    for signum in self.signals:
+      if jax.process_count() == 1:
+        self._previous[signum] = signal.signal(signum, self._take_note)
+      elif signum != signal.SIGTERM:  # JAX's own SIGTERM handler must stay
+        self._previous[signum] = signal.signal(signum, _pass_on_as_sigterm)
     return self
 
   def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}
 
-  def _on_sigterm(self, signum, frame) -> None:
+  def _take_note(self, signum, frame) -> None:
     # Only take note: the loop acts at the next step boundary, where the
     # state is whole and nothing else is being written.
-    del signum, frame
-    self._received = True
+    del frame
+    self.received = self.received or signal.Signals(signum).name
 
   def reached(self, step: int) -> bool:
     """True at the step where the run should checkpoint and stop."""
     if jax.process_count() > 1:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self._received
+    return self.received is not None
+
+
+def _pass_on_as_sigterm(signum, frame) -> None:
+  """Hands a notice to JAX's preemption service, which listens for SIGTERM."""
+  del signum, frame
+  os.kill(os.getpid(), signal.SIGTERM)
 
 
 class LossCheck:

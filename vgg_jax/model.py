@@ -11,21 +11,21 @@ last map) and the paper's dense evaluation on a larger uncropped image (FC1 slid
 as a 7x7 conv, FC2/FC3 act as 1x1 convs, and the class score map is averaged).
 
 Run `python -m vgg_jax.model --variant D` for a Keras-style summary, `--all` for
-Table 2, `--plot FILE.png` for a picture of the architecture.
+Table 2, `--plot FILE.png` for a picture of the architecture; the code behind them
+is in `vgg_jax.summary`, so this module holds the network only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vgg_jax.batch_norm import default_batch_norm
 from vgg_jax.cpu_ops import default_conv_fn, default_pool_fn
 
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
@@ -129,6 +129,19 @@ def _initializers(init: str):
   raise ValueError(f'unknown weight_init {init!r}: choose one of {INITS}')
 
 
+def _fc1_kernel_init(init: str):
+  """FC1's kernel initialiser: the dense layer's, whatever shape stores it.
+
+  FC1 is kept as a (w, w, C, fc_width) conv kernel, for which Flax's Glorot
+  counts w*w*fc_width outputs: at 224 (w = 7) FC1 would start with a 2.8x too
+  small std. The dense layer it stands for has w*w*C inputs and fc_width outputs.
+  """
+  if init == 'glorot':
+    return nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform',
+                                            in_axis=(0, 1, 2), out_axis=3)
+  return _initializers(init)[0]
+
+
 class VGG(nn.Module):
   """VGG network on NHWC images; returns class logits of shape (batch, num_classes).
 
@@ -181,6 +194,11 @@ class VGG(nn.Module):
     """Side of FC1's kernel: the last feature map's side at the training crop."""
     return self.image_size // 2**NUM_POOLS
 
+  @property
+  def use_lrn(self) -> bool:
+    """Whether LRN follows conv1_1: `lrn` if set, else the variant's (A-LRN)."""
+    return CONFIGS[self.variant]['lrn'] if self.lrn is None else self.lrn
+
   def check_input(self, height: int, width: int) -> None:
     if self.head not in HEADS:
       raise ValueError(f'unknown head {self.head!r}: choose one of {HEADS}')
@@ -203,7 +221,6 @@ class VGG(nn.Module):
     layers = self.layers()  # validates the architecture first
     self.check_input(x.shape[1], x.shape[2])
     kernel_init, bias_init = _initializers(self.weight_init)
-    use_lrn = CONFIGS[self.variant]['lrn'] if self.lrn is None else self.lrn
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
     conv_kwargs['conv_general_dilated'] = self.conv_fn or default_conv_fn()
@@ -218,11 +235,11 @@ class VGG(nn.Module):
       x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
                   use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, dtype=self.dtype,
-                         name=spec.name.replace('conv', 'bn'))(x)
+        x = default_batch_norm()(use_running_average=not train, momentum=0.9,
+                                 epsilon=1e-5, dtype=self.dtype,
+                                 name=spec.name.replace('conv', 'bn'))(x)
       x = nn.relu(x)
-      if use_lrn and spec.name == 'conv1_1':
+      if self.use_lrn and spec.name == 'conv1_1':
         x = LocalResponseNorm(name='lrn')(x)
     x = pool(x)
 
@@ -238,7 +255,8 @@ class VGG(nn.Module):
     # FC1 as a VALID conv: a single output position at the training crop, a
     # score map on larger images (dense evaluation, §3.2).
     w = self.fc1_window
-    x = nn.Conv(self.fc_width, (w, w), padding='VALID', name='fc1', **conv_kwargs)(x)
+    x = nn.Conv(self.fc_width, (w, w), padding='VALID', name='fc1',
+                **{**conv_kwargs, 'kernel_init': _fc1_kernel_init(self.weight_init)})(x)
     x = dropout(nn.relu(x))
     # Dense layers act on the channel axis, i.e. as 1x1 convs on the score map.
     x = dropout(nn.relu(dense(self.fc_width, name='fc2')(x)))
@@ -246,140 +264,22 @@ class VGG(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-# --------------------------------------------------------------------------
-# Summary, Table 2 and the architecture picture.
-# --------------------------------------------------------------------------
-
-
-def count_params(params) -> int:
-  return sum(math.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
-
-
-def abstract_variables(model: VGG, image_size: Optional[int] = None):
-  """Variables' shapes without allocating them (eval_shape of init)."""
-  size = image_size or model.image_size
-  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
-
-
-def layer_table(model: VGG, image_size: Optional[int] = None):
-  """Rows (name, output shape, params, MACs) for one image, in forward order."""
-  size = image_size or model.image_size
-  variables = abstract_variables(model, size)
-  params = variables['params']
-
-  def capture(mdl, _):
-    return isinstance(mdl, (nn.Conv, nn.Dense, nn.BatchNorm, LocalResponseNorm))
-
-  _, state = jax.eval_shape(
-      lambda v: model.apply(v, jnp.zeros((1, size, size, 3)),
-                            capture_intermediates=capture, mutable=['intermediates']),
-      variables)
-  order = []
-  for spec in model.layers():
-    order += [spec.name, spec.name.replace('conv', 'bn')]
-    if spec.name == 'conv1_1':
-      order.append('lrn')
-  order += ['fc1', 'fc2', 'fc3']
-  rows = []
-  for name in sorted(state['intermediates'], key=order.index):
-    out = state['intermediates'][name]
-    shape = tuple(out['__call__'][0].shape[1:])
-    p = params.get(name, {})
-    n_params = count_params(p)
-    if 'kernel' in p:
-      kernel = p['kernel'].shape
-      positions = math.prod(shape[:-1]) if len(shape) > 1 else 1
-      macs = positions * math.prod(kernel)
-    else:
-      macs = 0
-    rows.append((name, shape, n_params, macs))
-  return rows
-
-
-def summary(model: VGG, image_size: Optional[int] = None) -> str:
-  """A Keras-style `model.summary()`: per-layer output shape and parameters."""
-  rows = layer_table(model, image_size)
-  lines = [f'VGG-{model.variant}  (input {image_size or model.image_size}x'
-           f'{image_size or model.image_size}x3, {model.num_classes} classes)',
-           f'{"layer":<12}{"output shape":<22}{"params":>14}{"MMACs":>12}',
-           '-' * 60]
-  for name, shape, n_params, macs in rows:
-    lines.append(f'{name:<12}{str(shape):<22}{n_params:>14,}{macs / 1e6:>12,.1f}')
-  total = sum(r[2] for r in rows)
-  macs = sum(r[3] for r in rows)
-  lines += ['-' * 60, f'{"total":<34}{total:>14,}{macs / 1e6:>12,.1f}',
-            f'forward cost: {macs / 1e9:.2f} GMACs per image']
-  return '\n'.join(lines)
-
-
-def table2(num_classes: int = 1000, image_size: int = 224) -> str:
-  """Table 2 of the paper with exact counts, plus forward GMACs per image."""
-  lines = [f'{"config":<8}{"weight layers":>14}{"params":>16}{"GMACs":>8}']
-  for variant in CONFIGS:
-    model = VGG(variant=variant, num_classes=num_classes, image_size=image_size)
-    rows = layer_table(model)
-    weight_layers = sum(1 for r in rows if r[0].startswith(('conv', 'fc')))
-    lines.append(f'{variant:<8}{weight_layers:>14}{sum(r[2] for r in rows):>16,}'
-                 f'{sum(r[3] for r in rows) / 1e9:>8.2f}')
-  return '\n'.join(lines)
-
-
-def plot(model: VGG, path: str, image_size: Optional[int] = None) -> None:
-  """Draws the architecture (like Keras' `plot_model`) as a PNG."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from matplotlib.patches import FancyBboxPatch
-
-  rows = layer_table(model, image_size)
-  colours = {'conv': '#4C72B0', 'bn': '#8172B2', 'lrn': '#DD8452',
-             'fc': '#55A868'}
-  fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(rows) + 2), 4.2))
-  x = 0.0
-  previous_side = None
-  for name, shape, n_params, _ in rows:
-    side = shape[0] if len(shape) == 3 else 1
-    if previous_side is not None and side < previous_side and name.startswith('conv'):
-      ax.text(x + 0.1, 0.05, 'pool', rotation=90, fontsize=7, color='grey')
-      x += 0.35
-    previous_side = side
-    channels = shape[-1]
-    height = 0.6 + 2.2 * math.log2(max(channels, 1)) / 12
-    kind = next(k for k in colours if name.startswith(k))
-    ax.add_patch(FancyBboxPatch((x, 2 - height / 2), 0.42, height,
-                                boxstyle='round,pad=0.02', color=colours[kind]))
-    ax.text(x + 0.21, 2 + height / 2 + 0.1, name, rotation=90, ha='center',
-            va='bottom', fontsize=7)
-    ax.text(x + 0.21, 2 - height / 2 - 0.1,
-            'x'.join(str(s) for s in shape), rotation=90, ha='center',
-            va='top', fontsize=6)
-    x += 0.55
-  total = count_params(abstract_variables(model, image_size)['params'])
-  ax.set_title(f'VGG-{model.variant}: {len(rows)} layers, {total:,} parameters')
-  ax.set_xlim(-0.3, x + 0.2)
-  ax.set_ylim(-0.6, 4.6)
-  ax.axis('off')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def _main(argv):
+def _main(argv, report):
+  """The command line; `report` is `vgg_jax.summary`, which does the work."""
+  del argv
   from absl import flags
   FLAGS = flags.FLAGS
   if FLAGS.all:
-    print(table2(FLAGS.num_classes, FLAGS.image_size))
+    print(report.table2(FLAGS.num_classes, FLAGS.image_size))
     return
   model = VGG(variant=FLAGS.variant, num_classes=FLAGS.num_classes,
               image_size=FLAGS.image_size, kernel_size=FLAGS.kernel_size,
               width=FLAGS.width, head=FLAGS.head, lrn=FLAGS.lrn,
               conv1x1=FLAGS.conv1x1, batch_norm=FLAGS.batch_norm,
               fc_width=FLAGS.fc_width)
-  print(summary(model))
+  print(report.summary(model))
   if FLAGS.plot:
-    plot(model, FLAGS.plot)
+    report.plot(model, FLAGS.plot)
     print(f'architecture drawn to {FLAGS.plot}')
 
 
@@ -400,6 +300,9 @@ def _define_flags():
 
 
 if __name__ == '__main__':
+  # Flags and report code only for the command line: importing the model
+  # defines no flags and loads no summary or plotting code.
   from absl import app
+  from vgg_jax import summary
   _define_flags()
-  app.run(_main)
+  app.run(functools.partial(_main, report=summary))

@@ -145,6 +145,13 @@ def validate(config) -> None:
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
                      f'one of {", ".join(optim.SCHEDULES)}')
+  if config.requires_init_from and not config.init_from:
+    raise ValueError(
+        f'this config fine-tunes a trained run (learning rate '
+        f'{config.optimizer.learning_rate:g}, as the paper does for S = 384 and jittered S) '
+        'but no run to start from is given: pass --config.init_from=WORKDIR of that run, '
+        "or add 'scratch' to the config string (e.g. configs/imagenet.py:D,S=384,scratch) "
+        'to train from random weights')
 
 
 def _logged_step(line: str) -> float:
@@ -352,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if preempted:
       mngr.wait_until_finished()
       log.close()
-      raise faults.Preempted(step)
+      raise faults.Preempted(step, preemption.received or 'SIGTERM')
 
   if result is None:  # resumed after the last step: evaluate what is there
     result = run_eval()

@@ -4,16 +4,24 @@
 
 C adds a 1x1 conv to the end of stages 3-5 of B (more non-linearity, the same
 receptive field); D adds a 3x3 conv there instead. The paper: C beats B, D
-beats C (28.7, 28.1, 27.0 % top-1 at S = 256): non-linearity helps, spatial
+beats C (28.7, 28.1, 27.0 % top-1 at S = 256, dense evaluation at Q = S): non-linearity helps, spatial
 context helps more. Base: configs/cifar10.py with the same argument; sweep
 option `seeds=N` (default 3).
 
 Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; C's 3 points
-took 9 min, B and D came from the depth sweep): top-1 error B 46.3 ± 1.7, C 49.3 ± 1.6,
+took 9 min, B and D came from the depth sweep): centre-crop top-1 error B 46.3 ± 1.7, C 49.3 ± 1.6,
 D 53.4 ± 2.2 %.
 """
 
-from configs import cifar10, common
+import os
+import sys
+
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import cifar10, common  # pylint: disable=wrong-import-position
 
 VARIANTS = ('B', 'C', 'D')
 

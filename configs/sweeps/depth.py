@@ -3,7 +3,7 @@
     python -m experiments.sweep --sweep=configs/sweeps/depth.py:runlocal --workdir=DIR
 
 The paper: error falls with depth up to 16-19 layers, D ~ E (ImageNet, S = 256:
-29.6, 28.7, 27.0, 27.3 % top-1). Base: configs/cifar10.py with the same
+29.6, 28.7, 27.0, 27.3 % top-1, dense evaluation at Q = S). Base: configs/cifar10.py with the same
 argument (`runlocal`, `folder=...`, `epochs=...`); sweep options:
 `seeds=N` (default 3) and `warm`, which starts B, D and E from the trained A of
 the same seed as §3.1 does (A's conv1_1, conv2_1, conv3_1, conv3_2 and FC
@@ -11,11 +11,19 @@ layers); by default every net starts from Glorot-initialised weights, which
 the paper notes works as well and keeps the budgets equal.
 
 Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 62 min for
-the 12 points): top-1 error A 45.0 ± 2.0, B 46.3 ± 1.7, D 53.4 ± 2.2, E 59.9 ± 2.4 %;
+the 12 points): centre-crop top-1 error A 45.0 ± 2.0, B 46.3 ± 1.7, D 53.4 ± 2.2, E 59.9 ± 2.4 %;
 after one epoch depth hurts.
 """
 
-from configs import cifar10, common
+import os
+import sys
+
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import cifar10, common  # pylint: disable=wrong-import-position
 
 VARIANTS = ('A', 'B', 'D', 'E')
 

@@ -9,11 +9,19 @@ receptive field, fewer non-linearities): 7 % higher top-1 error than B
 configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
 Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 24 min for
-the 9 points): top-1 error B 46.3 ± 1.7, one 5x5 per stage 45.0 ± 0.4, one 3x3 per stage
+the 9 points): centre-crop top-1 error B 46.3 ± 1.7, one 5x5 per stage 45.0 ± 0.4, one 3x3 per stage
 42.7 ± 0.7 %.
 """
 
-from configs import cifar10, common
+import os
+import sys
+
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import cifar10, common  # pylint: disable=wrong-import-position
 
 SHALLOW = (1, 1, 1, 1, 1)
 ARCHITECTURES = (

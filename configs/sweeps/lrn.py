@@ -3,16 +3,24 @@
     python -m experiments.sweep --sweep=configs/sweeps/lrn.py:runlocal --workdir=DIR
 
 A-LRN is A with AlexNet's LRN after the first conv. The paper: no gain (29.6
-against 29.7 % top-1), so B-E drop it. Here batch norm follows every conv in
+against 29.7 % top-1, dense evaluation at Q = S), so B-E drop it. Here batch norm follows every conv in
 both nets (configs/cifar10.py), as it does in every sweep. Base:
 configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
 Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; A-LRN's 3
-points took 7 min, A came from the depth sweep): top-1 error A 45.0 ± 2.0, A-LRN
+points took 7 min, A came from the depth sweep): centre-crop top-1 error A 45.0 ± 2.0, A-LRN
 45.4 ± 0.6 %.
 """
 
-from configs import cifar10, common
+import os
+import sys
+
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import cifar10, common  # pylint: disable=wrong-import-position
 
 VARIANTS = ('A', 'A-LRN')
 

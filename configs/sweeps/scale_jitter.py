@@ -4,9 +4,9 @@
 
 The paper's S = 256, 384 and [256, 512] at its 224 crop, scaled to the 32
 crop (configs/cifar10.py). The paper: jittered training beats either fixed
-scale, at a single test scale (D: 27.0, 26.8, 25.6 % top-1) and more with
+scale, at a single test scale (D: 27.0, 26.8, 25.6 % top-1, dense evaluation) and more with
 multi-scale testing (26.6, 26.5, 24.8). Besides the base config's evaluations
-(single Q, dense at the `auto` scales), every model is tested at each of
+(centre crop and dense at Q, dense at the `auto` scales), every model is tested at each of
 TEST_SCALES alone, for the plot of error against Q. All three start from
 random weights with the same budget; the paper fine-tuned S = 384 from
 S = 256 and the jittered model from S = 384 (add 'init_from': '@<point>' to
@@ -18,7 +18,15 @@ dense multi-scale top-1 error S = 37 54.6 ± 2.2, S = 55 70.6 ± 2.2, jittered 6
 the jittered net's error varies least across test scales (67.8-71.4 % at Q = 32..73).
 """
 
-from configs import cifar10, common
+import os
+import sys
+
+# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+from configs import cifar10, common  # pylint: disable=wrong-import-position
 
 TEST_SCALES = (32, 37, 46, 55, 64, 73)
 SCALES = (

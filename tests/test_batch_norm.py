@@ -1,0 +1,94 @@
+"""vgg_jax.batch_norm: Flax's batch norm, with accurate sums on the CPU."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vgg_jax import batch_norm, cpu_ops
+
+SHAPE = (64, 32, 32, 16)  # the size at which XLA CPU's plain sums lose 30x
+
+
+def batch():
+  return np.random.default_rng(0).normal(1.0, 3.0, SHAPE).astype(np.float32)
+
+
+def loss_and_grads(module, x, options=None):
+  variables = module.init(jax.random.key(0), x)
+
+  def loss(params, x):
+    y, updated = module.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                              mutable=['batch_stats'])
+    return jnp.sum(jnp.sin(y)), updated['batch_stats']
+
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+               compiler_options=options or {})
+  (value, stats), (g_params, g_x) = fn(variables['params'], x)
+  return jax.device_get((value, stats, g_params, g_x))
+
+
+def float64_reference(x):
+  """Mean, variance and the gradients of the same loss, in float64 numpy."""
+  x = x.astype(np.float64)
+  mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))
+  inv = 1 / np.sqrt(var + 1e-5)
+  xhat = (x - mean) * inv
+  g = np.cos(xhat)  # d sum(sin(y)) / dy at scale 1, bias 0
+  n = x.size // x.shape[-1]
+  g_scale, g_bias = (g * xhat).sum((0, 1, 2)), g.sum((0, 1, 2))
+  g_x = inv * (g - g_bias / n - xhat * g_scale / n)
+  return mean, var, g_scale, g_bias, g_x
+
+
+def rel(a, b):
+  return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
+
+
+def test_same_variables_and_values_as_flax():
+  x = batch()
+  ours = batch_norm.BatchNorm(momentum=0.9, epsilon=1e-5)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  a, b = ours.init(jax.random.key(0), x), flax_bn.init(jax.random.key(0), x)
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  for got, want in zip(loss_and_grads(ours, x), loss_and_grads(flax_bn, x, {})):
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+      assert rel(g, np.asarray(w, np.float64)) < 1e-5  # float32 rounding, both ways
+  # Evaluation mode normalises with the running statistics, like Flax's.
+  variables = {'params': a['params'],
+               'batch_stats': {'mean': np.full(16, 0.5, np.float32),
+                               'var': np.full(16, 4.0, np.float32)}}
+  np.testing.assert_allclose(
+      batch_norm.BatchNorm(use_running_average=True).apply(variables, x),
+      nn.BatchNorm(use_running_average=True).apply(variables, x), rtol=1e-6, atol=1e-6)
+
+
+def test_statistics_and_gradients_are_accurate_with_the_train_steps_options():
+  x = batch()
+  mean, var, g_scale, g_bias, g_x = float64_reference(x)
+  _, stats, g_params, g_x32 = loss_and_grads(
+      batch_norm.BatchNorm(momentum=0.0, epsilon=1e-5), x, cpu_ops.compiler_options())
+  # float32 rounding of the inputs is ~6e-8; a sequential sum of 65,536
+  # values in float32 lands near 3e-6.
+  assert rel(stats['mean'], mean) < 5e-7
+  assert rel(stats['var'], var) < 5e-7
+  assert rel(g_params['bias'], g_bias) < 5e-7
+  assert rel(g_x32, g_x) < 2e-6
+  assert rel(g_params['scale'], g_scale) < 2e-5  # a sum with cancellation
+
+
+def test_channel_sum_equals_the_plain_sum():
+  x = batch()
+  np.testing.assert_allclose(batch_norm.channel_sum(x), x.astype(np.float64).sum((0, 1, 2)),
+                             rtol=1e-6)
+  assert batch_norm.channel_sum(x[:, :, 0, :]).shape == (16,)
+
+
+@pytest.mark.parametrize('dtype', [jnp.bfloat16])
+def test_low_precision_compute_keeps_float32_statistics(dtype):
+  x = batch()
+  y, updated = batch_norm.BatchNorm(dtype=dtype, momentum=0.0).apply(
+      batch_norm.BatchNorm(dtype=dtype).init(jax.random.key(0), x), x.astype(dtype),
+      mutable=['batch_stats'])
+  assert y.dtype == dtype and updated['batch_stats']['mean'].dtype == jnp.float32
