@@ -1,11 +1,13 @@
-"""Times XLA's three CPU slow paths against their replacements in vgg_jax.cpu_ops.
+"""Times XLA's two CPU slow paths against their replacements in vgg_jax.cpu_ops.
 
     python -m experiments.bench_ops [--repeats=5]
 
 Prints one JSON line per operation (batch 64, float32, the shapes VGG has at
 32x32 input): milliseconds for XLA's own operation and for cpu_ops', each the
-best of `repeats` calls after one untimed call that compiles. The numbers in
-experiments/PERFORMANCE.md ("What changed") come from this script.
+best of `repeats` calls after one untimed call that compiles. Each is compiled
+with the train step's options (`cpu_ops.compiler_options`: no YNNPACK
+fusions). The numbers in experiments/PERFORMANCE.md ("What changed") come
+from this script.
 """
 
 import json
@@ -36,16 +38,20 @@ def conv(conv_fn):
   return lambda x, w: conv_fn(x, w, (1, 1), 'SAME', dimension_numbers=_LAYOUT)
 
 
+def jit(fn):
+  return jax.jit(fn, compiler_options=cpu_ops.compiler_options())
+
+
 def forward(conv_fn):
-  return jax.jit(conv(conv_fn))
+  return jit(conv(conv_fn))
 
 
-def weight_gradient(conv_fn):
-  return jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(conv_fn)(x, w), w)[1](dy)[0])
+def forward_and_backward(conv_fn):
+  return jit(lambda x, w, dy: jax.vjp(conv(conv_fn), x, w)[1](dy))
 
 
 def pool_forward_backward(pool_fn):
-  return jax.jit(lambda x, dy: jax.vjp(pool_fn, x)[1](dy)[0])
+  return jit(lambda x, dy: jax.vjp(pool_fn, x)[1](dy)[0])
 
 
 def normal(seed, *shape):
@@ -55,13 +61,14 @@ def normal(seed, *shape):
 def cases():
   """(name, shape text, make(op) -> jitted fn, args, plain op, fast op)."""
   small = (normal(0, 64, 2, 2, 512), normal(1, 3, 3, 512, 512))
-  large = (normal(2, 64, 32, 32, 64), normal(3, 3, 3, 64, 64), normal(4, 64, 32, 32, 64))
+  small_grad = (*small, normal(2, 64, 2, 2, 512))
   pool = (normal(5, 64, 32, 32, 64), normal(6, 64, 16, 16, 64))
   return [
       ('conv forward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',
        forward, small, lax.conv_general_dilated, cpu_ops.conv_general_dilated),
-      ('conv weight gradient, large map', '64x32x32x64 -> 64, 3x3',
-       weight_gradient, large, lax.conv_general_dilated, cpu_ops.conv_general_dilated),
+      ('conv backward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',
+       forward_and_backward, small_grad, lax.conv_general_dilated,
+       cpu_ops.conv_general_dilated),
       ('2x2 max pool, forward and backward', '64x32x32x64',
        pool_forward_backward, pool, cpu_ops.flax_max_pool_2x2, cpu_ops.max_pool_2x2),
   ]

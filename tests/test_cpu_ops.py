@@ -46,9 +46,12 @@ def test_map_smaller_than_the_kernel(side, kernel, padding):
 
 
 @pytest.mark.parametrize('side, kernel, padding', [
-    (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (16, 3, ((2, 0), (1, 3)))])
-def test_map_at_least_the_kernel_with_shifted_weight_gradient(side, kernel, padding):
-  assert side * side >= cpu_ops.SHIFTED_WEIGHT_GRAD_MIN_POSITIONS
+    (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (3, 3, ((2, 0), (1, 3)))])
+def test_map_at_least_the_kernel_is_xlas_own_convolution(side, kernel, padding):
+  x, w = normal(2, side, side, 5), normal(kernel, kernel, 5, 4)
+  fast = jax.jit(lambda x, w: cpu_ops.conv_general_dilated(x, w, (1, 1), padding,
+                                                           dimension_numbers=LAYOUT))
+  assert 'dot_general' not in str(jax.make_jaxpr(fast)(x, w))  # no patches
   assert_same_as_plain((2, side, side, 5), kernel, padding)
 
 
@@ -97,7 +100,7 @@ def test_max_pool_ties_after_relu_give_the_same_gradient():
 
 
 def test_whole_model_gradients_equal_the_plain_convolution():
-  # 32x32 input: maps from 32x32 (shifted weight gradients) down to 2x2 (patches).
+  # 32x32 input: maps from 32x32 (XLA's convolution) down to 2x2 (patches).
   model = vgg.VGG(variant='B', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
                   dropout_rate=0.0)
   plain = model.clone(conv_fn=jax.lax.conv_general_dilated,

@@ -1,25 +1,30 @@
 """VGG's convolution and pooling without XLA CPU's slow paths.
 
-Measured on a 2-core AMD EPYC (jax 0.10.2, fp32, batch 64; `python -m
-experiments.bench_ops`, experiments/PERFORMANCE.md), XLA's CPU backend is as
-fast as PyTorch on the forward pass and the input gradient of VGG's
-convolutions, but has three slow paths:
+Measured on a 2-core AMD EPYC with AVX-512 (jax 0.10.2, fp32; per layer by
+`python -m experiments.bench_ops`, whole steps by `python -m vgg_jax.benchmark`,
+experiments/PERFORMANCE.md), XLA's CPU backend, compiled without its YNNPACK
+fusions (`compiler_options`), runs VGG's convolutions and both their
+gradients at least as fast as any rewrite tried here, with two exceptions:
 
 * a kernel larger than the feature map (a 3x3 conv on the 2x2 last stage of a
-  32x32 input): 912 ms forward for 64x2x2x512 -> 512, where patches + one
-  matmul take 10 ms;
-* the weight gradient on large maps: 2.2 s for 64x32x32x64 -> 64 (4.8 GFLOP),
-  where the sum over the k*k kernel offsets of (shifted input)^T (output
-  gradient) matmuls takes 201 ms;
-* the gradient of 2x2 max pooling (XLA's select-and-scatter): 90 ms forward
-  and backward for 64x32x32x64, where a max over a reshaped array takes 15 ms.
+  32x32 input): 997 ms forward for 64x2x2x512 -> 512, where patches and one
+  matmul take 14 ms (963 against 41 ms for both gradients);
+* the gradient of 2x2 max pooling (XLA's select-and-scatter): 79 ms forward
+  and backward for 64x32x32x64, where a max over a reshaped array takes 7 ms.
 
-`conv_general_dilated` below routes exactly those convolutions to the
-equivalent matmul formulations and everything else to XLA; `max_pool_2x2`
-pools by reshaping. The results equal the plain operations to float rounding
-(tests/test_cpu_ops.py checks values and gradients). Only stride-1, undilated,
-ungrouped NHWC/HWIO convolutions, which is every convolution VGG has, take the
-fast paths. `vgg_jax.model` uses them on the CPU backend only.
+(`python -m experiments.bench_ops`, 2026-12-01, with other jobs on the machine.)
+
+`conv_general_dilated` below routes exactly the first case to image patches
+and everything else to XLA; `max_pool_2x2` pools by reshaping. The results
+equal the plain operations to float rounding (tests/test_cpu_ops.py checks
+values and gradients). `vgg_jax.model` uses them on the CPU backend only.
+
+An earlier version also computed every weight gradient as a sum of shifted
+matmuls: a win while the step compiled with YNNPACK's fusions, 1.3-2.2x slower
+than XLA's own once they were off (forward and backward of one conv, measured
+2026-12-01 by a one-off script with other jobs on the machine: 166 against
+75 ms for 64x32x32x64 -> 64, 19 against 11 ms for 128x32x32x8 -> 8), so it
+went; the whole VGG-D step at width 1/8 got 1.4x faster.
 """
 
 from __future__ import annotations
@@ -32,11 +37,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Weight gradients on maps with at least this many positions go through the
-# shifted matmuls. Alone, XLA's weight gradient looks as fast on 8x8 maps, but
-# inside VGG-D's step the shifted matmuls everywhere make the step 5-7 % faster
-# (1.87 s against 1.99 s, batch 64 at 32x32, 2 cores).
-SHIFTED_WEIGHT_GRAD_MIN_POSITIONS = 1
 # Set to 1, the train step keeps XLA's default CPU options (YNNPACK fusions on);
 # see compiler_options.
 KEEP_XLA_DEFAULTS_ENV = 'VGG_JAX_XLA_CPU_DEFAULTS'
@@ -47,11 +47,6 @@ def _pads(padding, in_hw, kernel_hw):
   if isinstance(padding, str):
     return tuple(lax.padtype_to_pads(in_hw, kernel_hw, (1, 1), padding))
   return tuple(tuple(p) for p in padding)
-
-
-def _plain(lhs, rhs, pads, precision):
-  return lax.conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT,
-                                  precision=precision)
 
 
 def patches(lhs, kernel_hw, pads):
@@ -76,48 +71,6 @@ def patches_conv(lhs, rhs, pads, precision=None):
   kh, kw, cin, cout = rhs.shape
   return jnp.dot(patches(lhs, (kh, kw), pads), rhs.reshape(kh * kw * cin, cout),
                  precision=precision)
-
-
-def shifted_weight_grad(lhs, grad_out, kernel_hw, pads, precision=None):
-  """d(conv)/d(kernel) as a sum over kernel offsets of two plain matmuls each.
-
-  kernel[i, j] meets input pixel (y + i - pad, x + j - pad) at output (y, x), so
-  its gradient is (the input shifted by (i, j))^T @ (the output gradient), both
-  flattened to (batch * positions, channels).
-  """
-  kh, kw = kernel_hw
-  (top, bottom), (left, right) = pads
-  padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-  n, ho, wo, cout = grad_out.shape
-  cin = lhs.shape[-1]
-  flat_grad = grad_out.reshape(n * ho * wo, cout)
-  contract_rows = (((0,), (0,)), ((), ()))
-  blocks = [lax.dot_general(padded[:, i:i + ho, j:j + wo, :].reshape(n * ho * wo, cin),
-                            flat_grad, contract_rows, precision=precision,
-                            preferred_element_type=jnp.float32)
-            for i in range(kh) for j in range(kw)]
-  return jnp.stack(blocks).reshape(kh, kw, cin, cout)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_with_shifted_weight_grad(lhs, rhs, pads, precision):
-  return _plain(lhs, rhs, pads, precision)
-
-
-def _fwd(lhs, rhs, pads, precision):
-  return _plain(lhs, rhs, pads, precision), (lhs, rhs)
-
-
-def _bwd(pads, precision, residuals, grad_out):
-  lhs, rhs = residuals
-  # The input gradient is XLA's own transposed convolution, which is fast.
-  _, input_vjp = jax.vjp(lambda x: _plain(x, rhs, pads, precision), lhs)
-  (grad_lhs,) = input_vjp(grad_out)
-  grad_rhs = shifted_weight_grad(lhs, grad_out, rhs.shape[:2], pads, precision)
-  return grad_lhs, grad_rhs.astype(rhs.dtype)
-
-
-_conv_with_shifted_weight_grad.defvjp(_fwd, _bwd)
 
 
 def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
@@ -145,13 +98,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return plain()
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
-  if kernel_hw == (1, 1):
-    return plain()
-  pads = _pads(padding, (height, width), kernel_hw)
   if height < kernel_hw[0] or width < kernel_hw[1]:
-    return patches_conv(lhs, rhs, pads, precision)
-  if height * width >= SHIFTED_WEIGHT_GRAD_MIN_POSITIONS:
-    return _conv_with_shifted_weight_grad(lhs, rhs, pads, precision)
+    return patches_conv(lhs, rhs, _pads(padding, (height, width), kernel_hw), precision)
   return plain()
 
 
