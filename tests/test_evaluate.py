@@ -17,6 +17,7 @@ from vgg_jax import checkpoints, data, evaluate, evaluation, parallel, train
 from vgg_jax.data import transforms
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_data import eval_batches  # pylint: disable=wrong-import-position
 from test_train import tiny_config  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -179,7 +180,7 @@ def test_single_equals_a_plain_masked_evaluation_of_padded_batches(run):
   _, config, model, variables = run
   mesh = parallel.make_mesh()
   expected = reference_single_crop_errors(
-      model, variables, data.eval_batches(config.data, global_batch_size=16), mesh)
+      model, variables, eval_batches(config.data, global_batch_size=16), mesh)
   result = protocol(run, protocol='single')
   assert result['num_examples'] == expected['num_examples'] == NUM_TEST
   assert result['top1_error'] == expected['top1_error']

@@ -1,10 +1,11 @@
-"""Input pipelines for the paper's training and test protocols.
+"""Datasets, the paper's image transforms and the training input pipeline.
+
+Evaluation reads a split by random access (`open_split`) and makes the test
+protocols' views itself (`vgg_jax.evaluation`).
 
     info = data.dataset_info(cfg)
     batches = data.train_batches(cfg, global_batch_size=256, seed=0, start_step=t0,
                                  process_index=p, process_count=P)
-    for batch in data.eval_batches(cfg, global_batch_size=256, process_index=p,
-                                   process_count=P): ...
 
 `cfg` is the experiment's `data` ConfigDict:
 
@@ -33,13 +34,11 @@ operations), `sources` (random access to each kind of dataset), `pipeline`
 from vgg_jax.data import builtin
 from vgg_jax.data import transforms
 from vgg_jax.data.pipeline import check_scales
-from vgg_jax.data.pipeline import eval_batches
-from vgg_jax.data.pipeline import num_eval_batches
 from vgg_jax.data.pipeline import train_batches
 from vgg_jax.data.sources import DatasetInfo
 from vgg_jax.data.sources import dataset_info
 from vgg_jax.data.sources import mean_rgb
 from vgg_jax.data.sources import open_split
 
-__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'eval_batches',
-           'mean_rgb', 'num_eval_batches', 'open_split', 'train_batches', 'transforms']
+__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'mean_rgb',
+           'open_split', 'train_batches', 'transforms']
