@@ -27,7 +27,7 @@ from absl import app, logging
 from jax.experimental import multihost_utils
 
 from experiments import sweep
-from vgg_jax import checkpoints, evaluate, evaluation, faults, parallel, train
+from vgg_jax import checkpoints, config_schema, evaluate, evaluation, faults, parallel, train
 
 
 def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
@@ -58,7 +58,7 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
     if primary:
       sweep.write_json(os.path.join(point_dir, sweep.EVALS_FILE), done)
 
-  config = ml_collections.ConfigDict(spec['config'])
+  config = ml_collections.ConfigDict(config_schema.complete(spec['config']))
   if not trained:
     start = time.time()
     # SIGTERM (a stopped sweep, a preempted job), or submitit's time-out

@@ -34,6 +34,9 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 
+from vgg_jax import config_schema
+from vgg_jax.model import CONFIGS, config_layers
+
 CSV_FILE = 'results.csv'
 REPORT_FILE = 'report.md'
 COLUMNS = ('sweep', 'order', 'point', 'seed', 'config', 'weight_layers', 'variant',
@@ -82,30 +85,24 @@ def scale_label(scale) -> str:
 
 def config_label(model: dict) -> str:
   """The row of Table 1, plus what the run changes about it: 'B 5x5 1-1-1-1-1'."""
-  from vgg_jax.model import CONFIGS
-  variant = model.get('variant', 'D')
+  variant = model['variant']
   row = CONFIGS.get(variant, {})
   parts = [variant]
-  depths = model.get('depths')
+  depths = model['depths']
   if depths is not None and tuple(depths) != tuple(row.get('depths', ())):
     parts.append('depths ' + '-'.join(str(d) for d in depths))
-  if model.get('kernel_size', 3) != 3:
+  if model['kernel_size'] != 3:
     k = model['kernel_size']
     parts.append(f'{k}x{k}')
-  if model.get('conv1x1') is not None and bool(model['conv1x1']) != row.get('conv1x1'):
+  if model['conv1x1'] is not None and bool(model['conv1x1']) != row.get('conv1x1'):
     parts.append('+1x1' if model['conv1x1'] else '-1x1')
-  if model.get('lrn') is not None and bool(model['lrn']) != row.get('lrn'):
+  if model['lrn'] is not None and bool(model['lrn']) != row.get('lrn'):
     parts.append('+LRN' if model['lrn'] else '-LRN')
   return ' '.join(parts)
 
 
 def weight_layers(model: dict) -> int:
-  from vgg_jax.model import resolve_layers
-  depths = model.get('depths')
-  convs = resolve_layers(model.get('variant', 'D'), None if depths is None else tuple(depths),
-                         model.get('kernel_size', 3), model.get('conv1x1'),
-                         model.get('width', 1.0))
-  return len(convs) + (3 if model.get('head', 'fc') == 'fc' else 2)
+  return len(config_layers(model)) + (3 if model['head'] == 'fc' else 2)
 
 
 def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
@@ -122,21 +119,21 @@ def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
 
 
 def run_rows(run_dir: str, orders: dict) -> list[dict]:
-  config = _read_json(os.path.join(run_dir, 'config.json'))
+  config = config_schema.complete(_read_json(os.path.join(run_dir, 'config.json')))
   point = _read_json(os.path.join(run_dir, 'point.json'), {})
   trained = _read_json(os.path.join(run_dir, 'train_result.json'), {})
   model, data = config['model'], config['data']
   name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
   base = {
-      'point': name, 'seed': config.get('seed', 0), 'config': config_label(model),
-      'weight_layers': weight_layers(model), 'variant': model.get('variant'),
-      'depths': '-'.join(map(str, model['depths'])) if model.get('depths') else '',
-      'kernel_size': model.get('kernel_size', 3),
-      'conv1x1': '' if model.get('conv1x1') is None else model['conv1x1'],
-      'lrn': '' if model.get('lrn') is None else model['lrn'],
-      'batch_norm': model.get('batch_norm'), 'width': model.get('width'),
-      'fc_width': model.get('fc_width'), 'head': model.get('head'),
-      'epochs': config.get('num_epochs'), 'train_scale': scale_label(data['train_scale']),
+      'point': name, 'seed': config['seed'], 'config': config_label(model),
+      'weight_layers': weight_layers(model), 'variant': model['variant'],
+      'depths': '-'.join(map(str, model['depths'])) if model['depths'] else '',
+      'kernel_size': model['kernel_size'],
+      'conv1x1': '' if model['conv1x1'] is None else model['conv1x1'],
+      'lrn': '' if model['lrn'] is None else model['lrn'],
+      'batch_norm': model['batch_norm'], 'width': model['width'],
+      'fc_width': model['fc_width'], 'head': model['head'],
+      'epochs': config['num_epochs'], 'train_scale': scale_label(data['train_scale']),
       'train_seconds': trained.get('wall_seconds', ''),
   }
   sweeps = point.get('sweeps') or [OTHER_RUNS]

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -65,6 +64,8 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from vgg_jax import config_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINT_FILE = 'point.json'
@@ -101,11 +102,9 @@ class Point:
 def load_sweep_module(path_and_arg: str):
   """(module, arg) of `--sweep=FILE[:ARG]`, split as config_flags splits it."""
   path, _, arg = path_and_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('sweep_definition', path)
-  if spec is None or not os.path.isfile(path):
+  if not os.path.isfile(path):
     raise FileNotFoundError(f'sweep file {path} not found')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_schema.load_config_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path} has no get_sweep(): a sweep file returns its points from '
                      "get_sweep(arg), e.g. [{'model.variant': 'B', 'seed': 0}, ...]")
@@ -264,8 +263,10 @@ def check_unchanged(point: Point, workdir: str) -> Optional[dict]:
   """The point's point.json, if any; an error if it holds another config."""
   point_dir = os.path.join(workdir, point.name)
   existing = read_json(os.path.join(point_dir, POINT_FILE))
-  if existing is not None and existing['config'] != point.config:
-    diff = '; '.join(_config_diff(existing['config'], point.config)[:5])
+  # A point launched before a field joined the schema ran with its default.
+  saved = None if existing is None else config_schema.complete(existing['config'])
+  if saved is not None and saved != point.config:
+    diff = '; '.join(_config_diff(saved, point.config)[:5])
     raise ValueError(f'point {point.name} in {workdir} was launched with another config '
                      f'({diff}): use another --workdir, or delete {point_dir} to retrain it')
   return existing

@@ -24,10 +24,11 @@ import pytest
 # which closes pytest's capture file if a test's capsys is active.
 import submitit
 
-from configs import cifar10, common, default, imagenet
+from configs import cifar10, default, imagenet
 from experiments import point as point_worker
 from experiments import report, sweep
-from vgg_jax import checkpoints, cli, evaluation, faults, parallel, train, warm_start
+from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, parallel, train,
+                     warm_start)
 from vgg_jax.model import VGG
 # The README troubleshooting table's check (tests/ is on the path under pytest).
 from test_reliability import assert_in_readme
@@ -135,7 +136,7 @@ def test_every_config_has_the_same_fields():
             for name in (fields(value, f'{prefix}{key}.') if hasattr(value, 'items')
                          else [prefix + key])}
 
-  schema = fields(common.base_config())
+  schema = fields(config_schema.base_config())
   assert {'profile', 'prefetch_to_device', 'init_from', 'evals', 'model.dtype'} <= schema
   for config in (default.get_config(), imagenet.get_config('E,jitter'),
                  cifar10.get_config('A,runlocal'), cifar10.get_config('D')):

@@ -6,16 +6,14 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from vgg_jax import optim, parallel, train
+from vgg_jax import config_schema, optim, parallel, train
 from vgg_jax.model import VGG
 
-OPTIMIZER = ml_collections.ConfigDict(dict(
-    learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule='cosine',
-    warmup_epochs=0.0))
+OPTIMIZER = config_schema.base_config().optimizer
+OPTIMIZER.update(learning_rate=0.05, schedule='cosine')
 
 
 def _run_steps(devices, batch_norm, steps=3, batch_size=16):
@@ -104,12 +102,12 @@ def test_plateau_divides_the_rate_after_patience_evaluations():
 
 
 def test_profile_window_traces_whole_steps_after_warm_up(tmp_path):
-  config = ml_collections.ConfigDict(dict(profile=True, profile_skip_steps=2,
-                                          profile_num_steps=3))
+  config = config_schema.base_config()
+  assert train.profile_window(config, str(tmp_path), 0, 9).directory is None  # off by default
+  config.update(profile=True, profile_skip_steps=2, profile_num_steps=3)
   window = train.profile_window(config, str(tmp_path), start_step=10, num_steps=100)
   assert (window.first, window.last) == (13, 15)
   assert train.profile_window(config, str(tmp_path), 98, 100).last == 100
-  assert train.profile_window(ml_collections.ConfigDict(), str(tmp_path), 0, 9).directory is None
   f = jax.jit(lambda x: x * 2)
   x = jnp.ones(4)
   for step in range(11, 17):

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from vgg_jax import checkpoints, cli, evaluation, parallel, train
+from vgg_jax import checkpoints, cli, config_schema, evaluation, parallel, train
 from vgg_jax.data import transforms
 
 EVAL_DIR = 'eval'
@@ -59,7 +59,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'{path} not found: {workdir} is not the workdir of a '
                             'vgg_jax.train run (it writes config.json on start)')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(config_schema.complete(json.load(f)))
 
 
 def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[int]]:

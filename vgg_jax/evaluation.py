@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
-import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -386,10 +385,6 @@ def _num_classes(model, variables, image_size: int) -> int:
                             variables, image).shape[-1])
 
 
-def _data_get(cfg, field: str, default=None):
-  return cfg.get(field, default) if hasattr(cfg, 'get') else getattr(cfg, field, default)
-
-
 def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None,
                       protocol: str = 'single', scales=None, flip: Optional[bool] = None,
                       batch_size: int = 64, mesh=None, keep_posteriors: bool = False,
@@ -449,7 +444,7 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
       check(side, side)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  split = split or _data_get(data_cfg, 'eval_split', 'test')
+  split = split or data_cfg.eval_split
 
   source = data.open_split(data_cfg, split)
   groups = view_groups(protocol, scales)
@@ -465,7 +460,7 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
     views = example_views(image, groups, image_size=image_size, flip=flip)
     return index, label, [(weights[g], v) for g, v in views]
 
-  threads = int(_data_get(data_cfg, 'num_threads', 0) or min(16, os.cpu_count() or 1))
+  threads = data.decode_threads(data_cfg)
   window = max(2 * threads, 2 * -(-batch_size // views_per_image))
   run = _Evaluation(model.apply, place_variables(variables, mesh), mesh,
                     batch_size=batch_size, mean_rgb=data_cfg.mean_rgb,

@@ -23,12 +23,12 @@ SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
 def learning_rate_fn(cfg, num_steps: int, steps_per_epoch: int) -> Callable:
   """The base schedule; 'plateau' is constant here and scaled by `Plateau`."""
   base = cfg.learning_rate
-  warmup = int(cfg.get('warmup_epochs', 0) * steps_per_epoch)
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule in ('plateau', 'constant'):
     main = optax.constant_schedule(base)
   elif cfg.schedule == 'step':
     # Divide by 10 at each listed epoch, e.g. (30, 60) for 90 epochs.
-    boundaries = {int(e * steps_per_epoch): 0.1 for e in cfg.get('step_epochs', ())}
+    boundaries = {int(e * steps_per_epoch): 0.1 for e in cfg.step_epochs}
     main = optax.piecewise_constant_schedule(base, boundaries)
   elif cfg.schedule == 'cosine':
     main = optax.cosine_decay_schedule(base, max(1, num_steps - warmup))
@@ -50,7 +50,7 @@ def create_optimizer(cfg, num_steps: int, steps_per_epoch: int) -> optax.Gradien
   lr = learning_rate_fn(cfg, num_steps, steps_per_epoch)
   return optax.chain(
       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
-      optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.get('nesterov', False)),
+      optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
   )
 
 

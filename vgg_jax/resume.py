@@ -20,7 +20,7 @@ import os
 import tempfile
 from typing import Any
 
-from vgg_jax import checkpoints
+from vgg_jax import checkpoints, config_schema
 
 CONFIG_FILE = 'config.json'
 
@@ -120,7 +120,7 @@ def check_config(workdir: str, config, allow_change: bool = False) -> list[str]:
       return [f'{CONFIG_FILE} unreadable ({e}); replaced']
     raise ValueError(f'cannot read {path} to compare configs ({e}): restore it, or pass '
                      '--allow_config_change to resume with this config') from e
-  changes = config_changes(saved, config)
+  changes = config_changes(config_schema.complete(saved), config)
   refused = [c for c in changes if is_experiment_field(c[0])]
   if refused and not allow_change:
     shown = '; '.join(f'{key}: {_show(old)} -> {_show(new)}' for key, old, new in refused[:6])

@@ -233,10 +233,10 @@ def profile_window(config, workdir: str, start_step: int, num_steps: int) -> Pro
 
   The first steps of a run (or a resumed run) compile and warm up, so they are skipped.
   """
-  if not config.get('profile', False):
+  if not config.profile:
     return ProfileWindow()
-  first = min(num_steps, start_step + 1 + config.get('profile_skip_steps', 5))
-  last = min(num_steps, first + config.get('profile_num_steps', 5) - 1)
+  first = min(num_steps, start_step + 1 + config.profile_skip_steps)
+  last = min(num_steps, first + config.profile_num_steps - 1)
   directory = os.path.join(workdir, 'profile', f'process_{jax.process_index()}')
   return ProfileWindow(directory, first, last)
 
@@ -310,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          seed=config.seed, start_step=start_step,
                          process_index=jax.process_index(),
                          process_count=jax.process_count()),
-      mesh, size=config.get('prefetch_to_device', 2))
+      mesh, size=config.prefetch_to_device)
   profile = profile_window(config, workdir, start_step, num_steps)
   logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d',
                start_step, num_steps, epoch_steps, jax.device_count(), config.batch_size)

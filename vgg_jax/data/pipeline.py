@@ -33,8 +33,6 @@ import numpy as np
 from vgg_jax.data import sources
 from vgg_jax.data import transforms
 
-_get = sources._get  # pylint: disable=protected-access
-
 # Tags that keep the permutation and augmentation random streams apart.
 _PERMUTATION, _AUGMENTATION = 0, 1
 # Length of the endless training dataset (grain wants a length).
@@ -84,10 +82,10 @@ class _TrainExample:
     self.source = source
     self.seed = seed
     self.num_examples = len(source)
-    self.shuffle = bool(_get(cfg, 'shuffle', True))
+    self.shuffle = bool(cfg.shuffle)
     self.image_size = int(cfg.image_size)
     self.scale_range = transforms.scale_bounds(cfg.train_scale)
-    self.color_shift = float(_get(cfg, 'color_shift', 0.0))
+    self.color_shift = float(cfg.color_shift)
     self.mean_rgb = tuple(cfg.mean_rgb)
     self.position = functools.partial(
         train_position, start_step=start_step, global_batch_size=global_batch_size,
@@ -111,12 +109,16 @@ def _stack(examples):
   return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
 
 
+def decode_threads(cfg) -> int:
+  """Threads that decode and augment images: `data.num_threads`, 0 for min(16, CPUs)."""
+  return int(cfg.num_threads or min(16, os.cpu_count() or 1))
+
+
 def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[dict]:
   """Runs the per-example map in parallel, in order, and batches the results."""
-  threads = int(_get(cfg, 'num_threads', 0) or min(16, os.cpu_count() or 1))
-  prefetch = int(_get(cfg, 'prefetch_batches', 2))
-  workers = int(_get(cfg, 'num_workers', 0))
-  read = grain.ReadOptions(num_threads=threads,
+  prefetch = int(cfg.prefetch_batches)
+  workers = int(cfg.num_workers)
+  read = grain.ReadOptions(num_threads=decode_threads(cfg),
                            prefetch_buffer_size=max(1, prefetch) * local_batch_size)
   stream = dataset.to_iter_dataset(read)
   if workers > 0:
@@ -157,7 +159,7 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
   check_scales(cfg)
-  source = sources.open_split(cfg, _get(cfg, 'train_split', 'train'))
+  source = sources.open_split(cfg, cfg.train_split)
   example = _TrainExample(source, cfg, seed=seed, start_step=start_step,
                           global_batch_size=global_batch_size,
                           process_index=process_index, process_count=process_count)
