@@ -27,7 +27,8 @@ from absl import app, logging
 from jax.experimental import multihost_utils
 
 from experiments import sweep
-from vgg_jax import checkpoints, config_schema, evaluate, evaluation, faults, parallel, train
+from vgg_jax import (checkpoints, config_schema, errors, evaluate, evaluation, faults,
+                     parallel, train)
 
 
 def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
@@ -35,7 +36,7 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
 
   Every process of a multi-process job calls this; only process 0 writes.
   Any of `signals` makes training checkpoint the step it reached and raise
-  `faults.Preempted`.
+  `errors.Preempted`.
   """
   spec = sweep.read_json(os.path.join(point_dir, sweep.POINT_FILE))
   if spec is None:
@@ -62,7 +63,7 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
   if not trained:
     start = time.time()
     # SIGTERM (a stopped sweep, a preempted job), or submitit's time-out
-    # notice: checkpoint at the step reached and raise faults.Preempted; the
+    # notice: checkpoint at the step reached and raise errors.Preempted; the
     # point resumes from there.
     with faults.PreemptionWatch(signals) as preemption:
       result = train.train_and_evaluate(config, point_dir, preemption=preemption)
@@ -146,7 +147,7 @@ class PointJob(submitit.helpers.Checkpointable):
     requeue = signal.getsignal(notice)  # submitit's, installed before the job started
     try:
       return run_point(point_dir, signals=(signal.SIGTERM, notice))
-    except faults.Preempted as e:
+    except errors.Preempted as e:
       logging.warning('%s', e)
       if callable(requeue):
         requeue(notice, None)
@@ -159,10 +160,10 @@ def main(argv):
   try:
     start_worker()
     run_point(argv[1])
-  except faults.Preempted as e:
+  except errors.Preempted as e:
     print(f'experiments.point: {e}', file=sys.stderr)
     sys.exit(faults.PREEMPTED_EXIT_CODE)
-  except train.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.point: error: {e}')
 
 

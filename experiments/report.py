@@ -25,16 +25,18 @@ each of them. Runs made outside a sweep are grouped as sweep 'runs'.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import sys
+import types
 from collections import OrderedDict
 from typing import Optional, Sequence
 
 from absl import app, flags
 
-from vgg_jax import config_schema
+from vgg_jax import config_schema, errors
 from vgg_jax.model import CONFIGS, config_layers
 
 CSV_FILE = 'results.csv'
@@ -353,21 +355,25 @@ def make_report(directory: str, out_dir: Optional[str] = None, from_csv: bool = 
   return render(read_csv(csv_path), out_dir)
 
 
-_OUT = flags.DEFINE_string('out', None, 'Where results.csv, report.md and the plots go '
-                           '(default: DIR).')
-_FROM_CSV = flags.DEFINE_bool('from_csv', False, 'Regenerate report.md and the plots from '
-                              'DIR/results.csv without reading any run.')
+def _define_flags() -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m experiments.report`
+  defines them, so importing this module defines none."""
+  return types.SimpleNamespace(
+      out=flags.DEFINE_string('out', None, 'Where results.csv, report.md and the plots go '
+                              '(default: DIR).'),
+      from_csv=flags.DEFINE_bool('from_csv', False, 'Regenerate report.md and the plots '
+                                 'from DIR/results.csv without reading any run.'))
 
 
-def main(argv):
+def main(argv, command: types.SimpleNamespace):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m experiments.report DIR [--out=OUT] [--from_csv]')
   try:
-    path = make_report(argv[1], _OUT.value, _FROM_CSV.value)
-  except (ValueError, FileNotFoundError) as e:
+    path = make_report(argv[1], command.out.value, command.from_csv.value)
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.report: error: {e}')
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, command=_define_flags()))

@@ -65,7 +65,7 @@ from typing import Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_jax import config_schema
+from vgg_jax import config_schema, errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINT_FILE = 'point.json'
@@ -487,9 +487,9 @@ def launch_slurm(points: Sequence[Point], workdir: str, sweep_name: str, options
 # Command line.
 # --------------------------------------------------------------------------
 
-def define_flags() -> None:
-  """The command line's flags; defined by `main` only, since --workdir would
-  clash with vgg_jax.train's wherever both modules are imported."""
+def _define_flags() -> None:
+  """The command line's flags, read through `flags.FLAGS` by `run_sweep`; only
+  `python -m experiments.sweep` defines them, so importing this module defines none."""
   config_flags.DEFINE_config_file(
       'sweep', None, 'Sweep file: a config file with get_config(arg) and get_sweep(arg).',
       lock_config=True)
@@ -570,10 +570,10 @@ def main(argv):
     if not options['sweep'].present or not options.workdir:
       raise ValueError('--sweep=FILE and --workdir=DIR are required')
     sys.exit(run_sweep(options))
-  except (ValueError, FileNotFoundError) as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.sweep: error: {e}')
 
 
 if __name__ == '__main__':
-  define_flags()
+  _define_flags()
   app.run(main)

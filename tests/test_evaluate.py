@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
-from vgg_jax import checkpoints, data, evaluate, evaluation, parallel, train
+from vgg_jax import checkpoints, data, errors, evaluate, evaluation, parallel, train
 from vgg_jax.data import transforms
+from vgg_jax.model import VGG
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_data import eval_batches  # pylint: disable=wrong-import-position
@@ -35,7 +37,7 @@ def run(tmp_path_factory):
   assert tuple(config.data.train_scale) == (32, 64)  # jittered S
   train.train_and_evaluate(config, str(workdir))
   config = evaluate.load_run_config(str(workdir))
-  model = train.create_model(config.model, 10, config.data.image_size)
+  model = VGG.from_config(config.model, 10, config.data.image_size)
   return workdir, config, model, checkpoints.restore_variables(str(workdir))
 
 
@@ -325,7 +327,7 @@ def test_older_step_and_other_split_get_their_own_file(run):
 def test_bad_arguments_fail_clearly_and_touch_nothing(run, kwargs, message):
   workdir, _, _, _ = run
   before = files_and_mtimes(workdir)
-  with pytest.raises(train.USER_ERRORS, match=message):
+  with pytest.raises(errors.USER_ERRORS, match=message):
     evaluate.evaluate_run(str(workdir), **kwargs)
   assert files_and_mtimes(workdir) == before
 
@@ -341,25 +343,22 @@ def test_missing_run_or_checkpoint_is_a_clear_error(run, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['config.json']
 
 
-@pytest.fixture
-def cli_flags():
-  """Parses command-line flags in this process, and forgets them afterwards."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  def parse(*args):
-    flags.FLAGS(['vgg_jax.evaluate', *args])
-
-  yield parse
-  flags.FLAGS.unparse_flags()
+def parse_evaluate_flags(*args):
+  """The command line's flags, defined and parsed in a registry of their own: the
+  process's global one stays as the library left it, without flags."""
+  flag_values = flags.FlagValues()
+  command = evaluate._define_flags(flag_values)  # pylint: disable=protected-access
+  flag_values(['vgg_jax.evaluate', *args])
+  return command
 
 
-def test_cli_error_is_one_line_with_nonzero_exit(run, cli_flags, capsys):
+def test_cli_error_is_one_line_with_nonzero_exit(run, capsys):
   # `main` in this process: a subprocess would spend most of its time importing.
   workdir, _, _, _ = run
   before = files_and_mtimes(workdir)
-  cli_flags(f'--workdir={workdir}', '--protocol=ten')
+  command = parse_evaluate_flags(f'--workdir={workdir}', '--protocol=ten')
   with pytest.raises(SystemExit) as exit_info:
-    evaluate.main(['vgg_jax.evaluate'])
+    evaluate.main(['vgg_jax.evaluate'], command)
   # sys.exit(str) prints the string as one line to stderr and exits with status 1.
   assert exit_info.value.code == (
       "vgg_jax.evaluate: error: unknown protocol 'ten': choose one of single, dense, "

@@ -545,7 +545,7 @@ def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_pat
   def fresh_state(**model_fields):
     config = tiny_config(str(tmp_path), **{f'model.{k}': v for k, v in model_fields.items()})
     config.init_from = str(source)
-    model = train.create_model(config.model, 10, 32)
+    model = VGG.from_config(config.model, 10, 32)
     tx = optax.sgd(0.1)
     return config, model, train.create_train_state(model, tx, jax.random.key(7), 32, mesh)
 
@@ -563,7 +563,7 @@ def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_pat
     assert started.params[name] is state.params[name]
   assert warm_start.apply_init_from(tiny_config(str(tmp_path)), state, model) is state
 
-  wide = train.create_model(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
+  wide = VGG.from_config(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
   shapes = jax.eval_shape(lambda: wide.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   with pytest.raises(ValueError, match=r'cannot warm-start this model: layer shapes differ: '
                      r"conv1_1\['kernel'\].*width=0.0625.*width=0.125") as raised:

@@ -12,10 +12,12 @@ logging, evaluation and checkpointing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+import types
 from typing import Any, Callable, Optional
 
 import flax
@@ -28,8 +30,8 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, cpu_ops, data, evaluation, faults, optim, parallel,
-                     resume, warm_start)
+from vgg_jax import (checkpoints, cli, cpu_ops, data, errors, evaluation, faults, optim,
+                     parallel, resume, warm_start)
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -44,14 +46,6 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   plateau: optim.Plateau
-
-
-def create_model(model_cfg, num_classes: int, image_size: int) -> VGG:
-  kwargs = dict(model_cfg)
-  kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
-  if kwargs.get('depths') is not None:
-    kwargs['depths'] = tuple(kwargs['depths'])
-  return VGG(num_classes=num_classes, image_size=image_size, **kwargs)
 
 
 def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Array,
@@ -254,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Resuming with a config that changes the experiment raises unless
   `allow_config_change`. With `preemption` entered (`vgg_jax.train` does),
   SIGTERM makes the run checkpoint the step it reached and raise
-  `faults.Preempted`; a NaN or Inf loss raises `faults.NonFiniteError`.
+  `errors.Preempted`; a NaN or Inf loss raises `errors.NonFiniteError`.
   """
   validate(config)
   resume.check_writable(workdir)
@@ -262,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.check_batch_size(config.batch_size, mesh)
   info = data.dataset_info(config.data)
   image_size = config.data.image_size
-  model = create_model(config.model, info.num_classes, image_size)
+  model = VGG.from_config(config.model, info.num_classes, image_size)
   model.layers()  # unknown variants and bad knobs fail here, before any I/O
   model.check_input(image_size, image_size)
   for change in resume.check_config(workdir, config, allow_config_change):
@@ -359,7 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if preempted:
       mngr.wait_until_finished()
       log.close()
-      raise faults.Preempted(step, preemption.received or 'SIGTERM')
+      raise errors.Preempted(step, preemption.received or 'SIGTERM')
 
   if result is None:  # resumed after the last step: evaluate what is there
     result = run_eval()
@@ -375,50 +369,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 # Command line.
 # --------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0, for multi-process runs.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where compiled steps are kept '
-    'for the next run or restart (\'\' turns the cache off).')
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False, 'Resume a workdir even if --config changes the model, '
-    'data or optimizer of the run in it (longer schedules and logging need no flag).')
 
-# Errors that mean "the user asked for something impossible": one line, exit 1.
-# NonFiniteError and CheckpointError are ValueErrors.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m vgg_jax.train` defines
+  them, so importing this module (as evaluation, sweeps and tests do) defines none."""
+  command = types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file(
+          'config', None, 'Training configuration file.', flag_values=flag_values,
+          lock_config=True),
+      workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
+                                  flag_values=flag_values),
+      compilation_cache=flags.DEFINE_string(
+          'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where '
+          'compiled steps are kept for the next run or restart (\'\' turns the cache off).',
+          flag_values=flag_values),
+      allow_config_change=flags.DEFINE_bool(
+          'allow_config_change', False, 'Resume a workdir even if --config changes the '
+          'model, data or optimizer of the run in it (longer schedules and logging need '
+          'no flag).', flag_values=flag_values),
+      **vars(cli.define_process_flags(flag_values)))
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
+  return command
 
 
-def main(argv):
+def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # TensorFlow serves tfds only; hide the GPUs so it reserves no memory on them.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   try:
-    parallel.enable_compilation_cache(_COMPILATION_CACHE.value)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                    _PROCESS_ID.value)
+    parallel.enable_compilation_cache(command.compilation_cache.value)
+    parallel.initialize_distributed(command.coordinator_address.value,
+                                    command.num_processes.value, command.process_id.value)
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
     with faults.PreemptionWatch() as preemption:
-      result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, preemption=preemption,
-                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except faults.Preempted as e:
+      result = train_and_evaluate(command.config.value, command.workdir.value,
+                                  preemption=preemption,
+                                  allow_config_change=command.allow_config_change.value)
+  except errors.Preempted as e:
     print(f'vgg_jax.train: {e}', file=sys.stderr)
     sys.exit(faults.PREEMPTED_EXIT_CODE)
-  except USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(cli.error_line('vgg_jax.train', e))
   print(f'final test accuracy: {100 * (1 - result["top1_error"]):.2f}% '
         f'({result["num_examples"]} examples)')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  _COMMAND = _define_flags()
   jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.flags_parser('vgg_jax.train', _CONFIG))
+  app.run(functools.partial(main, command=_COMMAND),
+          flags_parser=cli.flags_parser('vgg_jax.train', _COMMAND.config))
