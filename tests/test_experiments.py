@@ -594,7 +594,7 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
     evaluated = json.loads((workdir / row['point'] / 'eval' / 'single_48.json').read_text())
     assert float(row['top1_error']) == evaluated['top1_error']  # exactly, through the CSV
   first = (out / 'report.md').read_text()
-  assert f'| B | 13 | [32,64] | 48 | single | {100 * float(rows[2]["top1_error"]):.1f} |' in first
+  assert f'| B | 13 | [32,64] | 48 | centre crop | {100 * float(rows[2]["top1_error"]):.1f} |' in first
   (out / 'report.md').unlink()
   (out / 'tiny.png').unlink()
   proc = run_cli('experiments.report', str(out), '--from_csv')
@@ -633,9 +633,9 @@ def test_report_table_gives_mean_and_std_over_seeds(tmp_path):
   report.write_csv(rows, str(tmp_path / 'results.csv'))
   path = report.make_report(str(tmp_path), from_csv=True)
   text = open(path).read()
-  assert '| A | 11 | 37 | 37 | single | 31.0 ± 1.0 | 10.3 ± 0.3 | 0,1,2 |' in text
-  assert '| E | 19 | 37 | 37 | single | 22.0 ± 2.0 | 7.3 ± 0.7 | 0,1,2 |' in text
-  assert '| D | 11 | [37,73] | 55 | single | 25.0 | 8.3 | 0 |' in text
+  assert '| A | 11 | 37 | 37 | centre crop | 31.0 ± 1.0 | 10.3 ± 0.3 | 0,1,2 |' in text
+  assert '| E | 19 | 37 | 37 | centre crop | 22.0 ± 2.0 | 7.3 ± 0.7 | 0,1,2 |' in text
+  assert '| D | 11 | [37,73] | 55 | centre crop | 25.0 | 8.3 | 0 |' in text
   assert text.index('## depth') < text.index('## scale_jitter')
   for plot in ('depth.png', 'scale_jitter.png'):
     assert (tmp_path / plot).read_bytes()[:4] == b'\x89PNG'
