@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
+import io
 import math
 import os
 import sys
@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 
-from vgg_jax import config_schema, errors
+from vgg_jax import config_schema, errors, evaluation
+from vgg_jax import workdir as run_files
 from vgg_jax.model import CONFIGS, config_layers
 
 CSV_FILE = 'results.csv'
@@ -49,7 +50,6 @@ NUMERIC = {'order': int, 'seed': int, 'weight_layers': int, 'kernel_size': int,
            'width': float, 'fc_width': int, 'epochs': float, 'step': int,
            'num_examples': int, 'top1_error': float, 'top5_error': float, 'nll': float,
            'train_seconds': float, 'eval_seconds': float}
-PROTOCOL_ORDER = ('single', 'dense', 'multicrop', 'dense+multicrop')
 # How the report names them: 'single' is the centre crop, not the paper's
 # single-scale Table 3, which is dense evaluation at Q = S.
 PROTOCOL_LABELS = {'single': 'centre crop', 'dense': 'dense', 'multicrop': 'multi-crop',
@@ -62,19 +62,13 @@ OTHER_RUNS = 'runs'
 # --------------------------------------------------------------------------
 
 
-def _read_json(path: str, default=None):
-  if not os.path.isfile(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
 def find_runs(root: str) -> list[str]:
   """Directories under `root` (itself included) holding config.json and eval/."""
   runs = []
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in ('checkpoints', 'slurm'))
-    if 'config.json' in files and os.path.isdir(os.path.join(directory, 'eval')):
+    subdirs[:] = sorted(d for d in subdirs if d not in (run_files.CHECKPOINT_DIR, 'slurm'))
+    if run_files.CONFIG_FILE in files and os.path.isdir(
+        os.path.join(directory, run_files.EVAL_DIR)):
       runs.append(directory)
   return sorted(runs)
 
@@ -114,16 +108,17 @@ def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
     if os.path.basename(directory) != 'sweeps':
       continue
     for file in sorted(files):
-      manifest = _read_json(os.path.join(directory, file))
+      manifest = run_files.read_json(os.path.join(directory, file))
       if isinstance(manifest, dict) and 'points' in manifest:
         orders[manifest['sweep']] = {p['name']: i for i, p in enumerate(manifest['points'])}
   return orders
 
 
 def run_rows(run_dir: str, orders: dict) -> list[dict]:
-  config = config_schema.complete(_read_json(os.path.join(run_dir, 'config.json')))
-  point = _read_json(os.path.join(run_dir, 'point.json'), {})
-  trained = _read_json(os.path.join(run_dir, 'train_result.json'), {})
+  saved = run_files.read_json(os.path.join(run_dir, run_files.CONFIG_FILE))
+  config = config_schema.complete(saved)
+  point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
+  trained = run_files.read_json(os.path.join(run_dir, run_files.TRAIN_RESULT_FILE), {})
   model, data = config['model'], config['data']
   name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
   base = {
@@ -140,11 +135,11 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
   }
   sweeps = point.get('sweeps') or [OTHER_RUNS]
   rows = []
-  eval_dir = os.path.join(run_dir, 'eval')
+  eval_dir = os.path.join(run_dir, run_files.EVAL_DIR)
   for file in sorted(os.listdir(eval_dir)):
     if not file.endswith('.json'):
       continue
-    result = _read_json(os.path.join(eval_dir, file))
+    result = run_files.read_json(os.path.join(eval_dir, file))
     if not isinstance(result, dict) or 'top1_error' not in result:
       continue
     for sweep in sweeps:
@@ -168,7 +163,8 @@ def scan(root: str) -> list[dict]:
 
 
 def _protocol_rank(protocol: str) -> int:
-  return PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+  protocols = evaluation.PROTOCOLS
+  return protocols.index(protocol) if protocol in protocols else len(protocols)
 
 
 def _scales_rank(test_scales: str) -> tuple:
@@ -183,14 +179,13 @@ def _scales_rank(test_scales: str) -> tuple:
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator='\n')
-    writer.writeheader()
-    for row in rows:
-      # repr keeps every float exactly, so the CSV regenerates the report.
-      writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-  os.replace(tmp, path)
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator='\n')
+  writer.writeheader()
+  for row in rows:
+    # repr keeps every float exactly, so the CSV regenerates the report.
+    writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+  run_files.write_text_atomic(path, text.getvalue())
 
 
 def read_csv(path: str) -> list[dict]:

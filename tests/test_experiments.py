@@ -172,7 +172,7 @@ def test_sweep_files_give_named_points_with_seeds(name, tmp_path):
     assert point.config['model']['width'] == 0.125  # runlocal reached the base
     assert 'evals' not in point.config and point.evals
     for spec in point.evals:
-      assert sweep.parse_eval(spec)[0] in ('single', 'dense', 'multicrop', 'dense+multicrop')
+      assert evaluation.parse_eval_spec(spec)[0] in evaluation.PROTOCOLS
   assert sweep.load_sweep_module(f'configs/sweeps/{name}.py:runlocal,seeds=1')[0].get_sweep(
       'runlocal,seeds=1')[0]['seed'] == 0
 
@@ -186,9 +186,8 @@ def test_point_names_are_canonical():
                            'evals': ('single',)}) == 'variant=D,train_scale=37-73'
   with pytest.raises(ValueError, match='no field'):
     sweep.make_points(tiny_config('/tmp'), [{'model.varient': 'A'}], '/tmp/x')
-  assert sweep.PROTOCOLS == evaluation.PROTOCOLS
   with pytest.raises(ValueError, match="unknown protocol 'dens'"):
-    sweep.parse_eval('dens:auto')
+    evaluation.parse_eval_spec('dens:auto')
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import pytest
 from PIL import Image
 
 from vgg_jax import checkpoints, cli, cpu_ops, data, errors, evaluate, faults, resume, train
+from vgg_jax import workdir as run_files
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, cli_args, tiny_config  # pylint: disable=wrong-import-position
@@ -648,7 +649,7 @@ def test_a_file_that_is_no_image_stops_the_run_naming_it(data_dir, tmp_path):
     train.train_and_evaluate(folder_config(data_dir, folder), str(tmp_path / 'w'))
   assert_in_readme(error_line(error.value), FOLDER=folder)
   assert snapshot(folder) == before
-  assert not resume.has_checkpoints(str(tmp_path / 'w'))
+  assert not run_files.has_checkpoints(str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('make_bad', [

@@ -36,15 +36,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vgg_jax import errors, faults
+from vgg_jax import workdir as run_files
 
-CHECKPOINT_DIR = 'checkpoints'
-DAMAGED_DIR = 'checkpoints_damaged'
 STATE = 'state'
 CHECKSUMS = 'checksums'
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return os.path.join(os.path.abspath(workdir), run_files.CHECKPOINT_DIR)
 
 
 def manager(workdir: str, keep: Optional[int] = None,
@@ -245,7 +244,7 @@ def _move_aside(mngr: ocp.CheckpointManager, damaged: list[tuple[int, str]],
   if not damaged:
     return
   directory = os.fspath(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+  target = os.path.join(os.path.dirname(directory), run_files.DAMAGED_DIR)
   if jax.process_index() == 0:
     os.makedirs(target, exist_ok=True)
     for step, reason in damaged:

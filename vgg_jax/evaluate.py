@@ -32,7 +32,6 @@ describes) are one line on stderr with exit status 1, and nothing is written.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import sys
@@ -46,23 +45,19 @@ from absl import app, flags
 
 from vgg_jax import checkpoints, cli, config_schema, errors, evaluation, parallel
 from vgg_jax.data import transforms
+from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
-
-EVAL_DIR = 'eval'
-CONFIG_FILE = 'config.json'
-
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved in its workdir."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir} does not exist: pass the --workdir of '
                             'a training run')
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, run_files.CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: {workdir} is not the workdir of a '
                             'vgg_jax.train run (it writes config.json on start)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(config_schema.complete(json.load(f)))
+  return ml_collections.ConfigDict(config_schema.complete(run_files.read_json(path)))
 
 
 def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[int]]:
@@ -97,10 +92,11 @@ def check_fits(model, variables: dict, config, workdir: str, step: int) -> None:
       variables, {c: expected[c] for c in variables if c in expected})
   if differences:
     more = '; ...' if len(differences) > 3 else ''
+    config_file = run_files.CONFIG_FILE
     raise errors.CheckpointError(
         f'the checkpoint at step {step} in {workdir} does not fit the model of its '
-        f'{CONFIG_FILE} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
-        f'{CONFIG_FILE} and the checkpoints come from different runs; evaluate the workdir '
+        f'{config_file} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
+        f'{config_file} and the checkpoints come from different runs; evaluate the workdir '
         'of the run that wrote them')
 
 
@@ -181,14 +177,10 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[st
 
 def write_report(workdir: str, report: dict) -> str:
   """Writes DIR/eval/<name>.json atomically (a reader never sees half a file)."""
-  directory = os.path.join(workdir, EVAL_DIR)
+  directory = os.path.join(workdir, run_files.EVAL_DIR)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, report['file'])
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump({k: v for k, v in report.items() if k != 'file'}, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+  run_files.write_json(path, {k: v for k, v in report.items() if k != 'file'})
   return path
 
 

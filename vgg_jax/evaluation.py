@@ -38,6 +38,8 @@ from vgg_jax.data import transforms
 # --------------------------------------------------------------------------
 
 PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
+# What the training loop evaluates with: quick, and the same every epoch.
+TRAINING_PROTOCOL = 'single'
 # Multi-crop takes a GRID x GRID grid of crops per scale, each with its mirror.
 GRID = 5
 # The paper's offset between test scales for a fixed S, at its 224 crop.
@@ -49,6 +51,16 @@ def protocol_parts(protocol: str) -> tuple[str, ...]:
   if protocol not in PROTOCOLS:
     raise ValueError(f'unknown protocol {protocol!r}: choose one of {", ".join(PROTOCOLS)}')
   return tuple(protocol.split('+'))
+
+
+def parse_eval_spec(spec: str) -> tuple[str, Optional[str]]:
+  """An evaluation of `config.evals`, 'protocol[:scales]': 'dense:auto' ->
+  ('dense', 'auto'); 'single' -> ('single', None)."""
+  protocol, _, scales = spec.partition(':')
+  if protocol.strip() not in PROTOCOLS:
+    raise ValueError(f'evaluation {spec!r}: unknown protocol {protocol.strip()!r}; write '
+                     f'PROTOCOL[:SCALES] with PROTOCOL one of {", ".join(PROTOCOLS)}')
+  return protocol.strip(), (scales.strip() or None)
 
 
 def resolve_flip(protocol: str, flip: Optional[bool] = None) -> bool:

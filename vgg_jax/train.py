@@ -30,8 +30,9 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, cpu_ops, data, errors, evaluation, faults, optim,
-                     parallel, resume, warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, cpu_ops, data, errors, evaluation,
+                     faults, optim, parallel, resume, warm_start)
+from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class MetricsLog:
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.primary)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, run_files.METRICS_FILE)
     if self.primary:
       self._truncate_after(start_step)
 
@@ -174,10 +175,7 @@ class MetricsLog:
       return
     with open(self.path) as f:
       kept = [line.rstrip('\n') + '\n' for line in f if _logged_step(line) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    run_files.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step: int, scalars: dict) -> None:
     self.writer.write_scalars(step, scalars)
@@ -191,13 +189,9 @@ class MetricsLog:
 
 
 def save_config(config, workdir: str) -> None:
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    run_files.write_json(os.path.join(workdir, run_files.CONFIG_FILE),
+                         config_schema.to_json(config))
 
 
 class ProfileWindow:
@@ -289,7 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     return evaluation.evaluate_protocol(
-        model, variables, config.data, split=config.data.eval_split, protocol='single',
+        model, variables, config.data, split=config.data.eval_split,
+        protocol=evaluation.TRAINING_PROTOCOL,
         batch_size=config.batch_size // jax.process_count())
 
   log = MetricsLog(workdir, start_step)

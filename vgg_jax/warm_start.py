@@ -19,7 +19,6 @@ normalisation they were trained with.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -28,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from vgg_jax import checkpoints, config_schema
+from vgg_jax import workdir as run_files
 from vgg_jax.model import LayerSpec, config_layers
 
 # §3.1: the layers a deeper net takes from a trained A.
@@ -114,12 +114,11 @@ def copy_layers(fresh: dict, source: dict, source_layers: Sequence[LayerSpec],
 
 def load_source(workdir: str) -> tuple[dict, Any, int]:
   """(variables as numpy, model config, step) of a run's newest checkpoint."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  saved = run_files.read_json(os.path.join(workdir, run_files.CONFIG_FILE))
+  if saved is None:
     raise FileNotFoundError(f'config.init_from={workdir}: no config.json there; pass the '
                             'workdir of a finished vgg_jax.train run')
-  with open(path) as f:
-    model_cfg = config_schema.complete(json.load(f))['model']
+  model_cfg = config_schema.complete(saved)['model']
   steps = checkpoints.available_steps(workdir)
   if not steps:
     raise FileNotFoundError(f'config.init_from={workdir}: the run has no complete '
