@@ -133,7 +133,11 @@ def point_name(overrides: dict) -> str:
 
 
 def set_field(config, key: str, value) -> None:
-  """config[a][b][c] = value for key 'a.b.c'; unknown fields are an error."""
+  """config[a][b][c] = value for key 'a.b.c'; unknown fields are an error.
+
+  Walked here rather than with ml_collections' `update_from_flattened_dict`,
+  which adds a misspelt field to an unlocked config instead of refusing it.
+  """
   *parents, leaf = key.split('.')
   node = config
   for part in parents:

@@ -1,5 +1,6 @@
 """Data parallelism: a step's result does not depend on the number of devices."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -91,14 +92,27 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     parallel.check_batch_size(12, parallel.make_mesh())
 
 
-def test_plateau_divides_the_rate_after_patience_evaluations():
-  plateau = optim.Plateau.create()
-  accuracies = [0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7]
+def test_plateau_divides_the_rate_after_patience_evaluations_at_most_max_times():
+  config = config_schema.base_config().optimizer
+  config.update(plateau_patience=2, plateau_factor=0.1, plateau_max_reductions=3)
+  rule = optim.plateau_rule(config)
+  update = jax.jit(functools.partial(optim.after_evaluation, rule))
+  state = optim.initial_plateau_state({'w': jnp.zeros(3)})
+  accuracies = [0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
   scales = []
-  for acc in accuracies:
-    plateau = optim.plateau_update(plateau, acc, patience=2, factor=0.1, max_reductions=3)
-    scales.append(round(float(plateau.scale), 6))
-  assert scales == [1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+  for accuracy in accuracies:
+    state = update(state, 1.0 - accuracy)  # the rule is fed the top-1 error
+    scales.append(np.float32(state.scale))
+  f32 = np.float32
+  third = f32(f32(f32(0.1) * f32(0.1)) * f32(0.1))
+  # Two evaluations without improvement divide the rate; within 1e-4 is none.
+  assert scales[:7] == [1, 1, 1, f32(0.1), f32(0.1), f32(0.1), f32(0.1) * f32(0.1)]
+  assert scales[7] == f32(0.1) * f32(0.1) and scales[8] == third  # the third reduction...
+  assert scales[9:] == [third] * 4  # ...is the last: exactly that scale from then on
+  assert optim.lowest_scale(0.1, 3) == third and optim.lowest_scale(0.1, 0) == 1.0
+  config.plateau_patience = 0
+  with pytest.raises(ValueError, match='plateau_patience=0 must be at least 1'):
+    optim.plateau_rule(config)
 
 
 def test_profile_window_traces_whole_steps_after_warm_up(tmp_path):

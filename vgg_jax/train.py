@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
+from optax import contrib
 from ml_collections import config_flags
 
 from vgg_jax import (checkpoints, cli, config_schema, cpu_ops, data, errors, evaluation,
@@ -46,7 +47,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  plateau: optim.Plateau
+  plateau: contrib.ReduceLROnPlateauState  # the plateau rule's (optim.plateau_rule)
 
 
 def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Array,
@@ -58,7 +59,7 @@ def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Ar
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(params), plateau=optim.Plateau.create())
+                      opt_state=tx.init(params), plateau=optim.initial_plateau_state(params))
 
   # Init runs once, so its code need not be fast; XLA's CPU backend spends
   # 10x longer optimising the unrolled random-number code than running it.
@@ -112,6 +113,14 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
       compiler_options=cpu_ops.compiler_options())
 
 
+def compile_plateau_update(opt_cfg, mesh) -> Callable:
+  """`optim.after_evaluation` on the replicated train state's plateau state:
+  (state, top-1 error) -> state, compiled once for every evaluation."""
+  rule = optim.plateau_rule(opt_cfg)
+  return jax.jit(functools.partial(optim.after_evaluation, rule),
+                 out_shardings=parallel.replicated(mesh))
+
+
 # --------------------------------------------------------------------------
 # Schedules of the loop: steps, logging, evaluation, checkpoints.
 # --------------------------------------------------------------------------
@@ -140,6 +149,8 @@ def validate(config) -> None:
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
                      f'one of {", ".join(optim.SCHEDULES)}')
+  if config.optimizer.schedule == 'plateau':
+    optim.plateau_rule(config.optimizer)  # bad plateau settings fail here
   if config.requires_init_from and not config.init_from:
     raise ValueError(
         f'this config fine-tunes a trained run (learning rate '
@@ -278,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_step = int(state.step)
 
   step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh)
+  update_plateau = (compile_plateau_update(config.optimizer, mesh)
+                    if config.optimizer.schedule == 'plateau' else None)
   def run_eval():
     # The paper's single-scale protocol, through the same machinery as
     # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
@@ -330,12 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       eval_start = time.perf_counter()
       result = run_eval()
       scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
-      if config.optimizer.schedule == 'plateau':
-        state = state.replace(plateau=optim.plateau_update(
-            state.plateau, 1.0 - result['top1_error'],
-            patience=config.optimizer.plateau_patience,
-            factor=config.optimizer.plateau_factor,
-            max_reductions=config.optimizer.plateau_max_reductions))
+      if update_plateau is not None:
+        state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
       logging.info('step %d  eval top-1 error %.4f  top-5 error %.4f  (%d examples)', step,
                    result['top1_error'], result['top5_error'], result['num_examples'])
       timer += time.perf_counter() - eval_start  # evaluation is not training time
