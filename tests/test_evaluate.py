@@ -244,9 +244,8 @@ def test_dense_on_images_of_several_aspect_ratios(run, tmp_path):
       Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
           tmp_path / 'test' / f'class{c}' / f'{i}.png')
   _, config, _, _ = run
-  folder_cfg = ml_collections.ConfigDict(dict(
-      name='image_folder', folder=str(tmp_path), image_size=32, test_scale=32,
-      train_scale=(32, 64), mean_rgb=config.data.mean_rgb, eval_split='test'))
+  folder_cfg = ml_collections.ConfigDict(config.data.to_dict())  # the run's, elsewhere
+  folder_cfg.update(name='image_folder', folder=str(tmp_path), test_scale=32)
   result = protocol(run, data_cfg=folder_cfg, protocol='dense', scales=[32])
   source = data.open_split(folder_cfg, 'test')
   assert result['num_examples'] == len(source) == 15
