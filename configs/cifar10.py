@@ -39,14 +39,8 @@ Sizes:
 """
 
 import os
-import sys
 
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=wrong-import-position
+from vgg_jax import config_schema
 
 # The paper's scales (§3.1, §4.1) times 32/224.
 FIXED_SCALES = (37, 55)
@@ -55,7 +49,7 @@ JITTER_TEST_SCALE = 55
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, positional='variant', variant='D', S=FIXED_SCALES[0],
+  arg = config_schema.parse_arg(arg, positional='variant', variant='D', S=FIXED_SCALES[0],
                          jitter=False, runlocal=False, folder='',
                          epochs=0.0, head='fc')
   if arg.jitter and arg.S != FIXED_SCALES[0]:
@@ -64,7 +58,7 @@ def get_config(arg=None):
   if arg.S < 32:
     raise ValueError(f'S={arg.S} is smaller than the 32 crop')
 
-  config = common.base_config()
+  config = config_schema.base_config()
   config.model.update(
       variant=arg.variant,
       batch_norm=True,

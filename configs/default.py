@@ -8,19 +8,11 @@ Expected: 99.4 % test accuracy in 4 min on a 2-core CPU, generation and
 compilation included (measured 2026-11-29; see README).
 """
 
-import os
-import sys
-
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=wrong-import-position
+from vgg_jax import config_schema
 
 
 def get_config():
-  config = common.base_config()
+  config = config_schema.base_config()
   config.model.update(
       variant='A',
       # The paper has no batch norm; a 10-minute CPU run needs it to converge.

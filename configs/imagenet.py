@@ -43,15 +43,7 @@ NVIDIA Titan Black GPUs. Not yet measured with this code: no run of this
 config has been made (it needs ImageNet and GPUs).
 """
 
-import os
-import sys
-
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
-
-from configs import common  # pylint: disable=wrong-import-position
+from vgg_jax import config_schema
 
 # §3.1: the fixed scales and the jitter range; §4.1: the jittered models'
 # single test scale.
@@ -63,7 +55,7 @@ FINE_TUNE_LEARNING_RATE = 1e-3  # §3.1: S = 384 starts from S = 256 at 1e-3
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, positional='variant', variant='D', S=256, jitter=False,
+  arg = config_schema.parse_arg(arg, positional='variant', variant='D', S=256, jitter=False,
                          scratch=False)
   if arg.jitter and arg.S != 256:
     raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S '
@@ -72,7 +64,7 @@ def get_config(arg=None):
     raise ValueError(f'S={arg.S} is smaller than the 224 crop')
   fine_tune = arg.jitter or arg.S != 256
 
-  config = common.base_config()  # the paper's protocol
+  config = config_schema.base_config()  # the paper's protocol
   config.model.variant = arg.variant
   config.data.train_scale = JITTER_RANGE if arg.jitter else (arg.S, arg.S)
   config.data.test_scale = JITTER_TEST_SCALE if arg.jitter else arg.S

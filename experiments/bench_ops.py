@@ -10,8 +10,10 @@ fusions). The numbers in experiments/PERFORMANCE.md ("What changed") come
 from this script.
 """
 
+import functools
 import json
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,6 @@ from jax import lax
 
 from vgg_jax import cpu_ops
 
-_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed calls per operation; the best is kept.')
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -74,15 +75,23 @@ def cases():
   ]
 
 
-def main(argv):
+def _define_flags() -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m experiments.bench_ops`
+  defines them, so importing this module defines none."""
+  return types.SimpleNamespace(repeats=flags.DEFINE_integer(
+      'repeats', 5, 'Timed calls per operation; the best is kept.'))
+
+
+def main(argv, command: types.SimpleNamespace):
   del argv
+  repeats = command.repeats.value
   for name, shape, make, args, plain_op, fast_op in cases():
-    plain_ms = best_ms(make(plain_op), *args, repeats=_REPEATS.value)
-    fast_ms = best_ms(make(fast_op), *args, repeats=_REPEATS.value)
+    plain_ms = best_ms(make(plain_op), *args, repeats=repeats)
+    fast_ms = best_ms(make(fast_op), *args, repeats=repeats)
     print(json.dumps({'operation': name, 'shape': shape, 'xla_ms': round(plain_ms, 1),
                       'cpu_ops_ms': round(fast_ms, 1),
                       'speedup': round(plain_ms / fast_ms, 1)}), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, command=_define_flags()))

@@ -26,8 +26,8 @@ import submitit
 from absl import app, logging
 from jax.experimental import multihost_utils
 
-from experiments import sweep
-from vgg_jax import checkpoints, evaluate, evaluation, faults, parallel, train
+from vgg_jax import checkpoints, errors, evaluate, evaluation, faults, parallel, train
+from vgg_jax import workdir as run_files
 
 
 def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
@@ -35,19 +35,19 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
 
   Every process of a multi-process job calls this; only process 0 writes.
   Any of `signals` makes training checkpoint the step it reached and raise
-  `faults.Preempted`.
+  `errors.Preempted`.
   """
-  spec = sweep.read_json(os.path.join(point_dir, sweep.POINT_FILE))
+  spec = run_files.read_point(point_dir)
   if spec is None:
-    raise FileNotFoundError(f'{point_dir} has no {sweep.POINT_FILE}: launch points through '
-                            '`python -m experiments.sweep --sweep=...`')
+    raise FileNotFoundError(f'{point_dir} has no {run_files.POINT_FILE}: launch points '
+                            'through `python -m experiments.sweep --sweep=...`')
   primary = jax.process_index() == 0
-  trained = sweep.is_trained(point_dir)
+  trained = run_files.is_trained(point_dir)
   # What is done is read once, before anything is written: every process of
   # a multi-process job must take the same branches (collectives inside).
-  recorded = sweep.read_json(os.path.join(point_dir, sweep.EVALS_FILE), {})
+  recorded = run_files.read_json(os.path.join(point_dir, run_files.EVALS_FILE), {})
   done = {key: file for key, file in recorded.items()
-          if os.path.isfile(os.path.join(point_dir, 'eval', file))}
+          if os.path.isfile(os.path.join(point_dir, run_files.EVAL_DIR, file))}
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'sweep point {spec["name"]} status read')
 
@@ -56,24 +56,24 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
       file = os.path.basename(evaluate.write_report(point_dir, report))
     done[eval_spec] = file or report['file']
     if primary:
-      sweep.write_json(os.path.join(point_dir, sweep.EVALS_FILE), done)
+      run_files.write_json(os.path.join(point_dir, run_files.EVALS_FILE), done)
 
   config = ml_collections.ConfigDict(spec['config'])
   if not trained:
     start = time.time()
     # SIGTERM (a stopped sweep, a preempted job), or submitit's time-out
-    # notice: checkpoint at the step reached and raise faults.Preempted; the
+    # notice: checkpoint at the step reached and raise errors.Preempted; the
     # point resumes from there.
     with faults.PreemptionWatch(signals) as preemption:
       result = train.train_and_evaluate(config, point_dir, preemption=preemption)
-    record(sweep.SINGLE, training_eval_report(result, config, point_dir))
+    record(evaluation.TRAINING_PROTOCOL, training_eval_report(result, config, point_dir))
     if primary:
-      sweep.write_json(os.path.join(point_dir, sweep.TRAIN_RESULT_FILE),
-                       {**result, 'wall_seconds': time.time() - start})
+      run_files.write_json(os.path.join(point_dir, run_files.TRAIN_RESULT_FILE),
+                           {**result, 'wall_seconds': time.time() - start})
   for eval_spec in spec['evals']:
     if eval_spec in done:
       continue
-    protocol, scales = sweep.parse_eval(eval_spec)
+    protocol, scales = evaluation.parse_eval_spec(eval_spec)
     # 'single' at Q = 37 and 'single:37' are one measurement: make it once.
     file = evaluate.result_name(
         protocol, evaluation.parse_scales(scales, config.data),
@@ -92,19 +92,19 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
 def training_eval_report(result: dict, config, point_dir: str) -> dict:
   """The training loop's last evaluation as `vgg_jax.evaluate.evaluate_run`'s report.
 
-  The loop ends with the 'single' protocol at Q = data.test_scale on the
+  The loop ends with its protocol ('single') at Q = data.test_scale on the
   eval split, every example once: the measurement 'single' asks for, on the
   same weights, so the worker records it instead of making it again.
   """
   data_cfg = config.data
-  scales = [int(data_cfg.test_scale)]
+  protocol, scales = evaluation.TRAINING_PROTOCOL, [int(data_cfg.test_scale)]
   step = max(checkpoints.available_steps(point_dir))
   return {
-      **result, 'protocol': 'single', 'scales': scales, 'flip': False, 'step': step,
+      **result, 'protocol': protocol, 'scales': scales, 'flip': False, 'step': step,
       'split': data_cfg.eval_split, 'batch_size': config.batch_size // jax.process_count(),
       'devices': jax.device_count(), 'config': config.model.variant,
       'train_scale': evaluate.train_scale_label(data_cfg.train_scale),
-      'file': evaluate.result_name('single', scales, flip=False, split=data_cfg.eval_split,
+      'file': evaluate.result_name(protocol, scales, flip=False, split=data_cfg.eval_split,
                                    eval_split=data_cfg.eval_split, step=step, newest=step),
   }
 
@@ -146,7 +146,7 @@ class PointJob(submitit.helpers.Checkpointable):
     requeue = signal.getsignal(notice)  # submitit's, installed before the job started
     try:
       return run_point(point_dir, signals=(signal.SIGTERM, notice))
-    except faults.Preempted as e:
+    except errors.Preempted as e:
       logging.warning('%s', e)
       if callable(requeue):
         requeue(notice, None)
@@ -159,10 +159,10 @@ def main(argv):
   try:
     start_worker()
     run_point(argv[1])
-  except faults.Preempted as e:
+  except errors.Preempted as e:
     print(f'experiments.point: {e}', file=sys.stderr)
     sys.exit(faults.PREEMPTED_EXIT_CODE)
-  except train.USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.point: error: {e}')
 
 

@@ -25,14 +25,20 @@ each of them. Runs made outside a sweep are grouped as sweep 'runs'.
 from __future__ import annotations
 
 import csv
-import json
+import functools
+import io
 import math
 import os
 import sys
+import types
 from collections import OrderedDict
 from typing import Optional, Sequence
 
 from absl import app, flags
+
+from vgg_jax import config_schema, errors, evaluation
+from vgg_jax import workdir as run_files
+from vgg_jax.model import CONFIGS, config_layers
 
 CSV_FILE = 'results.csv'
 REPORT_FILE = 'report.md'
@@ -44,7 +50,6 @@ NUMERIC = {'order': int, 'seed': int, 'weight_layers': int, 'kernel_size': int,
            'width': float, 'fc_width': int, 'epochs': float, 'step': int,
            'num_examples': int, 'top1_error': float, 'top5_error': float, 'nll': float,
            'train_seconds': float, 'eval_seconds': float}
-PROTOCOL_ORDER = ('single', 'dense', 'multicrop', 'dense+multicrop')
 # How the report names them: 'single' is the centre crop, not the paper's
 # single-scale Table 3, which is dense evaluation at Q = S.
 PROTOCOL_LABELS = {'single': 'centre crop', 'dense': 'dense', 'multicrop': 'multi-crop',
@@ -57,19 +62,13 @@ OTHER_RUNS = 'runs'
 # --------------------------------------------------------------------------
 
 
-def _read_json(path: str, default=None):
-  if not os.path.isfile(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
 def find_runs(root: str) -> list[str]:
   """Directories under `root` (itself included) holding config.json and eval/."""
   runs = []
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in ('checkpoints', 'slurm'))
-    if 'config.json' in files and os.path.isdir(os.path.join(directory, 'eval')):
+    subdirs[:] = sorted(d for d in subdirs if d not in (run_files.CHECKPOINT_DIR, 'slurm'))
+    if run_files.CONFIG_FILE in files and os.path.isdir(
+        os.path.join(directory, run_files.EVAL_DIR)):
       runs.append(directory)
   return sorted(runs)
 
@@ -82,30 +81,24 @@ def scale_label(scale) -> str:
 
 def config_label(model: dict) -> str:
   """The row of Table 1, plus what the run changes about it: 'B 5x5 1-1-1-1-1'."""
-  from vgg_jax.model import CONFIGS
-  variant = model.get('variant', 'D')
+  variant = model['variant']
   row = CONFIGS.get(variant, {})
   parts = [variant]
-  depths = model.get('depths')
+  depths = model['depths']
   if depths is not None and tuple(depths) != tuple(row.get('depths', ())):
     parts.append('depths ' + '-'.join(str(d) for d in depths))
-  if model.get('kernel_size', 3) != 3:
+  if model['kernel_size'] != 3:
     k = model['kernel_size']
     parts.append(f'{k}x{k}')
-  if model.get('conv1x1') is not None and bool(model['conv1x1']) != row.get('conv1x1'):
+  if model['conv1x1'] is not None and bool(model['conv1x1']) != row.get('conv1x1'):
     parts.append('+1x1' if model['conv1x1'] else '-1x1')
-  if model.get('lrn') is not None and bool(model['lrn']) != row.get('lrn'):
+  if model['lrn'] is not None and bool(model['lrn']) != row.get('lrn'):
     parts.append('+LRN' if model['lrn'] else '-LRN')
   return ' '.join(parts)
 
 
 def weight_layers(model: dict) -> int:
-  from vgg_jax.model import resolve_layers
-  depths = model.get('depths')
-  convs = resolve_layers(model.get('variant', 'D'), None if depths is None else tuple(depths),
-                         model.get('kernel_size', 3), model.get('conv1x1'),
-                         model.get('width', 1.0))
-  return len(convs) + (3 if model.get('head', 'fc') == 'fc' else 2)
+  return len(config_layers(model)) + (3 if model['head'] == 'fc' else 2)
 
 
 def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
@@ -115,37 +108,38 @@ def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
     if os.path.basename(directory) != 'sweeps':
       continue
     for file in sorted(files):
-      manifest = _read_json(os.path.join(directory, file))
+      manifest = run_files.read_json(os.path.join(directory, file))
       if isinstance(manifest, dict) and 'points' in manifest:
         orders[manifest['sweep']] = {p['name']: i for i, p in enumerate(manifest['points'])}
   return orders
 
 
 def run_rows(run_dir: str, orders: dict) -> list[dict]:
-  config = _read_json(os.path.join(run_dir, 'config.json'))
-  point = _read_json(os.path.join(run_dir, 'point.json'), {})
-  trained = _read_json(os.path.join(run_dir, 'train_result.json'), {})
+  saved = run_files.read_json(os.path.join(run_dir, run_files.CONFIG_FILE))
+  config = config_schema.complete(saved)
+  point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
+  trained = run_files.read_json(os.path.join(run_dir, run_files.TRAIN_RESULT_FILE), {})
   model, data = config['model'], config['data']
   name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
   base = {
-      'point': name, 'seed': config.get('seed', 0), 'config': config_label(model),
-      'weight_layers': weight_layers(model), 'variant': model.get('variant'),
-      'depths': '-'.join(map(str, model['depths'])) if model.get('depths') else '',
-      'kernel_size': model.get('kernel_size', 3),
-      'conv1x1': '' if model.get('conv1x1') is None else model['conv1x1'],
-      'lrn': '' if model.get('lrn') is None else model['lrn'],
-      'batch_norm': model.get('batch_norm'), 'width': model.get('width'),
-      'fc_width': model.get('fc_width'), 'head': model.get('head'),
-      'epochs': config.get('num_epochs'), 'train_scale': scale_label(data['train_scale']),
+      'point': name, 'seed': config['seed'], 'config': config_label(model),
+      'weight_layers': weight_layers(model), 'variant': model['variant'],
+      'depths': '-'.join(map(str, model['depths'])) if model['depths'] else '',
+      'kernel_size': model['kernel_size'],
+      'conv1x1': '' if model['conv1x1'] is None else model['conv1x1'],
+      'lrn': '' if model['lrn'] is None else model['lrn'],
+      'batch_norm': model['batch_norm'], 'width': model['width'],
+      'fc_width': model['fc_width'], 'head': model['head'],
+      'epochs': config['num_epochs'], 'train_scale': scale_label(data['train_scale']),
       'train_seconds': trained.get('wall_seconds', ''),
   }
   sweeps = point.get('sweeps') or [OTHER_RUNS]
   rows = []
-  eval_dir = os.path.join(run_dir, 'eval')
+  eval_dir = os.path.join(run_dir, run_files.EVAL_DIR)
   for file in sorted(os.listdir(eval_dir)):
     if not file.endswith('.json'):
       continue
-    result = _read_json(os.path.join(eval_dir, file))
+    result = run_files.read_json(os.path.join(eval_dir, file))
     if not isinstance(result, dict) or 'top1_error' not in result:
       continue
     for sweep in sweeps:
@@ -169,7 +163,8 @@ def scan(root: str) -> list[dict]:
 
 
 def _protocol_rank(protocol: str) -> int:
-  return PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+  protocols = evaluation.PROTOCOLS
+  return protocols.index(protocol) if protocol in protocols else len(protocols)
 
 
 def _scales_rank(test_scales: str) -> tuple:
@@ -184,14 +179,13 @@ def _scales_rank(test_scales: str) -> tuple:
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator='\n')
-    writer.writeheader()
-    for row in rows:
-      # repr keeps every float exactly, so the CSV regenerates the report.
-      writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
-  os.replace(tmp, path)
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator='\n')
+  writer.writeheader()
+  for row in rows:
+    # repr keeps every float exactly, so the CSV regenerates the report.
+    writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+  run_files.write_text_atomic(path, text.getvalue())
 
 
 def read_csv(path: str) -> list[dict]:
@@ -356,21 +350,25 @@ def make_report(directory: str, out_dir: Optional[str] = None, from_csv: bool = 
   return render(read_csv(csv_path), out_dir)
 
 
-_OUT = flags.DEFINE_string('out', None, 'Where results.csv, report.md and the plots go '
-                           '(default: DIR).')
-_FROM_CSV = flags.DEFINE_bool('from_csv', False, 'Regenerate report.md and the plots from '
-                              'DIR/results.csv without reading any run.')
+def _define_flags() -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m experiments.report`
+  defines them, so importing this module defines none."""
+  return types.SimpleNamespace(
+      out=flags.DEFINE_string('out', None, 'Where results.csv, report.md and the plots go '
+                              '(default: DIR).'),
+      from_csv=flags.DEFINE_bool('from_csv', False, 'Regenerate report.md and the plots '
+                                 'from DIR/results.csv without reading any run.'))
 
 
-def main(argv):
+def main(argv, command: types.SimpleNamespace):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m experiments.report DIR [--out=OUT] [--from_csv]')
   try:
-    path = make_report(argv[1], _OUT.value, _FROM_CSV.value)
-  except (ValueError, FileNotFoundError) as e:
+    path = make_report(argv[1], command.out.value, command.from_csv.value)
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.report: error: {e}')
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(functools.partial(main, command=_define_flags()))

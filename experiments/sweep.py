@@ -53,8 +53,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
-import json
 import os
 import re
 import shlex
@@ -66,17 +64,13 @@ from typing import Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
+from vgg_jax import config_schema, errors, evaluation
+from vgg_jax import workdir as run_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-POINT_FILE = 'point.json'
-TRAIN_RESULT_FILE = 'train_result.json'
-EVALS_FILE = 'evals.json'
 SLURM_JOB_FILE = 'slurm_job.json'
 SWEEPS_DIR = 'sweeps'
-SINGLE = 'single'  # the protocol the training loop evaluates with
-# vgg_jax.evaluation.PROTOCOLS (a test keeps them equal), known here without
-# importing TensorFlow, so a typo fails at launch rather than after training.
-PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
-DEFAULT_EVALS = (SINGLE,)
+DEFAULT_EVALS = (evaluation.TRAINING_PROTOCOL,)
 # Name order: the variant first, the seed last, other fields sorted between.
 _FIRST, _LAST = ('model.variant',), ('seed',)
 # SLURM states of a job that still runs or will: do not submit the point again.
@@ -101,11 +95,9 @@ class Point:
 def load_sweep_module(path_and_arg: str):
   """(module, arg) of `--sweep=FILE[:ARG]`, split as config_flags splits it."""
   path, _, arg = path_and_arg.partition(':')
-  spec = importlib.util.spec_from_file_location('sweep_definition', path)
-  if spec is None or not os.path.isfile(path):
+  if not os.path.isfile(path):
     raise FileNotFoundError(f'sweep file {path} not found')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_schema.load_config_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'{path} has no get_sweep(): a sweep file returns its points from '
                      "get_sweep(arg), e.g. [{'model.variant': 'B', 'seed': 0}, ...]")
@@ -141,7 +133,11 @@ def point_name(overrides: dict) -> str:
 
 
 def set_field(config, key: str, value) -> None:
-  """config[a][b][c] = value for key 'a.b.c'; unknown fields are an error."""
+  """config[a][b][c] = value for key 'a.b.c'; unknown fields are an error.
+
+  Walked here rather than with ml_collections' `update_from_flattened_dict`,
+  which adds a misspelt field to an unlocked config instead of refusing it.
+  """
   *parents, leaf = key.split('.')
   node = config
   for part in parents:
@@ -155,19 +151,6 @@ def set_field(config, key: str, value) -> None:
     node[leaf] = value
   except TypeError as e:
     raise ValueError(f'sweep override {key}={value!r}: {e}') from None
-
-
-def _as_json(config) -> dict:
-  return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def parse_eval(spec: str) -> tuple[str, Optional[str]]:
-  """'dense:auto' -> ('dense', 'auto'); 'single' -> ('single', None)."""
-  protocol, _, scales = spec.partition(':')
-  if protocol.strip() not in PROTOCOLS:
-    raise ValueError(f'evaluation {spec!r}: unknown protocol {protocol.strip()!r}; write '
-                     f'PROTOCOL[:SCALES] with PROTOCOL one of {", ".join(PROTOCOLS)}')
-  return protocol.strip(), (scales.strip() or None)
 
 
 def make_points(base, overrides_list: Sequence[dict], workdir: str) -> list[Point]:
@@ -188,10 +171,10 @@ def make_points(base, overrides_list: Sequence[dict], workdir: str) -> list[Poin
         depends_on = (value[1:],)
         value = os.path.join(workdir, value[1:])
       set_field(config, key, value)
-    data = _as_json(config)
+    data = config_schema.to_json(config)
     evals = tuple(data.pop('evals', None) or DEFAULT_EVALS)
-    for spec in evals:
-      parse_eval(spec)
+    for spec in evals:  # a typo fails at launch, not after training
+      evaluation.parse_eval_spec(spec)
     points.append(Point(name, overrides, data, evals, depends_on))
   for point in points:
     for dep in point.depends_on:
@@ -206,64 +189,37 @@ def make_points(base, overrides_list: Sequence[dict], workdir: str) -> list[Poin
 # --------------------------------------------------------------------------
 
 
-def read_json(path: str, default=None):
-  if not os.path.isfile(path):
-    return default
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_json(path: str, data) -> None:
-  """Atomic (a reader never sees half a file); an unchanged file is not touched."""
-  text = json.dumps(data, indent=2, sort_keys=True) + '\n'
-  if os.path.isfile(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def is_trained(point_dir: str) -> bool:
-  return os.path.isfile(os.path.join(point_dir, TRAIN_RESULT_FILE))
-
-
 def missing_evals(point_dir: str, evals: Sequence[str]) -> list[str]:
-  done = read_json(os.path.join(point_dir, EVALS_FILE), {})
-  return [spec for spec in evals
-          if spec not in done or not os.path.isfile(os.path.join(point_dir, 'eval', done[spec]))]
+  done = run_files.read_json(os.path.join(point_dir, run_files.EVALS_FILE), {})
+  return [spec for spec in evals if spec not in done or not os.path.isfile(
+      os.path.join(point_dir, run_files.EVAL_DIR, done[spec]))]
 
 
 def is_finished(point_dir: str, evals: Sequence[str]) -> bool:
-  return is_trained(point_dir) and not missing_evals(point_dir, evals)
+  return run_files.is_trained(point_dir) and not missing_evals(point_dir, evals)
 
 
 def status(point_dir: str, evals: Sequence[str]) -> str:
   """'done', 'evaluate' (trained, evaluations missing), 'resume' or 'new'."""
-  if is_trained(point_dir):
+  if run_files.is_trained(point_dir):
     return 'evaluate' if missing_evals(point_dir, evals) else 'done'
-  has_checkpoint = os.path.isdir(os.path.join(point_dir, 'checkpoints')) and any(
-      d.isdigit() for d in os.listdir(os.path.join(point_dir, 'checkpoints')))
-  return 'resume' if has_checkpoint else 'new'
+  return 'resume' if run_files.has_checkpoints(point_dir) else 'new'
 
 
-def _config_diff(old: dict, new: dict, prefix: str = '') -> list[str]:
-  diffs = []
-  for key in sorted(set(old) | set(new)):
-    a, b = old.get(key), new.get(key)
-    if isinstance(a, dict) and isinstance(b, dict):
-      diffs += _config_diff(a, b, f'{prefix}{key}.')
-    elif a != b:
-      diffs.append(f'{prefix}{key}: {a!r} -> {b!r}')
-  return diffs
+def _config_diff(old: dict, new: dict) -> list[str]:
+  """'field: old -> new' lines, a field one side lacks shown as None."""
+  return [f'{key}: {_shown(a)} -> {_shown(b)}'
+          for key, a, b in run_files.config_changes(old, new)]
+
+
+def _shown(value) -> str:
+  return repr(None if value is run_files.UNSET else value)
 
 
 def check_unchanged(point: Point, workdir: str) -> Optional[dict]:
   """The point's point.json, if any; an error if it holds another config."""
   point_dir = os.path.join(workdir, point.name)
-  existing = read_json(os.path.join(point_dir, POINT_FILE))
+  existing = run_files.read_point(point_dir)
   if existing is not None and existing['config'] != point.config:
     diff = '; '.join(_config_diff(existing['config'], point.config)[:5])
     raise ValueError(f'point {point.name} in {workdir} was launched with another config '
@@ -274,10 +230,10 @@ def check_unchanged(point: Point, workdir: str) -> Optional[dict]:
 def prepare(point: Point, workdir: str, sweep_name: str) -> None:
   """Writes (or extends) DIR/<name>/point.json; a changed config is an error."""
   point_dir = os.path.join(workdir, point.name)
-  path = os.path.join(point_dir, POINT_FILE)
+  path = os.path.join(point_dir, run_files.POINT_FILE)
   old = check_unchanged(point, workdir) or {}
   os.makedirs(point_dir, exist_ok=True)
-  write_json(path, {
+  run_files.write_json(path, {
       'name': point.name,
       'overrides': point.overrides,
       'config': point.config,
@@ -290,7 +246,7 @@ def prepare(point: Point, workdir: str, sweep_name: str) -> None:
 def write_manifest(workdir: str, sweep_name: str, sweep_arg: str, points: Sequence[Point]):
   """DIR/sweeps/<sweep>.json: the sweep's points in order, for the report."""
   os.makedirs(os.path.join(workdir, SWEEPS_DIR), exist_ok=True)
-  write_json(os.path.join(workdir, SWEEPS_DIR, f'{sweep_name}.json'), {
+  run_files.write_json(os.path.join(workdir, SWEEPS_DIR, f'{sweep_name}.json'), {
       'sweep': sweep_name, 'arg': sweep_arg,
       'points': [{'name': p.name, 'overrides': p.overrides, 'evals': list(p.evals)}
                  for p in points]})
@@ -306,10 +262,10 @@ def worker_command(point_dir: str) -> list[str]:
 
 
 def _summary(point_dir: str) -> str:
-  done = read_json(os.path.join(point_dir, EVALS_FILE), {})
+  done = run_files.read_json(os.path.join(point_dir, run_files.EVALS_FILE), {})
   parts = []
   for spec, file in done.items():
-    report = read_json(os.path.join(point_dir, 'eval', file), {})
+    report = run_files.read_json(os.path.join(point_dir, run_files.EVAL_DIR, file), {})
     if 'top1_error' in report:
       parts.append(f'{spec} {100 * report["top1_error"]:.1f}/{100 * report["top5_error"]:.1f}')
   return 'top-1/top-5 error %: ' + ', '.join(parts) if parts else 'no evaluations'
@@ -418,7 +374,7 @@ def _slurm_executor(folder: str, max_requeues: int, dry_run: bool):
 def _active_slurm_job(point_dir: str) -> Optional[str]:
   """The job id recorded for the point if SLURM still runs (or will run) it."""
   import submitit
-  record = read_json(os.path.join(point_dir, SLURM_JOB_FILE))
+  record = run_files.read_json(os.path.join(point_dir, SLURM_JOB_FILE))
   if not record:
     return None
   try:
@@ -475,8 +431,8 @@ def launch_slurm(points: Sequence[Point], workdir: str, sweep_name: str, options
     job = executor.submit(point_worker.PointJob(), point_dir)
     job_ids[point.name] = job.job_id
     submitted.append(job.job_id)
-    write_json(os.path.join(point_dir, SLURM_JOB_FILE),
-                {'job_id': job.job_id, 'folder': folder})
+    run_files.write_json(os.path.join(point_dir, SLURM_JOB_FILE),
+                         {'job_id': job.job_id, 'folder': folder})
     print(f'submitted {point.name} as SLURM job {job.job_id}'
           + (f' (after {params["dependency"]})' if 'dependency' in params else ''), flush=True)
   return submitted
@@ -486,9 +442,9 @@ def launch_slurm(points: Sequence[Point], workdir: str, sweep_name: str, options
 # Command line.
 # --------------------------------------------------------------------------
 
-def define_flags() -> None:
-  """The command line's flags; defined by `main` only, since --workdir would
-  clash with vgg_jax.train's wherever both modules are imported."""
+def _define_flags() -> None:
+  """The command line's flags, read through `flags.FLAGS` by `run_sweep`; only
+  `python -m experiments.sweep` defines them, so importing this module defines none."""
   config_flags.DEFINE_config_file(
       'sweep', None, 'Sweep file: a config file with get_config(arg) and get_sweep(arg).',
       lock_config=True)
@@ -569,10 +525,10 @@ def main(argv):
     if not options['sweep'].present or not options.workdir:
       raise ValueError('--sweep=FILE and --workdir=DIR are required')
     sys.exit(run_sweep(options))
-  except (ValueError, FileNotFoundError) as e:
+  except errors.USER_ERRORS as e:
     sys.exit(f'experiments.sweep: error: {e}')
 
 
 if __name__ == '__main__':
-  define_flags()
+  _define_flags()
   app.run(main)

@@ -8,6 +8,7 @@ import concurrent.futures
 import hashlib
 import os
 
+import grain
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -129,6 +130,32 @@ def random_image(h, w, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+# The paper's steps one at a time, as the oracles the fused library views are
+# checked against; the library itself never takes them separately.
+
+
+def random_crop(image, size, rng):
+  top, left = transforms.random_crop_offsets(*image.shape[:2], size, rng)
+  return transforms.crop(image, top, left, size)
+
+
+def pca_colour_shift(image, alphas):
+  """Adds the same lighting offset to every pixel of a float image."""
+  return image + transforms.pca_colour_offset(alphas)
+
+
+def subtract_mean(image, mean_rgb):
+  return image - np.asarray(mean_rgb, np.float32)
+
+
+def eval_view(image, *, image_size, scale, mean_rgb):
+  """The single-crop test view: smaller side to Q, centre crop, mean subtracted."""
+  new_h, new_w = transforms.rescaled_size(*image.shape[:2], scale)
+  image = transforms.rescaled_crop(image, scale, (new_h - image_size) // 2,
+                                   (new_w - image_size) // 2, image_size)
+  return image.astype(np.float32) - np.asarray(mean_rgb, np.float32)
+
+
 @pytest.mark.parametrize('h, w, scale, expected', [
     (30, 50, 20, (20, 33)),      # landscape: height becomes S
     (50, 30, 20, (33, 20)),      # portrait: width becomes S
@@ -154,18 +181,18 @@ def test_crops():
   np.testing.assert_array_equal(transforms.crop(image, 3, 5, 32), image[3:35, 5:37])
   np.testing.assert_array_equal(transforms.centre_crop(image, 32), image[4:36, 14:46])
   for seed in range(20):
-    out = transforms.random_crop(image, 32, np.random.default_rng(seed))
+    out = random_crop(image, 32, np.random.default_rng(seed))
     assert out.shape == (32, 32, 3)
   with pytest.raises(ValueError, match='does not fit'):
     transforms.crop(image, 10, 0, 32)
   with pytest.raises(ValueError, match='scale must be at least the crop size'):
-    transforms.random_crop(image, 41, np.random.default_rng(0))
+    random_crop(image, 41, np.random.default_rng(0))
 
 
 def test_random_crop_reaches_every_offset():
   image = np.arange(6 * 6).reshape(6, 6, 1).repeat(3, -1).astype(np.uint8)
   rng = np.random.default_rng(0)
-  corners = {int(transforms.random_crop(image, 4, rng)[0, 0, 0]) for _ in range(300)}
+  corners = {int(random_crop(image, 4, rng)[0, 0, 0]) for _ in range(300)}
   assert corners == {r * 6 + c for r in range(3) for c in range(3)}
 
 
@@ -187,7 +214,7 @@ def test_pca_colour_shift_matches_closed_form():
   expected = [255 * sum(eigvec[c][j] * alphas[j] * eigval[j] for j in range(3))
               for c in range(3)]
   image = np.full((4, 4, 3), 100.0, np.float32)
-  out = transforms.pca_colour_shift(image, alphas)
+  out = pca_colour_shift(image, alphas)
   np.testing.assert_allclose(out - image, np.broadcast_to(expected, out.shape),
                              rtol=1e-5, atol=1e-5)
   # The first component moves all channels the same way: brightness.
@@ -198,7 +225,7 @@ def test_pca_colour_shift_matches_closed_form():
 
 def test_subtract_mean():
   image = np.full((2, 2, 3), [200.0, 100.0, 50.0], np.float32)
-  out = transforms.subtract_mean(image, transforms.IMAGENET_MEAN_RGB)
+  out = subtract_mean(image, transforms.IMAGENET_MEAN_RGB)
   np.testing.assert_allclose(out[0, 0], [200 - 123.68, 100 - 116.779, 50 - 103.939],
                              rtol=1e-6)
 
@@ -251,21 +278,12 @@ def test_train_view_is_the_composition_of_the_paper_steps():
     out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
                                 scale=scale, color_shift=0.1, mean_rgb=mean)
     rng = np.random.default_rng(seed)
-    expected = transforms.random_crop(transforms.rescale(image, scale), 32, rng)
+    expected = random_crop(transforms.rescale(image, scale), 32, rng)
     if rng.random() < 0.5:
       expected = transforms.flip(expected)
-    expected = transforms.pca_colour_shift(expected.astype(np.float32),
-                                           rng.normal(0.0, 0.1, 3))
-    expected = transforms.subtract_mean(expected, mean)
+    expected = pca_colour_shift(expected.astype(np.float32), rng.normal(0.0, 0.1, 3))
+    expected = subtract_mean(expected, mean)
     assert_within_one_grey_level(out, expected)
-
-
-def test_eval_view_is_rescaled_centre_crop():
-  image = random_image(60, 90)
-  for scale in (40, 60, 77):
-    out = transforms.eval_view(image, image_size=32, scale=scale, mean_rgb=(1, 2, 3))
-    expected = transforms.centre_crop(transforms.rescale(image, scale), 32)
-    assert_within_one_grey_level(out, expected.astype(np.float32) - [1, 2, 3])
 
 
 def test_decode_converts_every_mode_to_rgb(tmp_path):
@@ -406,22 +424,81 @@ def test_scales_smaller_than_the_crop_are_rejected(cfg):
     with pytest.raises(ValueError, match=message):
       next(data.train_batches(cfg, global_batch_size=8, seed=0))
     with pytest.raises(ValueError, match=message):
-      next(data.eval_batches(cfg, global_batch_size=8))
+      next(eval_batches(cfg, global_batch_size=8))
 
 
 # --------------------------------------------------------------------------
-# Evaluation pipeline: exact, padded, sharded.
+# A padded single-crop evaluation stream: the plain reference that
+# vgg_jax.evaluation's exact protocols are checked against (test_evaluate.py).
 # --------------------------------------------------------------------------
+
+
+class _EvalExample:
+  """Local index k -> dict(image, label, mask); rows past the split are padding."""
+
+  def __init__(self, source, cfg, *, global_batch_size, process_index, process_count):
+    self.source = source
+    self.num_examples = len(source)
+    self.image_size = int(cfg.image_size)
+    self.scale = int(cfg.test_scale)
+    self.mean_rgb = tuple(cfg.mean_rgb)
+    self.local = global_batch_size // process_count
+    self.global_batch_size = global_batch_size
+    self.process_index = process_index
+
+  def __call__(self, k):
+    step, row = divmod(k, self.local)
+    index = step * self.global_batch_size + self.process_index * self.local + row
+    if index >= self.num_examples:
+      image = np.zeros((self.image_size, self.image_size, 3), np.float32)
+      return dict(image=image, label=np.int32(0), mask=np.bool_(False))
+    encoded, label = self.source[index]
+    image = transforms.decode(encoded, min_side=self.scale)
+    image = eval_view(image, image_size=self.image_size, scale=self.scale,
+                      mean_rgb=self.mean_rgb)
+    return dict(image=image, label=np.int32(label), mask=np.bool_(True))
+
+
+def num_eval_batches(num_examples, global_batch_size):
+  """Batches needed to see every example once; the last one is padded."""
+  return -(-num_examples // global_batch_size)
+
+
+def eval_batches(cfg, split=None, *, global_batch_size, process_index=0, process_count=1):
+  """Every example of `split` (default cfg.eval_split) exactly once, over all processes.
+
+  Yields dict(image=float32 [B/P, s, s, 3], label=int32 [B/P], mask=bool [B/P]):
+  the single-crop view at scale Q = test_scale. Global batch j holds examples
+  j*B ... j*B + B - 1 in split order; rows past the end are zeros with
+  mask=False, so no remainder is dropped and every process yields
+  ceil(N / B) batches.
+  """
+  local = global_batch_size // process_count
+  data.check_scales(cfg)
+  source = data.open_split(cfg, split or cfg.eval_split)
+  example = _EvalExample(source, cfg, global_batch_size=global_batch_size,
+                         process_index=process_index, process_count=process_count)
+  steps = num_eval_batches(len(source), global_batch_size)
+  dataset = grain.MapDataset.range(0, steps * local).map(example)
+  return pipeline._iterate(dataset, cfg, local)  # pylint: disable=protected-access
+
+
+def test_eval_view_is_rescaled_centre_crop_of_the_full_rescale():
+  image = random_image(60, 90)
+  for scale in (40, 60, 77):
+    out = eval_view(image, image_size=32, scale=scale, mean_rgb=(1, 2, 3))
+    expected = transforms.centre_crop(transforms.rescale(image, scale), 32)
+    assert_within_one_grey_level(out, expected.astype(np.float32) - [1, 2, 3])
 
 
 @pytest.mark.parametrize('process_count', [1, 2])
 def test_eval_covers_each_example_exactly_once(cfg, process_count):
   batch = 24  # does not divide the 100 test examples
-  streams = [list(data.eval_batches(cfg, 'test', global_batch_size=batch,
-                                    process_index=p, process_count=process_count))
+  streams = [list(eval_batches(cfg, 'test', global_batch_size=batch,
+                               process_index=p, process_count=process_count))
              for p in range(process_count)]
   lengths = {len(s) for s in streams}
-  assert lengths == {data.num_eval_batches(TINY_TEST, batch)} == {5}
+  assert lengths == {num_eval_batches(TINY_TEST, batch)} == {5}
   merged = {key: np.concatenate([np.concatenate([s[j][key] for s in streams])
                                  for j in range(5)])
             for key in ('image', 'label', 'mask')}
@@ -433,8 +510,7 @@ def test_eval_covers_each_example_exactly_once(cfg, process_count):
   source = data.open_split(cfg, 'test')
   for i in (0, 37, TINY_TEST - 1):
     image, label = source[i]
-    expected = transforms.eval_view(image, image_size=32, scale=48,
-                                    mean_rgb=cfg.mean_rgb)
+    expected = eval_view(image, image_size=32, scale=48, mean_rgb=cfg.mean_rgb)
     np.testing.assert_array_equal(merged['image'][i], expected)
     assert merged['label'][i] == label
   labels = [source[i][1] for i in range(TINY_TEST)]
@@ -442,7 +518,7 @@ def test_eval_covers_each_example_exactly_once(cfg, process_count):
 
 
 def test_eval_defaults_to_the_configured_split(cfg):
-  batches = list(data.eval_batches(cfg, global_batch_size=64))
+  batches = list(eval_batches(cfg, global_batch_size=64))
   assert sum(int(b['mask'].sum()) for b in batches) == TINY_TEST
 
 
@@ -482,7 +558,7 @@ def test_image_folder_round_trip(tmp_path):
   info = data.dataset_info(cfg)
   assert info.class_names == ('cat', 'dog')
   assert info.num_examples == {'train': 7, 'test': 5}
-  batches = list(data.eval_batches(cfg, global_batch_size=4))
+  batches = list(eval_batches(cfg, global_batch_size=4))
   images = np.concatenate([b['image'] for b in batches])[:5]
   labels = np.concatenate([b['label'] for b in batches])[:5]
   # Sorted by class then file name: cat/0.JPG, cat/1.png, dog/0.JPG, dog/1.png, dog/gray.png.
@@ -521,7 +597,7 @@ def test_unreadable_image_is_named(tmp_path):
   write_folder(tmp_path, {'train': [(20, 20)], 'test': [(20, 20)]})
   (tmp_path / 'test' / 'cat' / 'corrupt.jpg').write_bytes(b'\xff\xd8 truncated')
   with pytest.raises(Exception, match='corrupt.jpg'):
-    list(data.eval_batches(folder_cfg(tmp_path), global_batch_size=4))
+    list(eval_batches(folder_cfg(tmp_path), global_batch_size=4))
 
 
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):

@@ -11,12 +11,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from absl import flags
 from PIL import Image
 
-from vgg_jax import checkpoints, data, evaluate, evaluation, parallel, train
+from vgg_jax import checkpoints, data, errors, evaluate, evaluation, parallel, train
 from vgg_jax.data import transforms
+from vgg_jax.model import VGG
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_data import eval_batches  # pylint: disable=wrong-import-position
 from test_train import tiny_config  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +37,7 @@ def run(tmp_path_factory):
   assert tuple(config.data.train_scale) == (32, 64)  # jittered S
   train.train_and_evaluate(config, str(workdir))
   config = evaluate.load_run_config(str(workdir))
-  model = train.create_model(config.model, 10, config.data.image_size)
+  model = VGG.from_config(config.model, 10, config.data.image_size)
   return workdir, config, model, checkpoints.restore_variables(str(workdir))
 
 
@@ -179,7 +182,7 @@ def test_single_equals_a_plain_masked_evaluation_of_padded_batches(run):
   _, config, model, variables = run
   mesh = parallel.make_mesh()
   expected = reference_single_crop_errors(
-      model, variables, data.eval_batches(config.data, global_batch_size=16), mesh)
+      model, variables, eval_batches(config.data, global_batch_size=16), mesh)
   result = protocol(run, protocol='single')
   assert result['num_examples'] == expected['num_examples'] == NUM_TEST
   assert result['top1_error'] == expected['top1_error']
@@ -241,9 +244,8 @@ def test_dense_on_images_of_several_aspect_ratios(run, tmp_path):
       Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
           tmp_path / 'test' / f'class{c}' / f'{i}.png')
   _, config, _, _ = run
-  folder_cfg = ml_collections.ConfigDict(dict(
-      name='image_folder', folder=str(tmp_path), image_size=32, test_scale=32,
-      train_scale=(32, 64), mean_rgb=config.data.mean_rgb, eval_split='test'))
+  folder_cfg = ml_collections.ConfigDict(config.data.to_dict())  # the run's, elsewhere
+  folder_cfg.update(name='image_folder', folder=str(tmp_path), test_scale=32)
   result = protocol(run, data_cfg=folder_cfg, protocol='dense', scales=[32])
   source = data.open_split(folder_cfg, 'test')
   assert result['num_examples'] == len(source) == 15
@@ -324,7 +326,7 @@ def test_older_step_and_other_split_get_their_own_file(run):
 def test_bad_arguments_fail_clearly_and_touch_nothing(run, kwargs, message):
   workdir, _, _, _ = run
   before = files_and_mtimes(workdir)
-  with pytest.raises(train.USER_ERRORS, match=message):
+  with pytest.raises(errors.USER_ERRORS, match=message):
     evaluate.evaluate_run(str(workdir), **kwargs)
   assert files_and_mtimes(workdir) == before
 
@@ -340,25 +342,22 @@ def test_missing_run_or_checkpoint_is_a_clear_error(run, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['config.json']
 
 
-@pytest.fixture
-def cli_flags():
-  """Parses command-line flags in this process, and forgets them afterwards."""
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  def parse(*args):
-    flags.FLAGS(['vgg_jax.evaluate', *args])
-
-  yield parse
-  flags.FLAGS.unparse_flags()
+def parse_evaluate_flags(*args):
+  """The command line's flags, defined and parsed in a registry of their own: the
+  process's global one stays as the library left it, without flags."""
+  flag_values = flags.FlagValues()
+  command = evaluate._define_flags(flag_values)  # pylint: disable=protected-access
+  flag_values(['vgg_jax.evaluate', *args])
+  return command
 
 
-def test_cli_error_is_one_line_with_nonzero_exit(run, cli_flags, capsys):
+def test_cli_error_is_one_line_with_nonzero_exit(run, capsys):
   # `main` in this process: a subprocess would spend most of its time importing.
   workdir, _, _, _ = run
   before = files_and_mtimes(workdir)
-  cli_flags(f'--workdir={workdir}', '--protocol=ten')
+  command = parse_evaluate_flags(f'--workdir={workdir}', '--protocol=ten')
   with pytest.raises(SystemExit) as exit_info:
-    evaluate.main(['vgg_jax.evaluate'])
+    evaluate.main(['vgg_jax.evaluate'], command)
   # sys.exit(str) prints the string as one line to stderr and exits with status 1.
   assert exit_info.value.code == (
       "vgg_jax.evaluate: error: unknown protocol 'ten': choose one of single, dense, "

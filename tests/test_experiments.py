@@ -24,10 +24,11 @@ import pytest
 # which closes pytest's capture file if a test's capsys is active.
 import submitit
 
-from configs import cifar10, common, default, imagenet
+from configs import cifar10, default, imagenet
 from experiments import point as point_worker
 from experiments import report, sweep
-from vgg_jax import checkpoints, cli, evaluation, faults, parallel, train, warm_start
+from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, parallel, train,
+                     warm_start)
 from vgg_jax.model import VGG
 # The README troubleshooting table's check (tests/ is on the path under pytest).
 from test_reliability import assert_in_readme
@@ -135,7 +136,7 @@ def test_every_config_has_the_same_fields():
             for name in (fields(value, f'{prefix}{key}.') if hasattr(value, 'items')
                          else [prefix + key])}
 
-  schema = fields(common.base_config())
+  schema = fields(config_schema.base_config())
   assert {'profile', 'prefetch_to_device', 'init_from', 'evals', 'model.dtype'} <= schema
   for config in (default.get_config(), imagenet.get_config('E,jitter'),
                  cifar10.get_config('A,runlocal'), cifar10.get_config('D')):
@@ -171,7 +172,7 @@ def test_sweep_files_give_named_points_with_seeds(name, tmp_path):
     assert point.config['model']['width'] == 0.125  # runlocal reached the base
     assert 'evals' not in point.config and point.evals
     for spec in point.evals:
-      assert sweep.parse_eval(spec)[0] in ('single', 'dense', 'multicrop', 'dense+multicrop')
+      assert evaluation.parse_eval_spec(spec)[0] in evaluation.PROTOCOLS
   assert sweep.load_sweep_module(f'configs/sweeps/{name}.py:runlocal,seeds=1')[0].get_sweep(
       'runlocal,seeds=1')[0]['seed'] == 0
 
@@ -185,9 +186,8 @@ def test_point_names_are_canonical():
                            'evals': ('single',)}) == 'variant=D,train_scale=37-73'
   with pytest.raises(ValueError, match='no field'):
     sweep.make_points(tiny_config('/tmp'), [{'model.varient': 'A'}], '/tmp/x')
-  assert sweep.PROTOCOLS == evaluation.PROTOCOLS
   with pytest.raises(ValueError, match="unknown protocol 'dens'"):
-    sweep.parse_eval('dens:auto')
+    evaluation.parse_eval_spec('dens:auto')
 
 
 # --------------------------------------------------------------------------
@@ -544,7 +544,7 @@ def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_pat
   def fresh_state(**model_fields):
     config = tiny_config(str(tmp_path), **{f'model.{k}': v for k, v in model_fields.items()})
     config.init_from = str(source)
-    model = train.create_model(config.model, 10, 32)
+    model = VGG.from_config(config.model, 10, 32)
     tx = optax.sgd(0.1)
     return config, model, train.create_train_state(model, tx, jax.random.key(7), 32, mesh)
 
@@ -562,7 +562,7 @@ def test_apply_init_from_places_the_copies_and_checks_shapes(tiny_sweep, tmp_pat
     assert started.params[name] is state.params[name]
   assert warm_start.apply_init_from(tiny_config(str(tmp_path)), state, model) is state
 
-  wide = train.create_model(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
+  wide = VGG.from_config(tiny_config(str(tmp_path), **{'model.width': 1 / 8}).model, 10, 32)
   shapes = jax.eval_shape(lambda: wide.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
   with pytest.raises(ValueError, match=r'cannot warm-start this model: layer shapes differ: '
                      r"conv1_1\['kernel'\].*width=0.0625.*width=0.125") as raised:

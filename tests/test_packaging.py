@@ -35,38 +35,40 @@ def test_only_vgg_jax_is_installed():
 
 
 # Loads three config files by path, as vgg_jax.train (ml_collections) and
-# experiments.sweep (importlib) do, from a directory outside the checkout.
+# experiments.sweep (vgg_jax.config_schema) do, from a directory outside the
+# checkout, and checks that the checkout did not end up on sys.path: configs
+# import only `vgg_jax`, and a sweep file loads the config it builds on by path.
 LOAD_CONFIGS = '''
-import importlib.util, os, sys
+import os, sys
 from absl import flags
 from ml_collections import config_flags
+from vgg_jax import config_schema
 
 repo = sys.argv[1]
 assert os.getcwd() != repo and repo not in sys.path
-spec = importlib.util.spec_from_file_location('cifar10_config', f'{repo}/configs/cifar10.py')
-cifar10 = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cifar10)
+cifar10 = config_schema.load_config_module(f'{repo}/configs/cifar10.py')
 config = cifar10.get_config('D,runlocal')
 assert config.data.name == 'cifar10' and config.model.variant == 'D', config
 
-spec = importlib.util.spec_from_file_location('sweep_definition',
-                                              f'{repo}/configs/sweeps/depth.py')
-depth = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(depth)
+depth = config_schema.load_config_module(f'{repo}/configs/sweeps/depth.py')
 assert depth.get_config('runlocal').model.width == 0.125 and depth.get_sweep('runlocal')
 
 flag = config_flags.DEFINE_config_file('config')
 flags.FLAGS([sys.argv[0], f'--config={repo}/configs/default.py'])
 assert flag.value.data.name == 'vgg_shapes'
-import configs
-print('loaded from', os.path.dirname(configs.__file__))
+assert repo not in sys.path and 'configs' not in sys.modules, sys.path
+print('loaded without the checkout on sys.path')
 '''
 
 
 def test_config_files_load_by_path_from_another_directory(tmp_path):
-  # No PYTHONPATH: the checkout is reachable only through the config files' own path.
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  # No PYTHONPATH to the checkout: only this checkout's vgg_jax, as `pip
+  # install -e .` would put it, through a directory that holds nothing else.
+  installed = tmp_path / 'site-packages'
+  installed.mkdir()
+  (installed / 'vgg_jax').symlink_to(os.path.join(REPO, 'vgg_jax'))
+  env = {**os.environ, 'PYTHONPATH': str(installed)}
   proc = subprocess.run([sys.executable, '-c', LOAD_CONFIGS, REPO], cwd=tmp_path, env=env,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f'loaded from {os.path.join(REPO, "configs")}' in proc.stdout
+  assert 'loaded without the checkout on sys.path' in proc.stdout

@@ -1,21 +1,20 @@
 """Data parallelism: a step's result does not depend on the number of devices."""
 
+import functools
 import os
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from vgg_jax import optim, parallel, train
+from vgg_jax import config_schema, optim, parallel, train
 from vgg_jax.model import VGG
 
-OPTIMIZER = ml_collections.ConfigDict(dict(
-    learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule='cosine',
-    warmup_epochs=0.0))
+OPTIMIZER = config_schema.base_config().optimizer
+OPTIMIZER.update(learning_rate=0.05, schedule='cosine')
 
 
 def _run_steps(devices, batch_norm, steps=3, batch_size=16):
@@ -93,23 +92,36 @@ def test_batch_not_divisible_by_devices_is_a_clear_error():
     parallel.check_batch_size(12, parallel.make_mesh())
 
 
-def test_plateau_divides_the_rate_after_patience_evaluations():
-  plateau = optim.Plateau.create()
-  accuracies = [0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7]
+def test_plateau_divides_the_rate_after_patience_evaluations_at_most_max_times():
+  config = config_schema.base_config().optimizer
+  config.update(plateau_patience=2, plateau_factor=0.1, plateau_max_reductions=3)
+  rule = optim.plateau_rule(config)
+  update = jax.jit(functools.partial(optim.after_evaluation, rule))
+  state = optim.initial_plateau_state({'w': jnp.zeros(3)})
+  accuracies = [0.5, 0.6, 0.6, 0.59, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7]
   scales = []
-  for acc in accuracies:
-    plateau = optim.plateau_update(plateau, acc, patience=2, factor=0.1, max_reductions=3)
-    scales.append(round(float(plateau.scale), 6))
-  assert scales == [1, 1, 1, 0.1, 0.1, 0.1, 0.01]
+  for accuracy in accuracies:
+    state = update(state, 1.0 - accuracy)  # the rule is fed the top-1 error
+    scales.append(np.float32(state.scale))
+  f32 = np.float32
+  third = f32(f32(f32(0.1) * f32(0.1)) * f32(0.1))
+  # Two evaluations without improvement divide the rate; within 1e-4 is none.
+  assert scales[:7] == [1, 1, 1, f32(0.1), f32(0.1), f32(0.1), f32(0.1) * f32(0.1)]
+  assert scales[7] == f32(0.1) * f32(0.1) and scales[8] == third  # the third reduction...
+  assert scales[9:] == [third] * 4  # ...is the last: exactly that scale from then on
+  assert optim.lowest_scale(0.1, 3) == third and optim.lowest_scale(0.1, 0) == 1.0
+  config.plateau_patience = 0
+  with pytest.raises(ValueError, match='plateau_patience=0 must be at least 1'):
+    optim.plateau_rule(config)
 
 
 def test_profile_window_traces_whole_steps_after_warm_up(tmp_path):
-  config = ml_collections.ConfigDict(dict(profile=True, profile_skip_steps=2,
-                                          profile_num_steps=3))
+  config = config_schema.base_config()
+  assert train.profile_window(config, str(tmp_path), 0, 9).directory is None  # off by default
+  config.update(profile=True, profile_skip_steps=2, profile_num_steps=3)
   window = train.profile_window(config, str(tmp_path), start_step=10, num_steps=100)
   assert (window.first, window.last) == (13, 15)
   assert train.profile_window(config, str(tmp_path), 98, 100).last == 100
-  assert train.profile_window(ml_collections.ConfigDict(), str(tmp_path), 0, 9).directory is None
   f = jax.jit(lambda x: x * 2)
   x = jnp.ones(4)
   for step in range(11, 17):

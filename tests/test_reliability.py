@@ -35,10 +35,10 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from absl import flags
 from PIL import Image
 
-from vgg_jax import checkpoints, cli, cpu_ops, data, evaluate, faults, resume, train
+from vgg_jax import checkpoints, cli, cpu_ops, data, errors, evaluate, faults, resume, train
+from vgg_jax import workdir as run_files
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, cli_args, tiny_config  # pylint: disable=wrong-import-position
@@ -387,7 +387,7 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
   before = snapshot(workdir / 'checkpoints')
   # A learning rate of 1e30 really diverges: weights overflow within two steps.
   config = tiny_config(data_dir, **RUN, **{'optimizer.learning_rate': 1e30})
-  with pytest.raises(faults.NonFiniteError) as error:
+  with pytest.raises(errors.NonFiniteError) as error:
     train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   line = error_line(error.value)
   step = int(re.search(r' (?:at|after) step (\d+)', line).group(1))
@@ -405,7 +405,7 @@ def test_a_state_with_nan_is_never_saved(tmp_path):
   mngr = checkpoints.manager(str(tmp_path), asynchronous=False)
   checkpoints.save(mngr, state, 1)
   state['params']['w'][1] = np.nan
-  with pytest.raises(faults.NonFiniteError, match=r'non-finite values after step 2 '
+  with pytest.raises(errors.NonFiniteError, match=r'non-finite values after step 2 '
                      r'\(params/w\): .* the newest checkpoint, step 1, is kept'):
     checkpoints.save(mngr, state, 2)
   assert mngr.all_steps() == [1]
@@ -457,7 +457,7 @@ def test_no_good_checkpoint_stops_the_run_and_changes_nothing(reference, data_di
   for step in checkpoints.available_steps(str(workdir)):
     truncate(largest_data_file(workdir / 'checkpoints' / str(step)))
   before = snapshot(workdir)
-  with pytest.raises(checkpoints.CheckpointError, match='no good checkpoint') as error:
+  with pytest.raises(errors.CheckpointError, match='no good checkpoint') as error:
     train.train_and_evaluate(tiny_config(data_dir, **RUN), str(workdir))
   assert snapshot(workdir) == before
   assert_in_readme(error_line(error.value), DIR=workdir)
@@ -470,7 +470,7 @@ def test_evaluate_names_a_damaged_checkpoint_and_the_older_one(reference, copy_o
                         recursive=True):
     truncate(path)
   before = snapshot(workdir)
-  with pytest.raises(checkpoints.CheckpointError,
+  with pytest.raises(errors.CheckpointError,
                      match=rf'step {STEPS} .* is damaged .*--step={STEPS - 4}') as error:
     evaluate.evaluate_run(str(workdir))
   assert snapshot(workdir) == before
@@ -501,7 +501,7 @@ def test_resuming_with_a_config_that_changes_the_experiment_is_refused(
 
 def test_allowing_a_change_does_not_resume_another_model(reference, data_dir):
   before = snapshot(reference)
-  with pytest.raises(checkpoints.CheckpointError, match='hold another model') as error:
+  with pytest.raises(errors.CheckpointError, match='hold another model') as error:
     train.train_and_evaluate(tiny_config(data_dir, **RUN, **{'model.width': 0.125}),
                              str(reference), allow_config_change=True)
   assert snapshot(reference) == before
@@ -566,8 +566,8 @@ def parse_train_flags(*args):
 
   def parse():
     sys.argv = ['vgg_jax.train', *args]  # where ml_collections looks for --config.* flags
-    flags.mark_flags_as_required(['config', 'workdir'])
-    cli.flags_parser('vgg_jax.train', train._CONFIG)(sys.argv)  # pylint: disable=protected-access
+    command = train._define_flags()  # pylint: disable=protected-access
+    cli.flags_parser('vgg_jax.train', command.config)(sys.argv)
 
   return in_child(parse)
 
@@ -649,7 +649,7 @@ def test_a_file_that_is_no_image_stops_the_run_naming_it(data_dir, tmp_path):
     train.train_and_evaluate(folder_config(data_dir, folder), str(tmp_path / 'w'))
   assert_in_readme(error_line(error.value), FOLDER=folder)
   assert snapshot(folder) == before
-  assert not resume.has_checkpoints(str(tmp_path / 'w'))
+  assert not run_files.has_checkpoints(str(tmp_path / 'w'))
 
 
 @pytest.mark.parametrize('make_bad', [
@@ -701,7 +701,7 @@ def test_evaluate_refuses_checkpoints_of_another_model(reference, copy_of):
   config['model']['variant'] = 'B'  # config.json of another run than the checkpoints'
   json.dump(config, open(workdir / 'config.json', 'w'))
   before = snapshot(workdir)
-  with pytest.raises(checkpoints.CheckpointError, match='does not fit the model') as error:
+  with pytest.raises(errors.CheckpointError, match='does not fit the model') as error:
     evaluate.evaluate_run(str(workdir))
   assert snapshot(workdir) == before
   assert_in_readme(cli.error_line('vgg_jax.evaluate', error.value), DIR=workdir)

@@ -45,8 +45,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import cpu_ops, data, optim, parallel, train
-from vgg_jax.data import transforms
+from vgg_jax import config_schema, cpu_ops, data, optim, parallel, train
 from vgg_jax.model import VGG, resolve_layers
 from vgg_jax.summary import layer_table
 
@@ -142,8 +141,8 @@ def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
 def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
   """A timed window of `steps` compiled train steps, and the compiled step."""
   batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
-  opt_cfg = ml_collections.ConfigDict(dict(learning_rate=0.01, momentum=0.9,
-                                           weight_decay=5e-4, schedule='constant'))
+  opt_cfg = config_schema.base_config().optimizer  # SGD, momentum 0.9, weight decay 5e-4
+  opt_cfg.update(learning_rate=0.01, schedule='constant')
   tx = optim.create_optimizer(opt_cfg, num_steps=1000, steps_per_epoch=100)
   lr_fn = optim.learning_rate_fn(opt_cfg, 1000, 100)
   init_key, dropout_key = jax.random.split(jax.random.key(0))
@@ -210,10 +209,10 @@ def write_synthetic_jpegs(root: str, count: int) -> None:
 
 
 def pipeline_config(folder: str, threads: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name='image_folder', folder=folder, train_split='train', eval_split='test',
-      image_size=PIPELINE_SIZE, train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0],
-      color_shift=0.1, mean_rgb=transforms.IMAGENET_MEAN_RGB, num_threads=threads))
+  cfg = config_schema.base_config().data  # the paper's colour shift and mean RGB
+  cfg.update(name='image_folder', folder=folder, eval_split='test', image_size=PIPELINE_SIZE,
+             train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0], num_threads=threads)
+  return cfg
 
 
 def measure_pipeline(folder: Optional[str], images: int, windows: int) -> dict:

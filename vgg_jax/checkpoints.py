@@ -18,7 +18,7 @@ TensorStore may otherwise read back as wrong numbers without an error) is
 detected. `restore_newest_good` resumes from the newest checkpoint that
 restores and verifies, moves damaged newer ones aside to
 `WORKDIR/checkpoints_damaged/` (never deleting anything) and raises
-`CheckpointError` if none is good. `save` refuses a state with NaN or Inf.
+`errors.CheckpointError` if none is good. `save` refuses a state with NaN or Inf.
 """
 
 from __future__ import annotations
@@ -35,20 +35,15 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vgg_jax import faults
+from vgg_jax import errors, faults
+from vgg_jax import workdir as run_files
 
-CHECKPOINT_DIR = 'checkpoints'
-DAMAGED_DIR = 'checkpoints_damaged'
 STATE = 'state'
 CHECKSUMS = 'checksums'
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be used: damaged, or not of this model."""
-
-
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  return os.path.join(os.path.abspath(workdir), run_files.CHECKPOINT_DIR)
 
 
 def manager(workdir: str, keep: Optional[int] = None,
@@ -131,7 +126,7 @@ def newest_finished(mngr: ocp.CheckpointManager) -> Optional[int]:
 def save(mngr: ocp.CheckpointManager, state: Any, step: int) -> None:
   """Starts writing `state` as the checkpoint of `step`, with its checksums.
 
-  A state with NaN or Inf is not written: `faults.NonFiniteError` instead.
+  A state with NaN or Inf is not written: `errors.NonFiniteError` instead.
   Checking waits for the device, as orbax's copy to host memory would anyway.
   """
   sums, non_finite = checksums(state)
@@ -211,7 +206,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
 
   Damaged newer checkpoints are moved to `WORKDIR/checkpoints_damaged/<step>`
   with a warning, so that the run can write those steps again. Raises
-  `CheckpointError`, changing nothing on disk, if the checkpoints hold another
+  `errors.CheckpointError`, changing nothing on disk, if the checkpoints hold another
   model or none of them is good.
   """
   directory = os.fspath(mngr.directory)
@@ -225,7 +220,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
       continue
     if misfit:
       more = '; ...' if len(misfit) > 3 else ''
-      raise CheckpointError(
+      raise errors.CheckpointError(
           f'the checkpoints in {directory} hold another model ({"; ".join(misfit[:3])}{more}): '
           'resuming needs the model they were written with; train this one in a new '
           '--workdir (config.init_from copies layers from another run)')
@@ -236,7 +231,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
       continue
     _move_aside(mngr, damaged, resumed_from=step)
     return state
-  raise CheckpointError(
+  raise errors.CheckpointError(
       f'no good checkpoint in {directory}: '
       + '; '.join(f'step {step} is damaged ({reason})' for step, reason in damaged[:3])
       + ('; ...' if len(damaged) > 3 else '')
@@ -249,7 +244,7 @@ def _move_aside(mngr: ocp.CheckpointManager, damaged: list[tuple[int, str]],
   if not damaged:
     return
   directory = os.fspath(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), DAMAGED_DIR)
+  target = os.path.join(os.path.dirname(directory), run_files.DAMAGED_DIR)
   if jax.process_index() == 0:
     os.makedirs(target, exist_ok=True)
     for step, reason in damaged:
@@ -311,7 +306,7 @@ def restore_variables(workdir: str, step: Optional[int] = None,
 
   Only the named collections are read, not the optimizer state. They are
   verified against the checkpoint's checksums; a damaged checkpoint raises
-  `CheckpointError` naming the older ones.
+  `errors.CheckpointError` naming the older ones.
   """
   mngr = _reader(workdir)
   steps = mngr.all_steps()
@@ -340,7 +335,7 @@ def restore_variables(workdir: str, step: Optional[int] = None,
     older = sorted(s for s in steps if s < step)
     hint = (f'use an older one, e.g. --step={older[-1]}' if older else
             'there is no older one')
-    raise CheckpointError(f'the checkpoint at step {step} in {checkpoint_dir(workdir)} is '
+    raise errors.CheckpointError(f'the checkpoint at step {step} in {checkpoint_dir(workdir)} is '
                           f'damaged ({_reason(e)}): {hint}') from e
   return variables
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from typing import Callable, Optional, Sequence
 
 from absl import flags
@@ -24,6 +25,20 @@ def one_line(error: BaseException) -> str:
 
 def error_line(prog: str, error: BaseException) -> str:
   return f'{prog}: error: {one_line(error)}'
+
+
+def define_process_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """--coordinator_address, --num_processes and --process_id, as holders: the
+  same multi-process flags in every command that runs on many hosts. Called by
+  the commands' entry points only, so that importing a module defines no flags."""
+  return types.SimpleNamespace(
+      coordinator_address=flags.DEFINE_string(
+          'coordinator_address', None, 'host:port of process 0, for multi-process runs.',
+          flag_values=flag_values),
+      num_processes=flags.DEFINE_integer('num_processes', None, 'Processes in the job.',
+                                         flag_values=flag_values),
+      process_id=flags.DEFINE_integer('process_id', None, 'This process\'s index.',
+                                      flag_values=flag_values))
 
 
 def _config_argument(argv: Sequence[str]) -> Optional[str]:

@@ -31,10 +31,11 @@ describes) are one line on stderr with exit status 1, and nothing is written.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import re
 import sys
+import types
 from typing import Optional
 
 import jax
@@ -42,24 +43,21 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from vgg_jax import checkpoints, cli, evaluation, parallel, train
+from vgg_jax import checkpoints, cli, config_schema, errors, evaluation, parallel
 from vgg_jax.data import transforms
-
-EVAL_DIR = 'eval'
-CONFIG_FILE = 'config.json'
-
+from vgg_jax import workdir as run_files
+from vgg_jax.model import VGG
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved in its workdir."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'workdir {workdir} does not exist: pass the --workdir of '
                             'a training run')
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, run_files.CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: {workdir} is not the workdir of a '
                             'vgg_jax.train run (it writes config.json on start)')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(config_schema.complete(run_files.read_json(path)))
 
 
 def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[int]]:
@@ -67,7 +65,7 @@ def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[i
 
   Host arrays carry no sharding, so they fit any device count; evaluation
   replicates them on its own mesh. A damaged checkpoint raises
-  `checkpoints.CheckpointError` (its checksums are verified).
+  `errors.CheckpointError` (its checksums are verified).
   """
   steps = checkpoints.available_steps(workdir)
   if not steps:
@@ -81,7 +79,7 @@ def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[i
 
 
 def check_fits(model, variables: dict, config, workdir: str, step: int) -> None:
-  """Raises CheckpointError if the checkpoint's arrays are not the model's.
+  """Raises errors.CheckpointError if the checkpoint's arrays are not the model's.
 
   config.json describes the run that wrote the checkpoints; a workdir whose
   checkpoints were copied from, or overwritten by, another run would
@@ -94,10 +92,11 @@ def check_fits(model, variables: dict, config, workdir: str, step: int) -> None:
       variables, {c: expected[c] for c in variables if c in expected})
   if differences:
     more = '; ...' if len(differences) > 3 else ''
-    raise checkpoints.CheckpointError(
+    config_file = run_files.CONFIG_FILE
+    raise errors.CheckpointError(
         f'the checkpoint at step {step} in {workdir} does not fit the model of its '
-        f'{CONFIG_FILE} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
-        f'{CONFIG_FILE} and the checkpoints come from different runs; evaluate the workdir '
+        f'{config_file} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
+        f'{config_file} and the checkpoints come from different runs; evaluate the workdir '
         'of the run that wrote them')
 
 
@@ -160,7 +159,7 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[st
     num_classes = num_classes_of(variables['params'], config.model.head)
   except KeyError:  # not this head's layers: check_fits says what differs
     num_classes = 1
-  model = train.create_model(config.model, num_classes, int(data_cfg.image_size))
+  model = VGG.from_config(config.model, num_classes, int(data_cfg.image_size))
   check_fits(model, variables, config, workdir, step)
   split = split or data_cfg.eval_split
   result = evaluation.evaluate_protocol(
@@ -178,51 +177,60 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[st
 
 def write_report(workdir: str, report: dict) -> str:
   """Writes DIR/eval/<name>.json atomically (a reader never sees half a file)."""
-  directory = os.path.join(workdir, EVAL_DIR)
+  directory = os.path.join(workdir, run_files.EVAL_DIR)
   os.makedirs(directory, exist_ok=True)
   path = os.path.join(directory, report['file'])
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump({k: v for k, v in report.items() if k != 'file'}, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+  run_files.write_json(path, {k: v for k, v in report.items() if k != 'file'})
   return path
 
 
 # --------------------------------------------------------------------------
-# Command line. `vgg_jax.train` (imported for `create_model`) already defines
-# --workdir and the multi-process flags; they mean the same here.
+# Command line.
 # --------------------------------------------------------------------------
 
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: newest).')
-_SPLIT = flags.DEFINE_string('split', None, "Split to evaluate (default: the run's "
-                             'data.eval_split); TFDS slices like test[:1000] work.')
-_PROTOCOL = flags.DEFINE_string('protocol', 'single',
-                                'One of ' + ', '.join(evaluation.PROTOCOLS) + '.')
-_SCALES = flags.DEFINE_string('scales', None, "Test scales Q, e.g. 256,384,512, or 'auto' "
-                              "(the paper's rule); default: the run's data.test_scale.")
-_FLIP = flags.DEFINE_bool('flip', None, 'Average each view with its mirror image '
-                          '(default: on for dense, off for single; multicrop always).')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Views per step, a multiple of the '
-                                   "local device count (default: the run's batch size).")
+
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m vgg_jax.evaluate`
+  defines them, so importing this module defines none."""
+  return types.SimpleNamespace(
+      workdir=flags.DEFINE_string('workdir', None, 'Workdir of the training run to evaluate.',
+                                  flag_values=flag_values),
+      step=flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: newest).',
+                                flag_values=flag_values),
+      split=flags.DEFINE_string('split', None, "Split to evaluate (default: the run's "
+                                'data.eval_split); TFDS slices like test[:1000] work.',
+                                flag_values=flag_values),
+      protocol=flags.DEFINE_string('protocol', 'single',
+                                   'One of ' + ', '.join(evaluation.PROTOCOLS) + '.',
+                                   flag_values=flag_values),
+      scales=flags.DEFINE_string('scales', None, "Test scales Q, e.g. 256,384,512, or 'auto' "
+                                 "(the paper's rule); default: the run's data.test_scale.",
+                                 flag_values=flag_values),
+      flip=flags.DEFINE_bool('flip', None, 'Average each view with its mirror image '
+                             '(default: on for dense, off for single; multicrop always).',
+                             flag_values=flag_values),
+      batch_size=flags.DEFINE_integer('batch_size', None, 'Views per step, a multiple of the '
+                                      "local device count (default: the run's batch size).",
+                                      flag_values=flag_values),
+      **vars(cli.define_process_flags(flag_values)))
 
 
-def main(argv):
+def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   import tensorflow as tf  # serves tfds only; keep it off the GPUs
   tf.config.set_visible_devices([], 'GPU')
-  FLAGS = flags.FLAGS
+  workdir = command.workdir.value
   try:
-    if not FLAGS.workdir:
+    if not workdir:
       raise ValueError('--workdir is required: the directory of a training run')
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                    FLAGS.process_id)
-    report = evaluate_run(FLAGS.workdir, step=_STEP.value, split=_SPLIT.value,
-                          protocol=_PROTOCOL.value, scales=_SCALES.value, flip=_FLIP.value,
-                          batch_size=_BATCH_SIZE.value)
-    path = write_report(FLAGS.workdir, report) if jax.process_index() == 0 else None
-  except train.USER_ERRORS as e:
+    parallel.initialize_distributed(command.coordinator_address.value,
+                                    command.num_processes.value, command.process_id.value)
+    report = evaluate_run(workdir, step=command.step.value, split=command.split.value,
+                          protocol=command.protocol.value, scales=command.scales.value,
+                          flip=command.flip.value, batch_size=command.batch_size.value)
+    path = write_report(workdir, report) if jax.process_index() == 0 else None
+  except errors.USER_ERRORS as e:
     sys.exit(cli.error_line('vgg_jax.evaluate', e))
   if path:
     print(paper_table(report))
@@ -234,5 +242,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _COMMAND = _define_flags()
   jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.flags_parser('vgg_jax.evaluate'))
+  app.run(functools.partial(main, command=_COMMAND),
+          flags_parser=cli.flags_parser('vgg_jax.evaluate'))

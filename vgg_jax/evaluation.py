@@ -19,7 +19,6 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
-import os
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -39,6 +38,8 @@ from vgg_jax.data import transforms
 # --------------------------------------------------------------------------
 
 PROTOCOLS = ('single', 'dense', 'multicrop', 'dense+multicrop')
+# What the training loop evaluates with: quick, and the same every epoch.
+TRAINING_PROTOCOL = 'single'
 # Multi-crop takes a GRID x GRID grid of crops per scale, each with its mirror.
 GRID = 5
 # The paper's offset between test scales for a fixed S, at its 224 crop.
@@ -50,6 +51,16 @@ def protocol_parts(protocol: str) -> tuple[str, ...]:
   if protocol not in PROTOCOLS:
     raise ValueError(f'unknown protocol {protocol!r}: choose one of {", ".join(PROTOCOLS)}')
   return tuple(protocol.split('+'))
+
+
+def parse_eval_spec(spec: str) -> tuple[str, Optional[str]]:
+  """An evaluation of `config.evals`, 'protocol[:scales]': 'dense:auto' ->
+  ('dense', 'auto'); 'single' -> ('single', None)."""
+  protocol, _, scales = spec.partition(':')
+  if protocol.strip() not in PROTOCOLS:
+    raise ValueError(f'evaluation {spec!r}: unknown protocol {protocol.strip()!r}; write '
+                     f'PROTOCOL[:SCALES] with PROTOCOL one of {", ".join(PROTOCOLS)}')
+  return protocol.strip(), (scales.strip() or None)
 
 
 def resolve_flip(protocol: str, flip: Optional[bool] = None) -> bool:
@@ -386,10 +397,6 @@ def _num_classes(model, variables, image_size: int) -> int:
                             variables, image).shape[-1])
 
 
-def _data_get(cfg, field: str, default=None):
-  return cfg.get(field, default) if hasattr(cfg, 'get') else getattr(cfg, field, default)
-
-
 def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None,
                       protocol: str = 'single', scales=None, flip: Optional[bool] = None,
                       batch_size: int = 64, mesh=None, keep_posteriors: bool = False,
@@ -449,7 +456,7 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
       check(side, side)
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
-  split = split or _data_get(data_cfg, 'eval_split', 'test')
+  split = split or data_cfg.eval_split
 
   source = data.open_split(data_cfg, split)
   groups = view_groups(protocol, scales)
@@ -465,7 +472,7 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
     views = example_views(image, groups, image_size=image_size, flip=flip)
     return index, label, [(weights[g], v) for g, v in views]
 
-  threads = int(_data_get(data_cfg, 'num_threads', 0) or min(16, os.cpu_count() or 1))
+  threads = data.decode_threads(data_cfg)
   window = max(2 * threads, 2 * -(-batch_size // views_per_image))
   run = _Evaluation(model.apply, place_variables(variables, mesh), mesh,
                     batch_size=batch_size, mean_rgb=data_cfg.mean_rgb,

@@ -3,7 +3,7 @@
 Preemption. SLURM (at a time limit or on preemption) and cloud schedulers send
 SIGTERM, then SIGKILL some seconds later. `PreemptionWatch` turns SIGTERM into
 a flag that the loop reads once per step; the loop then saves a checkpoint at
-the step it reached, waits until it is written, and raises `Preempted`, which
+the step it reached, waits until it is written, and raises `errors.Preempted`, which
 `vgg_jax.train` reports on stderr before exiting with `PREEMPTED_EXIT_CODE`.
 Rerunning the same command continues from that step exactly.
 
@@ -37,24 +37,12 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from vgg_jax import errors
+
 # 128 + SIGTERM: what a shell reports for a process that SIGTERM ended, so job
 # scripts that already requeue on "terminated" keep working; distinct from 0
 # (finished) and 1 (error).
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
-
-
-class Preempted(Exception):
-  """The run stopped on a preemption notice after checkpointing `step`."""
-
-  def __init__(self, step: int, signal_name: str = 'SIGTERM'):
-    super().__init__(f'preempted ({signal_name}) at step {step}: saved a checkpoint at '
-                     f'step {step}; rerun the same command to continue from it')
-    self.step = step
-    self.signal_name = signal_name
-
-
-class NonFiniteError(ValueError):
-  """The loss or the training state stopped being finite: the run diverged."""
 
 
 class PreemptionWatch:
@@ -107,7 +95,7 @@ def _pass_on_as_sigterm(signum, frame) -> None:
 
 
 class LossCheck:
-  """Raises `NonFiniteError` naming the first step whose loss is NaN or Inf.
+  """Raises `errors.NonFiniteError` naming the first step whose loss is NaN or Inf.
 
   `add` is called every step with the step's loss, still on the device; the
   values are fetched only by `check`, and by `add` at multiples of `every`
@@ -140,11 +128,11 @@ class LossCheck:
                      self.last_checkpoint())
 
 
-def diverged(what: str, last_checkpoint: Optional[int]) -> NonFiniteError:
+def diverged(what: str, last_checkpoint: Optional[int]) -> errors.NonFiniteError:
   """The error for a diverged run: what happened, what is kept, what to do."""
   kept = (f'the newest checkpoint, step {last_checkpoint}, is kept' if last_checkpoint
           is not None else 'there is no checkpoint yet')
-  return NonFiniteError(
+  return errors.NonFiniteError(
       f'{what}: the run diverged. No checkpoint holds non-finite values; {kept}. '
       'Lower --config.optimizer.learning_rate or raise --config.optimizer.warmup_epochs '
       'and rerun with --allow_config_change (or in a new --workdir)')

@@ -94,6 +94,12 @@ def resolve_layers(
   return layers
 
 
+def config_layers(model_cfg) -> list[LayerSpec]:
+  """The conv layers of a config's `model` group (a ConfigDict or its JSON form)."""
+  return resolve_layers(model_cfg['variant'], model_cfg['depths'], model_cfg['kernel_size'],
+                        model_cfg['conv1x1'], model_cfg['width'])
+
+
 class LocalResponseNorm(nn.Module):
   """Cross-channel LRN of AlexNet §3.3, as used by config A-LRN.
 
@@ -184,6 +190,16 @@ class VGG(nn.Module):
   dtype: Any = jnp.float32
   conv_fn: Optional[Callable[..., Any]] = None
   pool_fn: Optional[Callable[[Any], Any]] = None
+
+  @classmethod
+  def from_config(cls, model_cfg, num_classes: int, image_size: int) -> 'VGG':
+    """The network of a config's `model` group (a ConfigDict or its JSON form):
+    the dtype named by a string, the depths a tuple as a module attribute must be."""
+    kwargs = dict(model_cfg)
+    kwargs['dtype'] = jnp.dtype(model_cfg['dtype'])
+    if model_cfg['depths'] is not None:
+      kwargs['depths'] = tuple(model_cfg['depths'])
+    return cls(num_classes=num_classes, image_size=image_size, **kwargs)
 
   def layers(self) -> list[LayerSpec]:
     return resolve_layers(self.variant, self.depths, self.kernel_size,

@@ -1,34 +1,46 @@
 """Optimiser and learning-rate schedules, the paper's and modern ones.
 
 §3.1: SGD with momentum 0.9, L2 weight decay 5e-4, learning rate 1e-2 divided
-by 10 whenever validation accuracy stops improving. The plateau rule depends on
-evaluations made outside the compiled step, so its state (`Plateau`) lives in
-the train state as a learning-rate multiplier that the host updates after each
-evaluation; it is checkpointed, so a resumed run decays exactly as the
-uninterrupted one would.
+by 10 whenever validation accuracy stops improving. The plateau rule is
+optax's `reduce_on_plateau` fed the validation top-1 error (lower is better):
+the rate is multiplied by `plateau_factor` when the error has not fallen by
+more than `PLATEAU_MIN_IMPROVEMENT` for `plateau_patience` evaluations, at most
+`plateau_max_reductions` times (its `min_scale` is the scale after that many
+reductions, computed in the same float32 arithmetic, so a further reduction
+leaves the scale exactly where it was).
+
+The evaluations happen outside the compiled step, so the rule's state lives
+in the train state: `after_evaluation` updates it with an evaluation's error
+(optax's update of no gradients), and the step multiplies its updates by the
+state's `scale`. The state is checkpointed with the rest, so a resumed run
+decays exactly as the uninterrupted one would.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from optax import contrib
 
 SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
+# The validation error must fall by more than this to count as an improvement:
+# a change of a few examples in 50,000 is noise, not progress.
+PLATEAU_MIN_IMPROVEMENT = 1e-4
 
 
 def learning_rate_fn(cfg, num_steps: int, steps_per_epoch: int) -> Callable:
-  """The base schedule; 'plateau' is constant here and scaled by `Plateau`."""
+  """The base schedule; 'plateau' is constant here and scaled by `plateau_rule`."""
   base = cfg.learning_rate
-  warmup = int(cfg.get('warmup_epochs', 0) * steps_per_epoch)
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule in ('plateau', 'constant'):
     main = optax.constant_schedule(base)
   elif cfg.schedule == 'step':
     # Divide by 10 at each listed epoch, e.g. (30, 60) for 90 epochs.
-    boundaries = {int(e * steps_per_epoch): 0.1 for e in cfg.get('step_epochs', ())}
+    boundaries = {int(e * steps_per_epoch): 0.1 for e in cfg.step_epochs}
     main = optax.piecewise_constant_schedule(base, boundaries)
   elif cfg.schedule == 'cosine':
     main = optax.cosine_decay_schedule(base, max(1, num_steps - warmup))
@@ -50,33 +62,46 @@ def create_optimizer(cfg, num_steps: int, steps_per_epoch: int) -> optax.Gradien
   lr = learning_rate_fn(cfg, num_steps, steps_per_epoch)
   return optax.chain(
       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
-      optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.get('nesterov', False)),
+      optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
   )
 
 
-@flax.struct.dataclass
-class Plateau:
-  """Reduce-on-plateau bookkeeping: multiplier, best accuracy, evals since best."""
-  scale: jax.Array
-  best: jax.Array
-  bad_evals: jax.Array
-  reductions: jax.Array
-
-  @classmethod
-  def create(cls) -> 'Plateau':
-    return cls(scale=jnp.ones((), jnp.float32), best=jnp.full((), -1.0, jnp.float32),
-               bad_evals=jnp.zeros((), jnp.int32), reductions=jnp.zeros((), jnp.int32))
+def plateau_rule(cfg) -> optax.GradientTransformationExtraArgs:
+  """The paper's reduce-on-plateau rule from the optimizer config (see the module)."""
+  if cfg.plateau_patience < 1:
+    raise ValueError(f'optimizer.plateau_patience={cfg.plateau_patience} must be at least 1 '
+                     '(evaluations without improvement before the rate is divided)')
+  return contrib.reduce_on_plateau(
+      factor=cfg.plateau_factor, patience=cfg.plateau_patience, rtol=0.0,
+      atol=PLATEAU_MIN_IMPROVEMENT,
+      min_scale=lowest_scale(cfg.plateau_factor, cfg.plateau_max_reductions))
 
 
-def plateau_update(plateau: Plateau, accuracy: float, *, patience: int,
-                   factor: float, max_reductions: int, min_delta: float = 1e-4) -> Plateau:
-  """After an evaluation: divide the rate when accuracy stopped improving."""
-  accuracy = float(accuracy)
-  if accuracy > float(plateau.best) + min_delta:
-    return plateau.replace(best=jnp.asarray(accuracy, jnp.float32),
-                           bad_evals=jnp.zeros((), jnp.int32))
-  bad = int(plateau.bad_evals) + 1
-  if bad >= patience and int(plateau.reductions) < max_reductions:
-    return plateau.replace(scale=plateau.scale * factor, bad_evals=jnp.zeros((), jnp.int32),
-                           reductions=plateau.reductions + 1)
-  return plateau.replace(bad_evals=jnp.asarray(bad, jnp.int32))
+def lowest_scale(factor: float, max_reductions: int) -> float:
+  """The scale after `max_reductions` reductions, rounded as the float32 state is."""
+  scale = np.float32(1.0)
+  for _ in range(max_reductions):
+    scale = np.float32(scale * np.float32(factor))
+  return float(scale)
+
+
+def initial_plateau_state(params) -> contrib.ReduceLROnPlateauState:
+  """The rule's state before any evaluation: scale 1, no best error yet. The
+  same whatever the rule's settings, which only its updates read.
+
+  optax marks "no best yet" with an infinite best error, but a checkpoint
+  refuses non-finite values (they mean divergence; `checkpoints.save`), so the
+  largest finite number stands in: an error is at most 1, so the first
+  evaluation improves on it all the same.
+  """
+  state = contrib.reduce_on_plateau().init(params)
+  dtype = state.best_value.dtype
+  return state._replace(best_value=jnp.asarray(jnp.finfo(dtype).max, dtype))
+
+
+def after_evaluation(rule: optax.GradientTransformationExtraArgs,
+                     state: contrib.ReduceLROnPlateauState,
+                     top1_error: jax.typing.ArrayLike) -> contrib.ReduceLROnPlateauState:
+  """The rule's state once an evaluation measured `top1_error`."""
+  _, state = rule.update({}, state, value=top1_error)
+  return state

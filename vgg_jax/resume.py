@@ -20,9 +20,8 @@ import os
 import tempfile
 from typing import Any
 
-from vgg_jax import checkpoints
-
-CONFIG_FILE = 'config.json'
+from vgg_jax import config_schema
+from vgg_jax import workdir as run_files
 
 # Fields whose change makes a different experiment: everything under these
 # groups, and these top-level fields (the batches of step t depend on both).
@@ -48,8 +47,8 @@ def check_writable(workdir: str) -> None:
         f'--workdir={workdir} cannot be a directory: {existing} is a file; choose '
         'another --workdir')
   targets = [existing]
-  if existing == path and os.path.isdir(os.path.join(path, checkpoints.CHECKPOINT_DIR)):
-    targets.append(os.path.join(path, checkpoints.CHECKPOINT_DIR))
+  if existing == path and os.path.isdir(os.path.join(path, run_files.CHECKPOINT_DIR)):
+    targets.append(os.path.join(path, run_files.CHECKPOINT_DIR))
   for target in targets:
     # Try, rather than trust permission bits: root ignores them, read-only
     # and network file systems do not show in them.
@@ -62,44 +61,14 @@ def check_writable(workdir: str) -> None:
       ) from e
 
 
-def has_checkpoints(workdir: str) -> bool:
-  """Whether `workdir` holds a committed checkpoint (a step directory)."""
-  directory = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, dict):
-    flat = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    return flat
-  return {prefix[:-1]: tree}
-
-
 def is_experiment_field(key: str) -> bool:
   if key in FREE_DATA_FIELDS:
     return False
   return key.startswith(EXPERIMENT_GROUPS) or key in EXPERIMENT_FIELDS
 
 
-_UNSET = object()
-
-
-def config_changes(saved: dict, config) -> list[tuple[str, Any, Any]]:
-  """(field, saved value, new value) for every field that differs, sorted.
-
-  `config` is compared in the JSON form `vgg_jax.train` saves it in, so
-  tuples and lists are equal; a field only one side has counts as changed.
-  """
-  old = _flatten(saved)
-  new = _flatten(json.loads(config.to_json_best_effort()))
-  pairs = ((key, old.get(key, _UNSET), new.get(key, _UNSET)) for key in sorted({*old, *new}))
-  return [(key, a, b) for key, a, b in pairs if a != b]
-
-
 def _show(value: Any) -> str:
-  return 'unset' if value is _UNSET else json.dumps(value)
+  return 'unset' if value is run_files.UNSET else json.dumps(value)
 
 
 def check_config(workdir: str, config, allow_change: bool = False) -> list[str]:
@@ -109,18 +78,18 @@ def check_config(workdir: str, config, allow_change: bool = False) -> list[str]:
   Raises ValueError listing the refused ones otherwise. A workdir without a
   checkpoint has nothing to protect, and `allow_change` accepts everything.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not has_checkpoints(workdir) or not os.path.isfile(path):
+  path = os.path.join(workdir, run_files.CONFIG_FILE)
+  if not run_files.has_checkpoints(workdir) or not os.path.isfile(path):
     return []
   try:
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
     if allow_change:
-      return [f'{CONFIG_FILE} unreadable ({e}); replaced']
+      return [f'{run_files.CONFIG_FILE} unreadable ({e}); replaced']
     raise ValueError(f'cannot read {path} to compare configs ({e}): restore it, or pass '
                      '--allow_config_change to resume with this config') from e
-  changes = config_changes(saved, config)
+  changes = run_files.config_changes(config_schema.complete(saved), config_schema.to_json(config))
   refused = [c for c in changes if is_experiment_field(c[0])]
   if refused and not allow_change:
     shown = '; '.join(f'{key}: {_show(old)} -> {_show(new)}' for key, old, new in refused[:6])

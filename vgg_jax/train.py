@@ -12,10 +12,12 @@ logging, evaluation and checkpointing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+import types
 from typing import Any, Callable, Optional
 
 import flax
@@ -26,10 +28,12 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 from clu import metric_writers, parameter_overview
+from optax import contrib
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, cpu_ops, data, evaluation, faults, optim, parallel,
-                     resume, warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, cpu_ops, data, errors, evaluation,
+                     faults, optim, parallel, resume, warm_start)
+from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
 # --------------------------------------------------------------------------
@@ -43,15 +47,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  plateau: optim.Plateau
-
-
-def create_model(model_cfg, num_classes: int, image_size: int) -> VGG:
-  kwargs = dict(model_cfg)
-  kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
-  if kwargs.get('depths') is not None:
-    kwargs['depths'] = tuple(kwargs['depths'])
-  return VGG(num_classes=num_classes, image_size=image_size, **kwargs)
+  plateau: contrib.ReduceLROnPlateauState  # the plateau rule's (optim.plateau_rule)
 
 
 def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Array,
@@ -63,7 +59,7 @@ def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Ar
     params = variables['params']
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(params), plateau=optim.Plateau.create())
+                      opt_state=tx.init(params), plateau=optim.initial_plateau_state(params))
 
   # Init runs once, so its code need not be fast; XLA's CPU backend spends
   # 10x longer optimising the unrolled random-number code than running it.
@@ -117,6 +113,14 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
       compiler_options=cpu_ops.compiler_options())
 
 
+def compile_plateau_update(opt_cfg, mesh) -> Callable:
+  """`optim.after_evaluation` on the replicated train state's plateau state:
+  (state, top-1 error) -> state, compiled once for every evaluation."""
+  rule = optim.plateau_rule(opt_cfg)
+  return jax.jit(functools.partial(optim.after_evaluation, rule),
+                 out_shardings=parallel.replicated(mesh))
+
+
 # --------------------------------------------------------------------------
 # Schedules of the loop: steps, logging, evaluation, checkpoints.
 # --------------------------------------------------------------------------
@@ -145,6 +149,8 @@ def validate(config) -> None:
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
                      f'one of {", ".join(optim.SCHEDULES)}')
+  if config.optimizer.schedule == 'plateau':
+    optim.plateau_rule(config.optimizer)  # bad plateau settings fail here
   if config.requires_init_from and not config.init_from:
     raise ValueError(
         f'this config fine-tunes a trained run (learning rate '
@@ -169,7 +175,7 @@ class MetricsLog:
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.primary)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, run_files.METRICS_FILE)
     if self.primary:
       self._truncate_after(start_step)
 
@@ -180,10 +186,7 @@ class MetricsLog:
       return
     with open(self.path) as f:
       kept = [line.rstrip('\n') + '\n' for line in f if _logged_step(line) <= step]
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
+    run_files.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step: int, scalars: dict) -> None:
     self.writer.write_scalars(step, scalars)
@@ -197,13 +200,9 @@ class MetricsLog:
 
 
 def save_config(config, workdir: str) -> None:
-  if jax.process_index() != 0:
-    return
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  if jax.process_index() == 0:
+    run_files.write_json(os.path.join(workdir, run_files.CONFIG_FILE),
+                         config_schema.to_json(config))
 
 
 class ProfileWindow:
@@ -233,10 +232,10 @@ def profile_window(config, workdir: str, start_step: int, num_steps: int) -> Pro
 
   The first steps of a run (or a resumed run) compile and warm up, so they are skipped.
   """
-  if not config.get('profile', False):
+  if not config.profile:
     return ProfileWindow()
-  first = min(num_steps, start_step + 1 + config.get('profile_skip_steps', 5))
-  last = min(num_steps, first + config.get('profile_num_steps', 5) - 1)
+  first = min(num_steps, start_step + 1 + config.profile_skip_steps)
+  last = min(num_steps, first + config.profile_num_steps - 1)
   directory = os.path.join(workdir, 'profile', f'process_{jax.process_index()}')
   return ProfileWindow(directory, first, last)
 
@@ -254,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Resuming with a config that changes the experiment raises unless
   `allow_config_change`. With `preemption` entered (`vgg_jax.train` does),
   SIGTERM makes the run checkpoint the step it reached and raise
-  `faults.Preempted`; a NaN or Inf loss raises `faults.NonFiniteError`.
+  `errors.Preempted`; a NaN or Inf loss raises `errors.NonFiniteError`.
   """
   validate(config)
   resume.check_writable(workdir)
@@ -262,7 +261,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parallel.check_batch_size(config.batch_size, mesh)
   info = data.dataset_info(config.data)
   image_size = config.data.image_size
-  model = create_model(config.model, info.num_classes, image_size)
+  model = VGG.from_config(config.model, info.num_classes, image_size)
   model.layers()  # unknown variants and bad knobs fail here, before any I/O
   model.check_input(image_size, image_size)
   for change in resume.check_config(workdir, config, allow_config_change):
@@ -290,12 +289,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_step = int(state.step)
 
   step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh)
+  update_plateau = (compile_plateau_update(config.optimizer, mesh)
+                    if config.optimizer.schedule == 'plateau' else None)
   def run_eval():
     # The paper's single-scale protocol, through the same machinery as
     # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
     return evaluation.evaluate_protocol(
-        model, variables, config.data, split=config.data.eval_split, protocol='single',
+        model, variables, config.data, split=config.data.eval_split,
+        protocol=evaluation.TRAINING_PROTOCOL,
         batch_size=config.batch_size // jax.process_count())
 
   log = MetricsLog(workdir, start_step)
@@ -310,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          seed=config.seed, start_step=start_step,
                          process_index=jax.process_index(),
                          process_count=jax.process_count()),
-      mesh, size=config.get('prefetch_to_device', 2))
+      mesh, size=config.prefetch_to_device)
   profile = profile_window(config, workdir, start_step, num_steps)
   logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d',
                start_step, num_steps, epoch_steps, jax.device_count(), config.batch_size)
@@ -341,12 +343,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       eval_start = time.perf_counter()
       result = run_eval()
       scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
-      if config.optimizer.schedule == 'plateau':
-        state = state.replace(plateau=optim.plateau_update(
-            state.plateau, 1.0 - result['top1_error'],
-            patience=config.optimizer.plateau_patience,
-            factor=config.optimizer.plateau_factor,
-            max_reductions=config.optimizer.plateau_max_reductions))
+      if update_plateau is not None:
+        state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
       logging.info('step %d  eval top-1 error %.4f  top-5 error %.4f  (%d examples)', step,
                    result['top1_error'], result['top5_error'], result['num_examples'])
       timer += time.perf_counter() - eval_start  # evaluation is not training time
@@ -359,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if preempted:
       mngr.wait_until_finished()
       log.close()
-      raise faults.Preempted(step, preemption.received or 'SIGTERM')
+      raise errors.Preempted(step, preemption.received or 'SIGTERM')
 
   if result is None:  # resumed after the last step: evaluate what is there
     result = run_eval()
@@ -375,50 +373,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 # Command line.
 # --------------------------------------------------------------------------
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0, for multi-process runs.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index.')
-_COMPILATION_CACHE = flags.DEFINE_string(
-    'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where compiled steps are kept '
-    'for the next run or restart (\'\' turns the cache off).')
-_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False, 'Resume a workdir even if --config changes the model, '
-    'data or optimizer of the run in it (longer schedules and logging need no flag).')
 
-# Errors that mean "the user asked for something impossible": one line, exit 1.
-# NonFiniteError and CheckpointError are ValueErrors.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNamespace:
+  """The command line's flags, as holders; only `python -m vgg_jax.train` defines
+  them, so importing this module (as evaluation, sweeps and tests do) defines none."""
+  command = types.SimpleNamespace(
+      config=config_flags.DEFINE_config_file(
+          'config', None, 'Training configuration file.', flag_values=flag_values,
+          lock_config=True),
+      workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
+                                  flag_values=flag_values),
+      compilation_cache=flags.DEFINE_string(
+          'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where '
+          'compiled steps are kept for the next run or restart (\'\' turns the cache off).',
+          flag_values=flag_values),
+      allow_config_change=flags.DEFINE_bool(
+          'allow_config_change', False, 'Resume a workdir even if --config changes the '
+          'model, data or optimizer of the run in it (longer schedules and logging need '
+          'no flag).', flag_values=flag_values),
+      **vars(cli.define_process_flags(flag_values)))
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=flag_values)
+  return command
 
 
-def main(argv):
+def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   # TensorFlow serves tfds only; hide the GPUs so it reserves no memory on them.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   try:
-    parallel.enable_compilation_cache(_COMPILATION_CACHE.value)
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                    _PROCESS_ID.value)
+    parallel.enable_compilation_cache(command.compilation_cache.value)
+    parallel.initialize_distributed(command.coordinator_address.value,
+                                    command.num_processes.value, command.process_id.value)
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
     with faults.PreemptionWatch() as preemption:
-      result = train_and_evaluate(_CONFIG.value, _WORKDIR.value, preemption=preemption,
-                                  allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except faults.Preempted as e:
+      result = train_and_evaluate(command.config.value, command.workdir.value,
+                                  preemption=preemption,
+                                  allow_config_change=command.allow_config_change.value)
+  except errors.Preempted as e:
     print(f'vgg_jax.train: {e}', file=sys.stderr)
     sys.exit(faults.PREEMPTED_EXIT_CODE)
-  except USER_ERRORS as e:
+  except errors.USER_ERRORS as e:
     sys.exit(cli.error_line('vgg_jax.train', e))
   print(f'final test accuracy: {100 * (1 - result["top1_error"]):.2f}% '
         f'({result["num_examples"]} examples)')
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config', 'workdir'])
+  _COMMAND = _define_flags()
   jax.config.config_with_absl()
-  app.run(main, flags_parser=cli.flags_parser('vgg_jax.train', _CONFIG))
+  app.run(functools.partial(main, command=_COMMAND),
+          flags_parser=cli.flags_parser('vgg_jax.train', _COMMAND.config))

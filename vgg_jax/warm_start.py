@@ -19,7 +19,6 @@ normalisation they were trained with.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -27,8 +26,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from vgg_jax import checkpoints
-from vgg_jax.model import LayerSpec, resolve_layers
+from vgg_jax import checkpoints, config_schema
+from vgg_jax import workdir as run_files
+from vgg_jax.model import LayerSpec, config_layers
 
 # §3.1: the layers a deeper net takes from a trained A.
 PAPER_CONV_LAYERS = ('conv1_1', 'conv2_1', 'conv3_1', 'conv3_2')
@@ -114,12 +114,11 @@ def copy_layers(fresh: dict, source: dict, source_layers: Sequence[LayerSpec],
 
 def load_source(workdir: str) -> tuple[dict, Any, int]:
   """(variables as numpy, model config, step) of a run's newest checkpoint."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  saved = run_files.read_json(os.path.join(workdir, run_files.CONFIG_FILE))
+  if saved is None:
     raise FileNotFoundError(f'config.init_from={workdir}: no config.json there; pass the '
                             'workdir of a finished vgg_jax.train run')
-  with open(path) as f:
-    model_cfg = json.load(f)['model']
+  model_cfg = config_schema.complete(saved)['model']
   steps = checkpoints.available_steps(workdir)
   if not steps:
     raise FileNotFoundError(f'config.init_from={workdir}: the run has no complete '
@@ -127,15 +126,8 @@ def load_source(workdir: str) -> tuple[dict, Any, int]:
   return checkpoints.restore_variables(workdir, max(steps)), model_cfg, max(steps)
 
 
-def _layers_of(model_cfg) -> list[LayerSpec]:
-  get = model_cfg.get
-  depths = get('depths')
-  return resolve_layers(get('variant', 'D'), None if depths is None else tuple(depths),
-                        get('kernel_size', 3), get('conv1x1'), get('width', 1.0))
-
-
 def _describe(model_cfg) -> str:
-  return ', '.join(f'{k}={model_cfg.get(k)}' for k in
+  return ', '.join(f'{k}={model_cfg[k]}' for k in
                    ('variant', 'depths', 'kernel_size', 'width', *SHAPE_FIELDS))
 
 
@@ -152,13 +144,13 @@ def apply_init_from(config, state, model):
   Called on fresh states only: a resumed run continues from its own
   checkpoint. The fresh state's arrays stay where nothing is copied.
   """
-  source_dir = config.get('init_from') if hasattr(config, 'get') else None
+  source_dir = config.init_from
   if not source_dir:
     return state
   variables, source_model, step = load_source(source_dir)
   target_model = {k: getattr(model, k) for k in ('variant', 'depths', 'kernel_size',
                                                  'width', *SHAPE_FIELDS)}
-  source_layers, target_layers = _layers_of(source_model), model.layers()
+  source_layers, target_layers = config_layers(source_model), model.layers()
   fresh = {'params': state.params, 'batch_stats': state.batch_stats}
   placed, copied = {}, []
   try:
@@ -178,6 +170,6 @@ def apply_init_from(config, state, model):
   fresh_names = sorted((k for k in state.params if k not in copied),
                        key=network_order(target_layers))
   logging.info('init_from %s (step %d, variant %s): copied %s; fresh: %s', source_dir, step,
-               source_model.get('variant'), ', '.join(copied) or 'nothing',
+               source_model['variant'], ', '.join(copied) or 'nothing',
                ', '.join(fresh_names) or 'nothing')
   return state.replace(params=placed['params'], batch_stats=placed['batch_stats'])

@@ -14,22 +14,20 @@ D 53.4 ± 2.2 %.
 """
 
 import os
-import sys
 
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+from vgg_jax import config_schema
 
-from configs import cifar10, common  # pylint: disable=wrong-import-position
+# The base config, loaded by path beside this file (configs are not installed).
+cifar10 = config_schema.load_config_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'cifar10.py'))
 
 VARIANTS = ('B', 'C', 'D')
 
 
 def get_config(arg=None):
-  return cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+  return cifar10.get_config(config_schema.split_arg(arg, seeds=3)[1])
 
 
 def get_sweep(arg=None):
-  options, _ = common.split_arg(arg, seeds=3)
+  options, _ = config_schema.split_arg(arg, seeds=3)
   return [{'model.variant': v, 'seed': s} for v in VARIANTS for s in range(options.seeds)]

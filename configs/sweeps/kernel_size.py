@@ -14,14 +14,12 @@ the 9 points): centre-crop top-1 error B 46.3 ± 1.7, one 5x5 per stage 45.0 ± 
 """
 
 import os
-import sys
 
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+from vgg_jax import config_schema
 
-from configs import cifar10, common  # pylint: disable=wrong-import-position
+# The base config, loaded by path beside this file (configs are not installed).
+cifar10 = config_schema.load_config_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'cifar10.py'))
 
 SHALLOW = (1, 1, 1, 1, 1)
 ARCHITECTURES = (
@@ -32,9 +30,9 @@ ARCHITECTURES = (
 
 
 def get_config(arg=None):
-  return cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+  return cifar10.get_config(config_schema.split_arg(arg, seeds=3)[1])
 
 
 def get_sweep(arg=None):
-  options, _ = common.split_arg(arg, seeds=3)
+  options, _ = config_schema.split_arg(arg, seeds=3)
   return [{**arch, 'seed': seed} for arch in ARCHITECTURES for seed in range(options.seeds)]

@@ -19,14 +19,12 @@ the jittered net's error varies least across test scales (67.8-71.4 % at Q = 32.
 """
 
 import os
-import sys
 
-# Loaded by path, not installed (only vgg_jax is): the checkout root lets `configs` import.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+from vgg_jax import config_schema
 
-from configs import cifar10, common  # pylint: disable=wrong-import-position
+# The base config, loaded by path beside this file (configs are not installed).
+cifar10 = config_schema.load_config_module(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, 'cifar10.py'))
 
 TEST_SCALES = (32, 37, 46, 55, 64, 73)
 SCALES = (
@@ -37,12 +35,12 @@ SCALES = (
 
 
 def get_config(arg=None):
-  config = cifar10.get_config(common.split_arg(arg, seeds=3)[1])
+  config = cifar10.get_config(config_schema.split_arg(arg, seeds=3)[1])
   config.evals = (*config.evals, *(f'single:{q}' for q in TEST_SCALES))
   return config
 
 
 def get_sweep(arg=None):
-  options, _ = common.split_arg(arg, seeds=3)
+  options, _ = config_schema.split_arg(arg, seeds=3)
   return [{'model.variant': 'D', **scale, 'seed': seed}
           for scale in SCALES for seed in range(options.seeds)]

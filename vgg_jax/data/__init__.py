@@ -1,12 +1,14 @@
-"""Input pipelines for the paper's training and test protocols.
+"""Datasets, the paper's image transforms and the training input pipeline.
+
+Evaluation reads a split by random access (`open_split`) and makes the test
+protocols' views itself (`vgg_jax.evaluation`).
 
     info = data.dataset_info(cfg)
     batches = data.train_batches(cfg, global_batch_size=256, seed=0, start_step=t0,
                                  process_index=p, process_count=P)
-    for batch in data.eval_batches(cfg, global_batch_size=256, process_index=p,
-                                   process_count=P): ...
 
-`cfg` is the experiment's `data` ConfigDict:
+`cfg` is the experiment's `data` ConfigDict (`vgg_jax.config_schema` gives
+every field its default):
 
   name            'vgg_shapes' (built in, generated locally), 'image_folder', or
                   a TFDS image-classification name ('cifar10', 'imagenet2012').
@@ -19,11 +21,11 @@
   test_scale      Q: smaller side before the centre crop at evaluation.
   color_shift     std of the PCA lighting alphas (0.1 in the paper; 0 = off).
   mean_rgb        subtracted per channel, in 0..255 pixel units.
-  shuffle         optional, default True: a fresh permutation every epoch.
-  num_threads     optional: decode/augment threads (0 = min(16, CPUs)).
-  num_workers     optional, default 0: grain worker processes (for large JPEG
-                  datasets when threads are GIL-bound).
-  prefetch_batches  optional, default 2: batches prepared ahead.
+  shuffle         a fresh permutation every epoch (True) or split order.
+  num_threads     decode/augment threads (0 = min(16, CPUs)).
+  num_workers     grain worker processes (for large JPEG datasets when
+                  threads are GIL-bound); 0 = none.
+  prefetch_batches  batches prepared ahead.
 
 Modules: `builtin` (the vgg_shapes dataset), `transforms` (the paper's image
 operations), `sources` (random access to each kind of dataset), `pipeline`
@@ -33,13 +35,12 @@ operations), `sources` (random access to each kind of dataset), `pipeline`
 from vgg_jax.data import builtin
 from vgg_jax.data import transforms
 from vgg_jax.data.pipeline import check_scales
-from vgg_jax.data.pipeline import eval_batches
-from vgg_jax.data.pipeline import num_eval_batches
+from vgg_jax.data.pipeline import decode_threads
 from vgg_jax.data.pipeline import train_batches
 from vgg_jax.data.sources import DatasetInfo
 from vgg_jax.data.sources import dataset_info
 from vgg_jax.data.sources import mean_rgb
 from vgg_jax.data.sources import open_split
 
-__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'eval_batches',
-           'mean_rgb', 'num_eval_batches', 'open_split', 'train_batches', 'transforms']
+__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'decode_threads',
+           'mean_rgb', 'open_split', 'train_batches', 'transforms']

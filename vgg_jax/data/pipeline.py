@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Iterator, Optional
+from typing import Iterator
 
 from absl import flags
 import grain
@@ -32,8 +32,6 @@ import numpy as np
 
 from vgg_jax.data import sources
 from vgg_jax.data import transforms
-
-_get = sources._get  # pylint: disable=protected-access
 
 # Tags that keep the permutation and augmentation random streams apart.
 _PERMUTATION, _AUGMENTATION = 0, 1
@@ -84,10 +82,10 @@ class _TrainExample:
     self.source = source
     self.seed = seed
     self.num_examples = len(source)
-    self.shuffle = bool(_get(cfg, 'shuffle', True))
+    self.shuffle = bool(cfg.shuffle)
     self.image_size = int(cfg.image_size)
     self.scale_range = transforms.scale_bounds(cfg.train_scale)
-    self.color_shift = float(_get(cfg, 'color_shift', 0.0))
+    self.color_shift = float(cfg.color_shift)
     self.mean_rgb = tuple(cfg.mean_rgb)
     self.position = functools.partial(
         train_position, start_step=start_step, global_batch_size=global_batch_size,
@@ -107,43 +105,20 @@ class _TrainExample:
     return dict(image=image, label=np.int32(label))
 
 
-class _EvalExample:
-  """Local index k -> dict(image, label, mask); rows past the split are padding."""
-
-  def __init__(self, source, cfg, *, global_batch_size, process_index,
-               process_count):
-    self.source = source
-    self.num_examples = len(source)
-    self.image_size = int(cfg.image_size)
-    self.scale = int(cfg.test_scale)
-    self.mean_rgb = tuple(cfg.mean_rgb)
-    self.local = global_batch_size // process_count
-    self.global_batch_size = global_batch_size
-    self.process_index = process_index
-
-  def __call__(self, k: int):
-    step, row = divmod(k, self.local)
-    index = step * self.global_batch_size + self.process_index * self.local + row
-    if index >= self.num_examples:
-      image = np.zeros((self.image_size, self.image_size, 3), np.float32)
-      return dict(image=image, label=np.int32(0), mask=np.bool_(False))
-    data, label = self.source[index]
-    image = transforms.decode(data, min_side=self.scale)
-    image = transforms.eval_view(image, image_size=self.image_size,
-                                 scale=self.scale, mean_rgb=self.mean_rgb)
-    return dict(image=image, label=np.int32(label), mask=np.bool_(True))
-
-
 def _stack(examples):
   return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
 
 
+def decode_threads(cfg) -> int:
+  """Threads that decode and augment images: `data.num_threads`, 0 for min(16, CPUs)."""
+  return int(cfg.num_threads or min(16, os.cpu_count() or 1))
+
+
 def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[dict]:
   """Runs the per-example map in parallel, in order, and batches the results."""
-  threads = int(_get(cfg, 'num_threads', 0) or min(16, os.cpu_count() or 1))
-  prefetch = int(_get(cfg, 'prefetch_batches', 2))
-  workers = int(_get(cfg, 'num_workers', 0))
-  read = grain.ReadOptions(num_threads=threads,
+  prefetch = int(cfg.prefetch_batches)
+  workers = int(cfg.num_workers)
+  read = grain.ReadOptions(num_threads=decode_threads(cfg),
                            prefetch_buffer_size=max(1, prefetch) * local_batch_size)
   stream = dataset.to_iter_dataset(read)
   if workers > 0:
@@ -184,34 +159,10 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
   check_scales(cfg)
-  source = sources.open_split(cfg, _get(cfg, 'train_split', 'train'))
+  source = sources.open_split(cfg, cfg.train_split)
   example = _TrainExample(source, cfg, seed=seed, start_step=start_step,
                           global_batch_size=global_batch_size,
                           process_index=process_index, process_count=process_count)
   dataset = grain.MapDataset.range(0, _ENDLESS).map(example)
   return _iterate(dataset, cfg, local)
 
-
-def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-  """Batches needed to see every example once; the last one is padded."""
-  return -(-num_examples // global_batch_size)
-
-
-def eval_batches(cfg, split: Optional[str] = None, *, global_batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Every example of `split` (default cfg.eval_split) exactly once, over all processes.
-
-  Yields dict(image=float32 [B/P, s, s, 3], label=int32 [B/P], mask=bool [B/P]):
-  the single-crop view at scale Q = test_scale. Global batch j holds examples
-  j*B ... j*B + B - 1 in split order; rows past the end are zeros with
-  mask=False, so no remainder is dropped and every process yields
-  ceil(N / B) batches.
-  """
-  local = _local_batch_size(global_batch_size, process_count)
-  check_scales(cfg)
-  source = sources.open_split(cfg, split or _get(cfg, 'eval_split', 'test'))
-  example = _EvalExample(source, cfg, global_batch_size=global_batch_size,
-                         process_index=process_index, process_count=process_count)
-  steps = num_eval_batches(len(source), global_batch_size)
-  dataset = grain.MapDataset.range(0, steps * local).map(example)
-  return _iterate(dataset, cfg, local)

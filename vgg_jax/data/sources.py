@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional, Protocol, Sequence
+from typing import Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -58,14 +58,10 @@ class Source(Protocol):
     ...
 
 
-def _get(cfg, field: str, default: Any = None) -> Any:
-  return cfg.get(field, default) if hasattr(cfg, 'get') else getattr(cfg, field, default)
-
-
 def dataset_info(cfg) -> DatasetInfo:
   """Classes and split sizes; prepares the built-in dataset on first use."""
-  name = _get(cfg, 'name')
-  splits = [_get(cfg, 'train_split', 'train'), _get(cfg, 'eval_split', 'test')]
+  name = cfg.name
+  splits = [cfg.train_split, cfg.eval_split]
   if name == IMAGE_FOLDER:
     root = _folder_root(cfg)
     class_names = _folder_classes(root, splits[0])
@@ -83,9 +79,9 @@ def dataset_info(cfg) -> DatasetInfo:
 
 def open_split(cfg, split: str) -> Source:
   """The split as a random-access `Source`."""
-  if _get(cfg, 'name') == IMAGE_FOLDER:
+  if cfg.name == IMAGE_FOLDER:
     root = _folder_root(cfg)
-    class_names = _folder_classes(root, _get(cfg, 'train_split', 'train'))
+    class_names = _folder_classes(root, cfg.train_split)
     return FolderSource(*_scan_split(root, split, class_names))
   return _tfds_source(cfg, split, _tfds_builder(cfg))
 
@@ -97,7 +93,7 @@ def mean_rgb(cfg, split: Optional[str] = None,
   Every image weighs the same whatever its size, like the per-image crops the
   network sees. Use it to fill `mean_rgb` for a new dataset.
   """
-  source = open_split(cfg, split or _get(cfg, 'train_split', 'train'))
+  source = open_split(cfg, split or cfg.train_split)
   step = max(1, len(source) // max_examples)
   means = [transforms.decode(source[i][0]).reshape(-1, 3).mean(0)
            for i in range(0, len(source), step)]
@@ -126,9 +122,7 @@ class TfdsSource:
 
 
 def _tfds_builder(cfg) -> tfds.core.DatasetBuilder:
-  name = _get(cfg, 'name')
-  data_dir = _get(cfg, 'data_dir')
-  config = _get(cfg, 'builder_config')
+  name, data_dir, config = cfg.name, cfg.data_dir, cfg.builder_config
   if name == BUILTIN:
     return builtin.prepare(data_dir, config)
   try:
@@ -220,7 +214,7 @@ class FolderSource:
 
 
 def _folder_root(cfg) -> str:
-  root = _get(cfg, 'folder')
+  root = cfg.folder
   if not root:
     raise ValueError("data.name='image_folder' needs data.folder: a directory "
                      'with train/<class>/* and test/<class>/* images')

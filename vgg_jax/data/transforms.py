@@ -141,11 +141,6 @@ def random_crop_offsets(height: int, width: int, size: int,
   return top, left
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-  top, left = random_crop_offsets(*image.shape[:2], size, rng)
-  return crop(image, top, left, size)
-
-
 def flip(image: np.ndarray) -> np.ndarray:
   """Horizontal (left-right) mirror image."""
   return image[:, ::-1]
@@ -182,16 +177,6 @@ def pca_colour_offset(alphas: np.ndarray, pixel_scale: float = 255.0) -> np.ndar
   return (EIGVEC @ (alphas * EIGVAL)) * np.float32(pixel_scale)
 
 
-def pca_colour_shift(image: np.ndarray, alphas: np.ndarray,
-                     pixel_scale: float = 255.0) -> np.ndarray:
-  """Adds the same lighting offset to every pixel of a float image."""
-  return image + pca_colour_offset(alphas, pixel_scale)
-
-
-def subtract_mean(image: np.ndarray, mean_rgb: Sequence[float]) -> np.ndarray:
-  return image - np.asarray(mean_rgb, np.float32)
-
-
 # --------------------------------------------------------------------------
 # The two protocols.
 # --------------------------------------------------------------------------
@@ -222,9 +207,10 @@ def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
                scale: int, color_shift: float, mean_rgb: Sequence[float]) -> np.ndarray:
   """One augmented training crop, float32 [image_size, image_size, 3].
 
-  Equals `subtract_mean(pca_colour_shift(maybe flip(random_crop(rescale(
-  image, scale))), alphas), mean_rgb)` to within one grey level (see
-  `rescaled_crop`), without resampling the pixels outside the crop. `scale` is this image's S (from
+  Equals the paper's steps one after the other (rescale to S, a random crop,
+  a flip at random, the PCA colour shift, the mean subtracted; tests/test_data.py
+  composes them) to within one grey level (see `rescaled_crop`), without
+  resampling the pixels outside the crop. `scale` is this image's S (from
   `sample_scale`, drawn first so that decoding can use it); then the crop
   offsets, the flip and the three lighting alphas come from `rng`, in that order.
   """
@@ -239,13 +225,3 @@ def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
   out += offset
   return out
 
-
-def eval_view(image: np.ndarray, *, image_size: int, scale: int,
-              mean_rgb: Sequence[float]) -> np.ndarray:
-  """The single-crop test view: smaller side to Q, centre crop, mean subtracted."""
-  new_h, new_w = rescaled_size(*image.shape[:2], scale)
-  image = rescaled_crop(image, scale, (new_h - image_size) // 2, (new_w - image_size) // 2,
-                        image_size)
-  out = image.astype(np.float32)
-  out -= np.asarray(mean_rgb, np.float32)
-  return out

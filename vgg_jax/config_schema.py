@@ -1,7 +1,10 @@
-"""What the configs share: every field with the paper's values, and the argument parser.
+"""The config schema: every field with its default, the configs' argument parser, and loading.
 
-`base_config()` is the one schema: each config file starts from it and sets
-only what differs, so every config takes the same `--config.*` overrides.
+`base_config()` is the one schema: each config file (configs/*.py) starts from
+it and sets only what differs, so every config takes the same `--config.*`
+overrides and the code reads every field as `config.group.field`, with no
+default of its own. A config saved by an older version lacks the fields added
+since; `complete` gives them their defaults, which is what that version used.
 
 Configs are code and take one string, as in big_vision:
 `--config=configs/imagenet.py:D,S=384` calls `get_config('D,S=384')`. The
@@ -13,13 +16,22 @@ string is a comma-separated list of
 
 Unknown keys fail with the list of known ones, so a typo never silently
 trains the wrong model.
+
+Config files are loaded by path, never installed (only `vgg_jax` is): a file
+that builds on another loads it with `load_config_module`, relative to its
+own `__file__`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
+import types
 from typing import Any
 
 import ml_collections
+from flax import traverse_util
 from ml_collections import config_dict
 
 
@@ -58,10 +70,21 @@ def base_config() -> ml_collections.ConfigDict:
       test_scale=256,
       color_shift=0.1,
       mean_rgb=(123.68, 116.779, 103.939),
+      # A fresh permutation of the training examples every epoch; False reads
+      # them in split order.
+      shuffle=True,
+      # Threads decoding and augmenting images; 0: min(16, CPUs).
+      num_threads=0,
+      # grain worker processes instead of threads (0: none), for large JPEG
+      # datasets whose decoding the threads cannot keep up with.
+      num_workers=0,
+      # Training batches prepared ahead of the step that takes them.
+      prefetch_batches=2,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-2,
       momentum=0.9,
+      nesterov=False,  # the paper's momentum is the classical one
       weight_decay=5e-4,
       schedule='plateau',
       warmup_epochs=0.0,
@@ -98,6 +121,29 @@ def base_config() -> ml_collections.ConfigDict:
   # the centre crop; the paper's single-scale Table 3 is 'dense' at Q = S.
   config.evals = ('single', 'dense')
   return config
+
+
+def to_json(config) -> dict:
+  """A config as the JSON data `vgg_jax.train` saves in config.json (tuples as lists)."""
+  return json.loads(config.to_json_best_effort())
+
+
+def complete(saved: dict) -> dict:
+  """A config in JSON form (e.g. an older run's config.json) with every field it
+  lacks set to the schema's default: the value a run made before the field
+  existed used. Fields the schema does not know stay as they are."""
+  flat = traverse_util.flatten_dict(to_json(base_config()))
+  flat.update(traverse_util.flatten_dict(saved))
+  return traverse_util.unflatten_dict(flat)
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """The config file at `path` as a module, executed (configs are trusted code)."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def _convert(key: str, text: str, default: Any) -> Any:

@@ -1,0 +1,115 @@
+"""A run's directory: what lives where, and files written whole or not at all.
+
+    WORKDIR/config.json           the resolved config (vgg_jax.train)
+    WORKDIR/metrics.jsonl         one JSON object per logged step
+    WORKDIR/checkpoints/<step>/   orbax checkpoints (vgg_jax.checkpoints)
+    WORKDIR/checkpoints_damaged/  damaged ones, moved aside
+    WORKDIR/eval/<name>.json      evaluations (vgg_jax.evaluate)
+
+A point of a sweep (experiments.sweep launches it, experiments.point runs it)
+adds point.json (its config and evaluations), train_result.json (training
+done) and evals.json (evaluations done).
+
+Every JSON file is written to a temporary file beside it and renamed over it,
+so a reader, or a run killed while writing, never leaves or sees half a file.
+Nothing here imports TensorFlow: sweeps' launcher and the report read run
+directories without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from typing import Any, Optional
+
+from flax import traverse_util
+
+from vgg_jax import config_schema
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+CHECKPOINT_DIR = 'checkpoints'
+DAMAGED_DIR = 'checkpoints_damaged'
+EVAL_DIR = 'eval'
+POINT_FILE = 'point.json'
+TRAIN_RESULT_FILE = 'train_result.json'
+EVALS_FILE = 'evals.json'
+
+# A field one side of a config comparison lacks.
+UNSET = object()
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds a committed checkpoint (a step directory)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def is_trained(point_dir: str) -> bool:
+  """Whether a sweep point's training has finished."""
+  return os.path.isfile(os.path.join(point_dir, TRAIN_RESULT_FILE))
+
+
+def read_point(point_dir: str) -> Optional[dict]:
+  """A sweep point's point.json (None if there is none), its config completed
+  with the fields that joined the schema since it was written. The config has
+  no `evals`: a point's evaluations are point.json's own 'evals'."""
+  spec = read_json(os.path.join(point_dir, POINT_FILE))
+  if spec is None:
+    return None
+  config = config_schema.complete(spec['config'])
+  del config['evals']
+  return {**spec, 'config': config}
+
+
+def read_json(path: str, default: Any = None) -> Any:
+  """The JSON data in `path`, or `default` if there is no such file."""
+  if not os.path.isfile(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Replaces `path` by `text` in one rename: readers see the old file or the new one.
+
+  The temporary file is hidden and ends in '.tmp' (a kill can leave it behind),
+  so a listing of `*.json` or `*.jsonl` never takes it for the real one. It is
+  synced before the rename, so not even a crash of the machine leaves the
+  name pointing to an empty file.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
+  try:
+    with open(tmp, 'x') as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+
+
+def write_json(path: str, data: Any) -> None:
+  """Writes `data` as indented JSON atomically; an unchanged file is not touched,
+  so that rerunning finished work changes no file."""
+  text = json.dumps(data, indent=2, sort_keys=True) + '\n'
+  if os.path.isfile(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+  write_text_atomic(path, text)
+
+
+def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """('group.field', old value, new value) for every field that differs, sorted.
+
+  Both configs are JSON data (`config_schema.to_json`), so tuples and lists
+  compare equal; a field only one side has is `UNSET` on the other.
+  """
+  old, new = (traverse_util.flatten_dict(c, sep='.') for c in (old, new))
+  pairs = ((key, old.get(key, UNSET), new.get(key, UNSET)) for key in sorted({*old, *new}))
+  return [(key, a, b) for key, a, b in pairs if a != b]
