@@ -64,7 +64,7 @@ from typing import Optional, Sequence
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_jax import config_schema, errors, evaluation
+from vgg_jax import config_schema, console, errors, evaluation
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -520,6 +520,7 @@ def run_sweep(options) -> int:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  console.quiet_libraries()
   options = flags.FLAGS
   try:
     if not options['sweep'].present or not options.workdir:

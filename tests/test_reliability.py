@@ -369,8 +369,8 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
 
 def final_evaluation(stderr):
   """The training loop's last evaluation, from its log line."""
-  line = re.findall(r'single at Q=\d+: top-1 error ([\d.]+), top-5 error [\d.]+, '
-                    r'NLL ([\d.]+) over (\d+) examples', stderr)[-1]
+  line = re.findall(r'eval top-1 error ([\d.]+)  top-5 error [\d.]+  NLL ([\d.]+)  '
+                    r'\((\d+) examples\)', stderr)[-1]
   return {'top1': line[0], 'nll': float(line[1]), 'examples': int(line[2])}
 
 

@@ -45,7 +45,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import config_schema, cpu_ops, data, optim, parallel, train
+from vgg_jax import config_schema, console, cpu_ops, data, optim, parallel, train
 from vgg_jax.model import VGG, resolve_layers
 from vgg_jax.summary import layer_table
 
@@ -346,6 +346,7 @@ def main(argv):
   f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  console.quiet_libraries()
   unknown = set(f.measure) - {'train', 'peak', 'eval', 'pipeline'}
   if unknown:
     sys.exit(f'vgg_jax.benchmark: error: unknown --measure entries {sorted(unknown)}: '

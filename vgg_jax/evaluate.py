@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from vgg_jax import checkpoints, cli, config_schema, errors, evaluation, parallel
+from vgg_jax import checkpoints, cli, config_schema, console, errors, evaluation, parallel
 from vgg_jax.data import transforms
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
@@ -218,6 +218,7 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNa
 def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  console.quiet_libraries()
   import tensorflow as tf  # serves tfds only; keep it off the GPUs
   tf.config.set_visible_devices([], 'GPU')
   workdir = command.workdir.value

@@ -514,10 +514,11 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
     order = np.argsort(index)
     result['index'] = index[order]
     result['posterior'] = np.concatenate([k['posterior'] for k in kept])[order]
-  logging.info('%s at Q=%s%s: top-1 error %.4f, top-5 error %.4f, NLL %.4f over %d '
-               'examples (%d views), %.1f img/s (%.1f s compiling excluded)', protocol,
-               ','.join(map(str, scales)), ' with flips' if flip else '',
-               result['top1_error'], result['top5_error'], result['nll'],
-               result['num_examples'], result['num_views'], result['images_per_sec'],
-               run.compile_seconds)
+  # The callers report the result; the details are for --v=1.
+  logging.debug('%s at Q=%s%s: top-1 error %.4f, top-5 error %.4f, NLL %.4f over %d '
+                'examples (%d views), %.1f img/s (%.1f s compiling excluded)', protocol,
+                ','.join(map(str, scales)), ' with flips' if flip else '',
+                result['top1_error'], result['top5_error'], result['nll'],
+                result['num_examples'], result['num_views'], result['images_per_sec'],
+                run.compile_seconds)
   return result

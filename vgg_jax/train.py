@@ -31,8 +31,8 @@ from clu import metric_writers, parameter_overview
 from optax import contrib
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, config_schema, cpu_ops, data, errors, evaluation,
-                     faults, optim, parallel, resume, warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, console, cpu_ops, data, errors,
+                     evaluation, faults, optim, parallel, resume, summary, warm_start)
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
@@ -199,6 +199,12 @@ class MetricsLog:
     self.writer.close()
 
 
+def log_evaluation(step: int, result: dict) -> None:
+  logging.info('step %d  eval top-1 error %.4f  top-5 error %.4f  NLL %.4f  (%d examples)',
+               step, result['top1_error'], result['top5_error'], result['nll'],
+               result['num_examples'])
+
+
 def save_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     run_files.write_json(os.path.join(workdir, run_files.CONFIG_FILE),
@@ -273,6 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   lr_fn = optim.learning_rate_fn(config.optimizer, num_steps, epoch_steps)
   tx = optim.create_optimizer(config.optimizer, num_steps, epoch_steps)
 
+  logging.info('dataset %s: %d training images, %d classes; evaluating on %s',
+               config.data.name, num_train, info.num_classes, config.data.eval_split)
+  logging.info('model VGG-%s at width %g: %s parameters', config.model.variant,
+               config.model.width,
+               f"{summary.count_params(summary.abstract_variables(model)['params']):,}")
   root = jax.random.key(config.seed)
   init_key, dropout_key = jax.random.split(root)
   state = create_train_state(model, tx, init_key, image_size, mesh)
@@ -284,7 +295,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info('resumed from the checkpoint at step %d', int(state.step))
   else:
     state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
-    parameter_overview.log_parameter_overview(state.params)
+    parameter_overview.log_parameter_overview(state.params)  # shown with --v=1
   save_config(config, workdir)
   start_step = int(state.step)
 
@@ -345,8 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
       if update_plateau is not None:
         state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
-      logging.info('step %d  eval top-1 error %.4f  top-5 error %.4f  (%d examples)', step,
-                   result['top1_error'], result['top5_error'], result['num_examples'])
+      log_evaluation(step, result)
       timer += time.perf_counter() - eval_start  # evaluation is not training time
     if scalars:
       log.write(step, scalars)
@@ -354,6 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if step % checkpoint_every == 0 or step == num_steps or preempted:
       losses.check()  # no checkpoint after a non-finite loss
       checkpoints.save(mngr, state, step)
+      logging.info('checkpoint at step %d (written in the background)', step)
     if preempted:
       mngr.wait_until_finished()
       log.close()
@@ -361,6 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   if result is None:  # resumed after the last step: evaluate what is there
     result = run_eval()
+    log_evaluation(num_steps, result)
   mngr.wait_until_finished()
   mngr.close()
   log.close()
@@ -399,6 +411,7 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNa
 def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  console.quiet_libraries()
   # TensorFlow serves tfds only; hide the GPUs so it reserves no memory on them.
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')

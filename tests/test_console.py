@@ -1,0 +1,65 @@
+"""A command's console: this project's lines by default, the libraries' with --v=1."""
+
+import logging as std_logging
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import logging
+
+from vgg_jax import console
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train import REPO, cli_args  # pylint: disable=wrong-import-position
+
+
+def record(pathname, level=std_logging.INFO):
+  return std_logging.LogRecord('absl', level, pathname, 1, 'message', None, None)
+
+
+@pytest.fixture
+def verbosity():
+  before = logging.get_verbosity()
+  yield logging.set_verbosity
+  logging.set_verbosity(before)
+
+
+def test_library_info_passes_only_at_verbosity_1(verbosity):
+  library = record('/site-packages/orbax/checkpoint/checkpoint_manager.py')
+  ours = record(os.path.join(REPO, 'vgg_jax', 'train.py'))
+  experiments = record(os.path.join(REPO, 'experiments', 'point.py'))
+  verbosity(logging.INFO)
+  assert not console.LibraryFilter().filter(library)
+  assert console.LibraryFilter().filter(ours) and console.LibraryFilter().filter(experiments)
+  # Warnings pass whoever logs them.
+  assert console.LibraryFilter().filter(record(library.pathname, std_logging.WARNING))
+  verbosity(logging.DEBUG)  # --v=1
+  assert console.LibraryFilter().filter(library)
+
+
+INFO_LINE = re.compile(r'I\d{4} [\d:.]+\s+\d+ (\S+?):\d+\] ')
+
+
+def test_a_run_prints_setup_progress_evaluations_checkpoints_and_result(tmp_path):
+  cmd = cli_args(os.path.join(REPO, 'configs/default.py'), tmp_path / 'run', tmp_path / 'tfds',
+                 **{'num_train_steps': 8, 'log_every_steps': 4, 'eval_every_steps': 8,
+                    'checkpoint_every_steps': 4})
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  sources = [m.group(1) for m in map(INFO_LINE.match, proc.stderr.splitlines()) if m]
+  own = {f for _, _, files in os.walk(os.path.join(REPO, 'vgg_jax')) for f in files}
+  # Python INFO lines (file.py) all come from this project: no orbax, TFDS or clu
+  # (warnings pass whoever logs them).
+  assert {s for s in sources if s.endswith('.py')} <= own, sources
+  text = proc.stderr
+  for expected in (r'dataset vgg_shapes: 300 training images, 10 classes',
+                   r'model VGG-A at width 0\.0625: [\d,]+ parameters',
+                   r'step 4/8  loss [\d.]+  top-1 error [\d.]+  \d+ img/s  ETA',
+                   r'step 8  eval top-1 error [\d.]+  top-5 error [\d.]+  NLL [\d.]+  \(100 examples\)',
+                   r'checkpoint at step 4 ', r'checkpoint at step 8 ',
+                   r'final test accuracy [\d.]+% '):
+    assert re.search(expected, text), (expected, text[-3000:])
+  assert len(text.splitlines()) <= 30, text
+  assert proc.stdout.strip().splitlines()[-1].startswith('final test accuracy: ')
