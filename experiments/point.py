@@ -117,8 +117,7 @@ def start_worker() -> None:
   # Points of a sweep share their train and evaluation steps' shapes: the
   # second one on a machine skips their compilation. JAX_COMPILATION_CACHE_DIR,
   # when set, is JAX's own choice and stays.
-  if not os.environ.get('JAX_COMPILATION_CACHE_DIR'):
-    parallel.enable_compilation_cache(parallel.DEFAULT_COMPILATION_CACHE)
+  parallel.enable_compilation_cache(parallel.compilation_cache_dir())
   # Under SLURM with several tasks, jax.distributed reads the job from the
   # environment; a single process does nothing.
   parallel.initialize_distributed()

@@ -2,16 +2,38 @@
 
 The flag must be set before jax is imported anywhere in the test process.
 
+One persistent compilation cache for the whole session, in-process tests and
+the commands they start alike (`vgg_jax.train` and sweep points keep JAX's
+cache when JAX_COMPILATION_CACHE_DIR is set): the same tiny steps compile once,
+not once per test module and subprocess. pytest-xdist's workers share it.
+
 Only `vgg_jax` is installed; the tests also import `configs` and
 `experiments` from the checkout, whose root is put on sys.path here so that
 a bare `pytest` works as well as `python -m pytest` (which adds the cwd).
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-os.environ['XLA_FLAGS'] = ' '.join(
-    [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
+# Once: pytest-xdist's workers inherit the controller's environment.
+if '--xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = ' '.join(
+      [os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8']).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_OWN_CACHE = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix='vgg_jax_tests_xla_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+def pytest_unconfigure(config):
+  del config
+  # Only the process that made the cache removes it: xdist's workers end first.
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)

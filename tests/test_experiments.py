@@ -73,7 +73,7 @@ def run_cli(module, *args, timeout=600):
   # (test_train and test_parallel cover eight), and eight simulated devices
   # take twice as long to compile and step.
   env = dict(os.environ, XLA_FLAGS=re.sub(r'--xla_force_host_platform_device_count=\d+', '',
-                                          os.environ.get('XLA_FLAGS', '')))
+                                          os.environ.get('XLA_FLAGS', '')).strip())
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -102,6 +102,14 @@ def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mes
 DEFAULT_COMPILATION_CACHE = '~/.cache/vgg_jax/xla'
 
 
+def compilation_cache_dir(requested: Optional[str] = None) -> str:
+  """The cache a command enables: the one asked for, else none of its own where
+  JAX_COMPILATION_CACHE_DIR already gives JAX one, else the default."""
+  if requested is not None:
+    return requested
+  return '' if os.environ.get('JAX_COMPILATION_CACHE_DIR') else DEFAULT_COMPILATION_CACHE
+
+
 def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
   """Keeps compiled programs in `path`, so a restarted or repeated run skips XLA.
 

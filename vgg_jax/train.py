@@ -396,8 +396,9 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNa
       workdir=flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
                                   flag_values=flag_values),
       compilation_cache=flags.DEFINE_string(
-          'compilation_cache', parallel.DEFAULT_COMPILATION_CACHE, 'Directory where '
-          'compiled steps are kept for the next run or restart (\'\' turns the cache off).',
+          'compilation_cache', None, 'Directory where compiled steps are kept for the '
+          'next run or restart (\'\' turns the cache off; default: '
+          f'$JAX_COMPILATION_CACHE_DIR if set, else {parallel.DEFAULT_COMPILATION_CACHE}).',
           flag_values=flag_values),
       allow_config_change=flags.DEFINE_bool(
           'allow_config_change', False, 'Resume a workdir even if --config changes the '
@@ -416,7 +417,8 @@ def main(argv, command: types.SimpleNamespace):
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   try:
-    parallel.enable_compilation_cache(command.compilation_cache.value)
+    parallel.enable_compilation_cache(parallel.compilation_cache_dir(
+        command.compilation_cache.value))
     parallel.initialize_distributed(command.coordinator_address.value,
                                     command.num_processes.value, command.process_id.value)
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
