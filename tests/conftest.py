@@ -17,6 +17,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Once: pytest-xdist's workers inherit the controller's environment.
@@ -37,3 +39,15 @@ def pytest_unconfigure(config):
   # Only the process that made the cache removes it: xdist's workers end first.
   if _OWN_CACHE is not None:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+# Fixtures that run a command end to end (a reference training run in a
+# subprocess, a whole sweep): every test that uses one is slow.
+SLOW_FIXTURES = {'reference', 'tiny_sweep'}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
+      item.add_marker(pytest.mark.slow)

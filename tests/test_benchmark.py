@@ -38,6 +38,7 @@ def run_benchmark(*args):
                         capture_output=True, text=True, env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_benchmark_prints_every_measurement_as_json(tmp_path):
   out = tmp_path / 'bench.json'
   proc = run_benchmark('--width=0.0625', '--fc_width=16', '--batch_size=8', '--steps=1',

@@ -42,6 +42,7 @@ def test_library_info_passes_only_at_verbosity_1(verbosity):
 INFO_LINE = re.compile(r'I\d{4} [\d:.]+\s+\d+ (\S+?):\d+\] ')
 
 
+@pytest.mark.slow
 def test_a_run_prints_setup_progress_evaluations_checkpoints_and_result(tmp_path):
   cmd = cli_args(os.path.join(REPO, 'configs/default.py'), tmp_path / 'run', tmp_path / 'tfds',
                  **{'num_train_steps': 8, 'log_every_steps': 4, 'eval_every_steps': 8,

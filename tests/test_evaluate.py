@@ -276,6 +276,7 @@ def test_training_loop_arrays_are_used_in_place_and_compiled_once(run):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_on_one_device_matches_eight_and_writes_auto_scales(run):
   workdir, _, _, _ = run
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')

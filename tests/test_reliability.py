@@ -320,8 +320,10 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
     reference, data_dir, cache_dir, tmp_path):
   workdir = tmp_path / 'pair'
   coordinator = [f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
-  pair = [Run(workdir, data_dir, cache_dir, devices=2, flags=[*coordinator, f'--process_id={i}'])
-          for i in range(2)]
+  # The pair evaluates with each checkpoint (a config field that may change on
+  # resume): each process scores its half of the test split on its own devices.
+  pair = [Run(workdir, data_dir, cache_dir, devices=2, eval_every_steps=4,
+              flags=[*coordinator, f'--process_id={i}']) for i in range(2)]
   # SIGTERM to one process only: JAX's preemption service tells the other, and
   # both checkpoint the same step.
   assert pair[1].wait_until(lambda: os.path.isdir(workdir / 'checkpoints' / '4'))
@@ -332,6 +334,20 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
   stopped_at = int(re.search(r'at step (\d+)', pair[0].last_line()).group(1))
   assert 'JAX process 1/2' in pair[1].stderr() and 'on 4 devices' in pair[1].stderr()
   assert max(checkpoints.available_steps(str(workdir))) == stopped_at < STEPS
+
+  # Their last evaluation, summed over the two processes, scores like one
+  # process evaluating the same checkpoint (still kept: the newest two are).
+  evaluated = 4 * (stopped_at // 4)
+  logged = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
+  pair_eval = next(l for l in logged if l['step'] == evaluated and 'eval/top1_error' in l)
+  here = evaluate.evaluate_run(str(workdir), step=evaluated, batch_size=16)
+  assert here['num_examples'] == 100 and here['step'] == evaluated
+  assert pair_eval['eval/top1_error'] == here['top1_error']
+  np.testing.assert_allclose(pair_eval['eval/nll'], here['nll'], rtol=1e-4)
+  for run in pair:
+    assert final_evaluation(run.stderr(), evaluated) == {
+        'top1': f'{here["top1_error"]:.4f}', 'examples': 100,
+        'nll': pytest.approx(here['nll'], rel=1e-3)}
 
   # One process with four devices continues from the pair's checkpoint.
   single = Run(workdir, data_dir, cache_dir)
@@ -351,26 +367,11 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
   np.testing.assert_allclose([losses[s] for s in sorted(losses)],
                              [expected[s] for s in sorted(expected)], rtol=1e-5)
 
-  # The pair again, on the finished run: it has no step left, so it evaluates
-  # the final checkpoint, each process its half of the test split on its own
-  # devices, the totals summed across processes. The same score as one process.
-  coordinator = [f'--coordinator_address=127.0.0.1:{free_port()}', '--num_processes=2']
-  pair = [Run(workdir, data_dir, cache_dir, devices=2, flags=[*coordinator, f'--process_id={i}'])
-          for i in range(2)]
-  assert [run.finish() for run in pair] == [0, 0], (
-      pair[0].stderr()[-2000:] + pair[1].stderr()[-2000:])
-  expected = final_evaluation(single.stderr())
-  assert expected['examples'] == 100  # the whole tiny test split
-  for run in pair:
-    got = final_evaluation(run.stderr())
-    assert got['examples'] == expected['examples'] and got['top1'] == expected['top1']
-    np.testing.assert_allclose(got['nll'], expected['nll'], rtol=1e-4)
 
-
-def final_evaluation(stderr):
-  """The training loop's last evaluation, from its log line."""
-  line = re.findall(r'eval top-1 error ([\d.]+)  top-5 error [\d.]+  NLL ([\d.]+)  '
-                    r'\((\d+) examples\)', stderr)[-1]
+def final_evaluation(stderr, step):
+  """The training loop's evaluation at `step`, from its log line."""
+  line = re.findall(rf'step {step}  eval top-1 error ([\d.]+)  top-5 error [\d.]+  '
+                    r'NLL ([\d.]+)  \((\d+) examples\)', stderr)[-1]
   return {'top1': line[0], 'nll': float(line[1]), 'examples': int(line[2])}
 
 
@@ -593,6 +594,7 @@ def test_flag_errors_are_one_line(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_reports_flag_errors_in_one_line(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'vgg_jax.train', f'--config={CONFIG_FILE}',
                          f'--workdir={tmp_path}', '--config.model.varient=D'],
