@@ -9,12 +9,13 @@ import hashlib
 import os
 
 import grain
+import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from vgg_jax import data
+from vgg_jax import data, train
 from vgg_jax.data import builtin
 from vgg_jax.data import pipeline
 from vgg_jax.data import transforms
@@ -244,10 +245,11 @@ def test_train_view_without_geometry_is_image_or_mirror_minus_mean():
   mean = (10.0, 20.0, 30.0)
   seen = set()
   for seed in range(20):
-    out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
-                                scale=32, color_shift=0.0, mean_rgb=mean)
-    assert out.dtype == np.float32 and out.shape == (32, 32, 3)
-    restored = (out + np.float32(mean)).astype(np.uint8)
+    crop, offset = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+                                         scale=32, color_shift=0.0, mean_rgb=mean)
+    assert crop.dtype == np.uint8 and crop.shape == (32, 32, 3)
+    np.testing.assert_array_equal(offset, -np.float32(mean))
+    restored = crop
     flipped = np.array_equal(restored, transforms.flip(image))
     assert flipped or np.array_equal(restored, image)
     seen.add(flipped)
@@ -260,8 +262,9 @@ def test_train_view_is_determined_by_the_generator():
   a = transforms.train_view(image, np.random.default_rng(5), **kw)
   b = transforms.train_view(image, np.random.default_rng(5), **kw)
   c = transforms.train_view(image, np.random.default_rng(6), **kw)
-  np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0]) or not np.array_equal(a[1], c[1])
 
 
 def assert_within_one_grey_level(out, expected):
@@ -275,8 +278,9 @@ def test_train_view_is_the_composition_of_the_paper_steps():
   mean = (120.0, 110.0, 100.0)
   # Down- and upsampling, and no resampling at all (S = 70 is the image's side).
   for seed, scale in zip(range(6), (40, 40, 70, 100, 100, 33)):
-    out = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
-                                scale=scale, color_shift=0.1, mean_rgb=mean)
+    crop, offset = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+                                         scale=scale, color_shift=0.1, mean_rgb=mean)
+    out = crop.astype(np.float32) + offset
     rng = np.random.default_rng(seed)
     expected = random_crop(transforms.rescale(image, scale), 32, rng)
     if rng.random() < 0.5:
@@ -350,11 +354,24 @@ def test_train_positions_tile_the_global_batch():
 def test_train_batches_shapes_and_labels(cfg):
   batch = next(data.train_batches(cfg, global_batch_size=16, seed=0))
   assert batch['image'].shape == (16, 32, 32, 3)
-  assert batch['image'].dtype == np.float32
+  assert batch['image'].dtype == np.uint8  # a quarter of float32's bytes to the device
+  assert batch['offset'].shape == (16, 3) and batch['offset'].dtype == np.float32
   assert batch['label'].shape == (16,) and batch['label'].dtype == np.int32
   assert batch['label'].min() >= 0 and batch['label'].max() < 10
   # Mean-subtracted 0..255 pixels: centred near zero, spread like pixels.
-  assert abs(batch['image'].mean()) < 40 and 20 < batch['image'].std() < 120
+  pixels = np.asarray(train.network_input(batch))
+  assert abs(pixels.mean()) < 40 and 20 < pixels.std() < 120
+
+
+def test_the_step_makes_the_float_pixels_the_host_made_before_bit_for_bit(cfg):
+  """uint8 + offset on the device equals the float32 crop the host used to ship:
+  `out = crop.astype(float32); out += offset` (the pipeline's code until #14)."""
+  batch = next(data.train_batches(cfg, global_batch_size=16, seed=3))
+  on_device = np.asarray(jax.jit(train.network_input)(batch))
+  for image, offset, pixels in zip(batch['image'], batch['offset'], on_device):
+    before = image.astype(np.float32)
+    before += offset
+    np.testing.assert_array_equal(pixels, before)
 
 
 def test_same_seed_same_stream_other_seed_other_stream(cfg):
@@ -362,8 +379,8 @@ def test_same_seed_same_stream_other_seed_other_stream(cfg):
   b = take(data.train_batches(cfg, global_batch_size=16, seed=1), 2)
   c = take(data.train_batches(cfg, global_batch_size=16, seed=2), 1)
   for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-    np.testing.assert_array_equal(x['label'], y['label'])
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(x[key], y[key])
   assert not np.array_equal(a[0]['image'], c[0]['image'])
 
 
@@ -374,8 +391,8 @@ def test_resume_reproduces_the_uninterrupted_stream_across_epochs(cfg):
   resumed = take(data.train_batches(cfg, global_batch_size=batch, seed=0,
                                     start_step=3), 4)
   for want, got in zip(full[3:], resumed):
-    np.testing.assert_array_equal(want['image'], got['image'])
-    np.testing.assert_array_equal(want['label'], got['label'])
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(want[key], got[key])
 
 
 def test_shards_concatenate_to_the_single_process_batch(cfg):
@@ -385,7 +402,7 @@ def test_shards_concatenate_to_the_single_process_batch(cfg):
            for p in range(2)]
   for step in range(2):
     assert parts[0][step]['image'].shape == (12, 32, 32, 3)
-    for key in ('image', 'label'):
+    for key in ('image', 'offset', 'label'):
       joined = np.concatenate([parts[0][step][key], parts[1][step][key]])
       np.testing.assert_array_equal(joined, whole[step][key])
 

@@ -29,6 +29,7 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16):
   losses = []
   for _ in range(steps):
     batch = {'image': rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+             'offset': rng.normal(size=(batch_size, 3)).astype(np.float32),
              'label': rng.integers(0, 5, batch_size).astype(np.int32)}
     state, metrics = step(state, parallel.global_batch(batch, mesh))
     losses.append(float(metrics['train/loss']))

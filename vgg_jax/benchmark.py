@@ -132,8 +132,10 @@ def model_train_flops(model: VGG, batch: int) -> float:
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
+  """A training batch as `data.train_batches` makes them: uint8 pixels, offsets, labels."""
   rng = np.random.default_rng(0)
-  local = {'image': rng.standard_normal((batch, size, size, 3), np.float32) * 60,
+  local = {'image': rng.integers(0, 256, (batch, size, size, 3), np.uint8),
+           'offset': np.full((batch, 3), -120.0, np.float32),
            'label': rng.integers(0, num_classes, batch).astype(np.int32)}
   return jax.device_put(local, parallel.batch_sharded(mesh))
 

@@ -71,6 +71,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+def network_input(batch: dict) -> jax.Array:
+  """A training batch's float32 images: the uint8 pixels plus each image's offset
+  (its colour shift minus the mean), computed on the device so that the host
+  ships uint8 and does no float work (`data.train_batches`)."""
+  return batch['image'].astype(jnp.float32) + batch['offset'][:, None, None, :]
+
+
 def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.GradientTransformation,
                lr_fn: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
   """One SGD step on the global batch; pure, so it is compiled once."""
@@ -79,7 +86,7 @@ def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.Gradient
 
   def loss_fn(params):
     logits, new_model_state = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        {'params': params, 'batch_stats': state.batch_stats}, network_input(batch),
         train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
     return cross_entropy(logits, batch['label']), (logits, new_model_state)
 

@@ -99,10 +99,10 @@ class _TrainExample:
     rng = np.random.default_rng([self.seed, _AUGMENTATION, g])
     scale = transforms.sample_scale(self.scale_range, rng)
     image = transforms.decode(data, min_side=scale)
-    image = transforms.train_view(image, rng, image_size=self.image_size,
-                                  scale=scale, color_shift=self.color_shift,
-                                  mean_rgb=self.mean_rgb)
-    return dict(image=image, label=np.int32(label))
+    image, offset = transforms.train_view(image, rng, image_size=self.image_size,
+                                          scale=scale, color_shift=self.color_shift,
+                                          mean_rgb=self.mean_rgb)
+    return dict(image=image, offset=offset, label=np.int32(label))
 
 
 def _stack(examples):
@@ -153,7 +153,9 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
                   process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
   """Endless training batches from `start_step` on, this process's rows only.
 
-  Yields dict(image=float32 [B/P, s, s, 3], label=int32 [B/P]), s = image_size.
+  Yields dict(image=uint8 [B/P, s, s, 3], offset=float32 [B/P, 3], label=int32
+  [B/P]), s = image_size: the network's input is image + offset per image
+  (colour shift minus mean), made on the device (`vgg_jax.train.network_input`).
   """
   local = _local_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:

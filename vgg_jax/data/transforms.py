@@ -204,24 +204,27 @@ def rescaled_crop(image: np.ndarray, scale: int, top: int, left: int,
 
 
 def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
-               scale: int, color_shift: float, mean_rgb: Sequence[float]) -> np.ndarray:
-  """One augmented training crop, float32 [image_size, image_size, 3].
+               scale: int, color_shift: float,
+               mean_rgb: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+  """One augmented training crop: uint8 [image_size, image_size, 3] pixels and the
+  float32 [3] offset to add to them.
 
-  Equals the paper's steps one after the other (rescale to S, a random crop,
-  a flip at random, the PCA colour shift, the mean subtracted; tests/test_data.py
-  composes them) to within one grey level (see `rescaled_crop`), without
-  resampling the pixels outside the crop. `scale` is this image's S (from
-  `sample_scale`, drawn first so that decoding can use it); then the crop
-  offsets, the flip and the three lighting alphas come from `rng`, in that order.
+  `crop.astype(float32) + offset` (which the training step computes on the
+  device, see `vgg_jax.train.network_input`) equals the paper's steps one after
+  the other (rescale to S, a random crop, a flip at random, the PCA colour
+  shift, the mean subtracted; tests/test_data.py composes them) to within one
+  grey level (see `rescaled_crop`), without resampling the pixels outside the
+  crop. Shipping uint8 takes a quarter of float32's bytes and no float work
+  on the host. `scale` is this image's S (from `sample_scale`, drawn first so
+  that decoding can use it); then the crop offsets, the flip and the three
+  lighting alphas come from `rng`, in that order.
   """
   top, left = random_crop_offsets(*rescaled_size(*image.shape[:2], scale), image_size, rng)
   image = rescaled_crop(image, scale, top, left, image_size)
   if rng.random() < 0.5:
     image = flip(image)
   alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
-  # Colour shift and mean subtraction are both per-channel offsets: one pass.
+  # Colour shift and mean subtraction are both per-channel offsets: one add.
   offset = pca_colour_offset(alphas) - np.asarray(mean_rgb, np.float32)
-  out = image.astype(np.float32)
-  out += offset
-  return out
+  return np.ascontiguousarray(image, np.uint8), offset.astype(np.float32)
 
