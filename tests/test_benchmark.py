@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vgg_jax import benchmark
 from vgg_jax.model import VGG
@@ -39,10 +41,23 @@ def run_benchmark(*args):
 
 
 @pytest.mark.slow
+def image_folder(root, side=40, per_split=16):
+  """ROOT/{train,test}/<class>/*.png: a dataset the end-to-end run reads from disk."""
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for i in range(per_split):
+      folder = root / split / f'c{i % 2}'
+      folder.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(rng.integers(0, 256, (side, side, 3), np.uint8)).save(folder / f'{i}.png')
+  return root
+
+
 def test_benchmark_prints_every_measurement_as_json(tmp_path):
   out = tmp_path / 'bench.json'
+  folder = image_folder(tmp_path / 'images')
   proc = run_benchmark('--width=0.0625', '--fc_width=16', '--batch_size=8', '--steps=1',
                        '--windows=1', '--devices=2', '--pipeline_images=4', '--peak_size=256',
+                       '--measure=train,peak,eval,pipeline,end_to_end', f'--data_folder={folder}',
                        '--compare=torch', f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(out.read_text())
@@ -57,8 +72,11 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   assert train['mfu'] == pytest.approx(
       train['model_flops_per_sec'] / report['peak']['flops_per_sec'])
   assert report['machine']['devices'] == 2
-  for rate in (train, report['eval'], report['pipeline']['one_thread'], report['torch']):
+  for rate in (train, report['eval'], report['pipeline']['one_thread'], report['torch'],
+               report['end_to_end']):
     assert rate['img_per_sec'] > 0
+  assert report['end_to_end']['fraction_of_step_alone'] == pytest.approx(
+      report['end_to_end']['img_per_sec'] / train['img_per_sec'])
   assert report['torch']['ratio'] == pytest.approx(
       train['img_per_sec'] / report['torch']['img_per_sec'])
   assert report['torch']['ratio_best'] == pytest.approx(

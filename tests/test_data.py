@@ -620,3 +620,26 @@ def test_unreadable_image_is_named(tmp_path):
 def test_unknown_tfds_name_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown dataset name 'no_such_dataset_xyz'"):
     data.dataset_info(make_cfg(name='no_such_dataset_xyz', data_dir=str(tmp_path)))
+
+
+@pytest.mark.slow  # starts worker processes
+def test_batches_built_in_worker_processes_equal_the_threads_and_resume_exactly(cfg):
+  workers_cfg = _with(cfg, num_workers=2)
+  assert pipeline.worker_count(workers_cfg) == 2
+  threads = take(data.train_batches(cfg, global_batch_size=16, seed=4), 5)
+  workers = take(data.train_batches(workers_cfg, global_batch_size=16, seed=4), 5)
+  resumed = take(data.train_batches(workers_cfg, global_batch_size=16, seed=4, start_step=3), 2)
+  for want, got in zip(threads + threads[3:], workers + resumed):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_worker_count_defaults_to_none_on_the_cpu(cfg):
+  assert pipeline.worker_count(_with(cfg, num_workers=-1)) == 0  # the tests run on the CPU
+  assert pipeline.worker_count(_with(cfg, num_workers=3)) == 3
+
+
+def _with(cfg, **fields):
+  copy = ml_collections.ConfigDict(cfg.to_dict())
+  copy.update(fields)
+  return copy

@@ -22,6 +22,10 @@ windows take turns, so both see the same background load.
 * pipeline: the training input pipeline at 224 with scale jitter S in
   [256, 512] from JPEG files (`--pipeline_folder`, or synthetic photo-sized
   JPEGs), with one thread (img/s per core) and with all threads.
+* end_to_end: real training, as `vgg_jax.train` runs it: the input pipeline
+  reading `--data_folder` (or the built-in dataset) from disk, the copy to the
+  devices and the step, in windows taken in turns with the step alone's;
+  `fraction_of_step_alone` is how much of the step's rate it keeps.
 * --compare=torch: the same network, optimizer and batch in PyTorch (an
   optional dependency), and the ratio vgg_jax / PyTorch (`side_by_side`:
   of the medians, of back-to-back windows, of the best windows).
@@ -140,9 +144,8 @@ def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
   return jax.device_put(local, parallel.batch_sharded(mesh))
 
 
-def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
-  """A timed window of `steps` compiled train steps, and the compiled step."""
-  batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
+def compiled_train_step(model: VGG, mesh, batch: dict):
+  """(a fresh train state, the compiled step) for batches shaped like `batch`."""
   opt_cfg = config_schema.base_config().optimizer  # SGD, momentum 0.9, weight decay 5e-4
   opt_cfg.update(learning_rate=0.01, schedule='constant')
   tx = optim.create_optimizer(opt_cfg, num_steps=1000, steps_per_epoch=100)
@@ -153,14 +156,51 @@ def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
   compiled = step.lower(state, batch).compile()
   state, _ = compiled(state, batch)
   jax.block_until_ready(state)
+  return state, compiled
+
+
+def step_windows(state, compiled, next_batch: Callable[[], dict], steps: int):
+  """A timed window of `steps` training steps on the batches `next_batch` gives."""
 
   def window():
     nonlocal state
     for _ in range(steps):
-      state, _ = compiled(state, batch)  # no host synchronisation inside the loop
+      state, _ = compiled(state, next_batch())  # no host synchronisation inside
     jax.block_until_ready(state)
 
-  return window, compiled
+  return window
+
+
+def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
+  """Steps alone, on one batch already on the devices; and the compiled step."""
+  batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
+  state, compiled = compiled_train_step(model, mesh, batch)
+  return step_windows(state, compiled, lambda: batch, steps), compiled
+
+
+def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.ConfigDict:
+  """The data of the end-to-end run: an image folder, else the built-in dataset,
+  at the paper's S = 256/224 of the crop (37 for a 32 crop)."""
+  cfg = config_schema.base_config().data
+  scale = int(round(model.image_size * 256 / 224))
+  cfg.update(image_size=model.image_size, train_scale=(scale, scale), test_scale=scale)
+  if folder:
+    cfg.update(name='image_folder', folder=folder, eval_split='test')
+  else:
+    cfg.update(name='vgg_shapes', eval_split='test')
+  return cfg
+
+
+def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
+                       data_cfg: ml_collections.ConfigDict):
+  """Training as `vgg_jax.train` runs it: batches read from disk by the input
+  pipeline, copied to the devices ahead of the step (`prefetch_to_device`), and
+  the step; the pipeline's threads share the machine with the step."""
+  batches = parallel.prefetch_to_device(
+      data.train_batches(data_cfg, global_batch_size=batch_size, seed=0), mesh,
+      size=config_schema.base_config().prefetch_to_device)
+  state, compiled = compiled_train_step(model, mesh, next(batches))
+  return step_windows(state, compiled, lambda: next(batches), steps)
 
 
 def train_summary(rate: dict, compiled, model: VGG, mesh, batch_size: int) -> dict:
@@ -313,6 +353,9 @@ def torch_info() -> dict:
 # --------------------------------------------------------------------------
 
 
+MEASUREMENTS = ('train', 'peak', 'eval', 'pipeline', 'end_to_end')
+
+
 def _define_flags():
   # Defined by the command line only: importing this module (tests do) defines no flags.
   flags.DEFINE_string('variant', 'A', 'Row of Table 1.')
@@ -333,12 +376,15 @@ def _define_flags():
   flags.DEFINE_integer('windows', 3, 'Timed windows; rates are their median.')
   flags.DEFINE_integer('devices', 0, 'Use the first N devices (0: all).')
   flags.DEFINE_list('measure', ['train', 'peak', 'eval', 'pipeline'],
-      'What to measure: train, peak, eval, pipeline.')
+      'What to measure: train, peak, eval, pipeline, end_to_end.')
   flags.DEFINE_enum('compare', None, ['torch'], 'Also time PyTorch.')
   flags.DEFINE_string(
       'pipeline_folder', None, 'Image folder (train/<class>/*.jpg) for the pipeline; '
       'default: synthetic 500x375 JPEGs.')
   flags.DEFINE_integer('pipeline_images', 96, 'Images per pipeline window.')
+  flags.DEFINE_string(
+      'data_folder', None, 'Image folder (train/<class>/*) that end_to_end trains on; '
+      'default: the built-in vgg_shapes dataset.')
   flags.DEFINE_integer('peak_size', 0, 'Side of the peak matmul (0: 2048 on the '
       'CPU, 8192 on accelerators).')
   flags.DEFINE_string('output', None, 'Also write the JSON to this file.')
@@ -349,10 +395,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   console.quiet_libraries()
-  unknown = set(f.measure) - {'train', 'peak', 'eval', 'pipeline'}
+  unknown = set(f.measure) - set(MEASUREMENTS)
   if unknown:
     sys.exit(f'vgg_jax.benchmark: error: unknown --measure entries {sorted(unknown)}: '
-             'choose from train, peak, eval, pipeline')
+             f'choose from {", ".join(MEASUREMENTS)}')
   devices = jax.devices()
   if f.devices:
     if f.devices > len(devices):
@@ -383,11 +429,20 @@ def main(argv):
   if 'train' in measure:
     train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
     runs['train'] = (train_window, items)
+  if 'end_to_end' in measure:
+    runs['end_to_end'] = (prepare_end_to_end(model, mesh, f.batch_size, steps,
+                                             end_to_end_config(model, f.data_folder)), items)
   if f.compare == 'torch':
     runs['torch'] = (prepare_torch(model, f.batch_size, steps), items)
   rates = timed_rates(runs, windows)
   if 'train' in measure:
     report['train'] = train_summary(rates['train'], compiled, model, mesh, f.batch_size)
+  if 'end_to_end' in measure:
+    report['end_to_end'] = {**rates['end_to_end'], 'data_folder': f.data_folder}
+    if 'train' in report:
+      # Windows taken in turns with the step alone's: the same background load.
+      report['end_to_end']['fraction_of_step_alone'] = (
+          rates['end_to_end']['img_per_sec'] / rates['train']['img_per_sec'])
   if 'peak' in measure:
     peak = matmul_peak(model.dtype, devices[0], f.peak_size or None)
     if devices[0].platform != 'cpu':

@@ -73,11 +73,13 @@ def base_config() -> ml_collections.ConfigDict:
       # A fresh permutation of the training examples every epoch; False reads
       # them in split order.
       shuffle=True,
-      # Threads decoding and augmenting images; 0: min(16, CPUs).
+      # Threads decoding and augmenting images; 0: one per CPU.
       num_threads=0,
-      # grain worker processes instead of threads (0: none), for large JPEG
-      # datasets whose decoding the threads cannot keep up with.
-      num_workers=0,
+      # grain worker processes that build whole training batches, for large
+      # JPEG datasets whose decoding threads cannot keep up with (the GIL);
+      # 0: none; -1: CPUs - 2 when the step runs on an accelerator (the host
+      # only feeds it), none on the CPU (the step needs the cores).
+      num_workers=-1,
       # Training batches prepared ahead of the step that takes them.
       prefetch_batches=2,
   ))

@@ -22,9 +22,10 @@ every field its default):
   color_shift     std of the PCA lighting alphas (0.1 in the paper; 0 = off).
   mean_rgb        subtracted per channel, in 0..255 pixel units.
   shuffle         a fresh permutation every epoch (True) or split order.
-  num_threads     decode/augment threads (0 = min(16, CPUs)).
-  num_workers     grain worker processes (for large JPEG datasets when
-                  threads are GIL-bound); 0 = none.
+  num_threads     decode/augment threads (0 = one per CPU).
+  num_workers     grain worker processes building whole training batches (for
+                  large JPEG datasets when threads are GIL-bound); 0 = none,
+                  -1 = CPUs - 2 on an accelerator, none on the CPU.
   prefetch_batches  batches prepared ahead.
 
 Modules: `builtin` (the vgg_shapes dataset), `transforms` (the paper's image

@@ -15,8 +15,9 @@ batches an uninterrupted run would have produced. Nothing is cached beyond
 one permutation per live epoch and a bounded prefetch buffer.
 
 grain runs the per-example work (read, decode, augment) in a pool of threads
-(Pillow and numpy release the GIL), or in worker processes when
-`num_workers > 0`; both preserve order.
+(Pillow and numpy release the GIL), or, with worker processes
+(`num_workers`, `worker_count`), builds whole batches in the workers, so that
+the main process only receives them; both preserve order.
 """
 
 from __future__ import annotations
@@ -110,26 +111,41 @@ def _stack(examples):
 
 
 def decode_threads(cfg) -> int:
-  """Threads that decode and augment images: `data.num_threads`, 0 for min(16, CPUs)."""
-  return int(cfg.num_threads or min(16, os.cpu_count() or 1))
+  """Threads that decode and augment images: `data.num_threads`, 0 for one per CPU."""
+  return int(cfg.num_threads or os.cpu_count() or 1)
+
+
+def worker_count(cfg) -> int:
+  """`data.num_workers`, with -1 resolved: CPUs - 2 when JAX computes on an
+  accelerator (the host does nothing but feed it), 0 on the CPU, whose cores the
+  training step needs."""
+  if int(cfg.num_workers) >= 0:
+    return int(cfg.num_workers)
+  import jax  # pylint: disable=g-import-not-at-top  (the data package needs no jax otherwise)
+  if jax.default_backend() == 'cpu':
+    return 0
+  return max(0, (os.cpu_count() or 1) - 2)
 
 
 def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[dict]:
-  """Runs the per-example map in parallel, in order, and batches the results."""
-  prefetch = int(cfg.prefetch_batches)
-  workers = int(cfg.num_workers)
-  read = grain.ReadOptions(num_threads=decode_threads(cfg),
-                           prefetch_buffer_size=max(1, prefetch) * local_batch_size)
-  stream = dataset.to_iter_dataset(read)
-  if workers > 0:
-    # grain's workers read absl flags; outside an absl app nobody parsed them.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    # Workers take interleaved examples and grain merges them back in order,
-    # so batching after the merge keeps each batch's rows exact.
-    stream = stream.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
-  return iter(stream.batch(local_batch_size, batch_fn=_stack))
+  """The examples of `dataset` batched in order: per-example work on threads, or
+  whole batches built in worker processes."""
+  prefetch = max(1, int(cfg.prefetch_batches))
+  workers = worker_count(cfg)
+  if workers == 0:
+    read = grain.ReadOptions(num_threads=decode_threads(cfg),
+                             prefetch_buffer_size=prefetch * local_batch_size)
+    return iter(dataset.to_iter_dataset(read).batch(local_batch_size, batch_fn=_stack))
+  # grain's workers read absl flags; outside an absl app nobody parsed them.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  # Batch k is examples [k*B, (k+1)*B) whoever builds it: worker k % W makes
+  # it whole, stacking included, and grain hands them back in order. The main
+  # process only receives finished batches.
+  batches = dataset.batch(local_batch_size, drop_remainder=True, batch_fn=_stack)
+  stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  return iter(stream.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=workers, per_worker_buffer_size=prefetch)))
 
 
 def check_scales(cfg) -> None:
