@@ -29,8 +29,9 @@ Sizes:
             needs a GPU run).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
-            crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured 2026-11-29 for D (one point of the depth
-            sweep, experiments/README.md): 44.1 % top-1 / 5.5 % top-5 test
+            crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
+            2026-11-29 for D (one point of the depth sweep,
+            experiments/README.md): 44.1 % top-1 / 5.5 % top-5 test
             error (centre crop, Q = 37), 44.2 / 5.3 (dense, Q = 32, 37, 42), in
             11 min 33 s on the 2-core development machine while other jobs
             held it (load average 4-6; 150-370 img/s). With `epochs=1`, every
@@ -50,8 +51,8 @@ JITTER_TEST_SCALE = 55
 
 def get_config(arg=None):
   arg = config_schema.parse_arg(arg, positional='variant', variant='D', S=FIXED_SCALES[0],
-                         jitter=False, runlocal=False, folder='',
-                         epochs=0.0, head='fc')
+                                jitter=False, runlocal=False, folder='', epochs=0.0,
+                                head='fc')
   if arg.jitter and arg.S != FIXED_SCALES[0]:
     raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S from '
                      f'{list(JITTER_RANGE)}')

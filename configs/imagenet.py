@@ -56,7 +56,7 @@ FINE_TUNE_LEARNING_RATE = 1e-3  # §3.1: S = 384 starts from S = 256 at 1e-3
 
 def get_config(arg=None):
   arg = config_schema.parse_arg(arg, positional='variant', variant='D', S=256, jitter=False,
-                         scratch=False)
+                                scratch=False)
   if arg.jitter and arg.S != 256:
     raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S '
                      f'from {list(JITTER_RANGE)}')

@@ -2,15 +2,14 @@
 
     python -m experiments.sweep --sweep=configs/sweeps/conv1x1.py:runlocal --workdir=DIR
 
-C adds a 1x1 conv to the end of stages 3-5 of B (more non-linearity, the same
-receptive field); D adds a 3x3 conv there instead. The paper: C beats B, D
-beats C (28.7, 28.1, 27.0 % top-1 at S = 256, dense evaluation at Q = S): non-linearity helps, spatial
-context helps more. Base: configs/cifar10.py with the same argument; sweep
-option `seeds=N` (default 3).
+C adds a 1x1 conv to the end of stages 3-5 of B (more non-linearity, the same receptive
+field); D adds a 3x3 conv there instead. The paper: C beats B, D beats C (28.7, 28.1, 27.0
+% top-1 at S = 256, dense evaluation at Q = S): non-linearity helps, spatial context helps
+more. Base: configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
 Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; C's 3 points
-took 9 min, B and D came from the depth sweep): centre-crop top-1 error B 46.3 ± 1.7, C 49.3 ± 1.6,
-D 53.4 ± 2.2 %.
+took 9 min, B and D came from the depth sweep): centre-crop top-1 error B 46.3 ± 1.7, C
+49.3 ± 1.6, D 53.4 ± 2.2 %.
 """
 
 import os
