@@ -41,9 +41,9 @@ def pytest_unconfigure(config):
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
-# Fixtures that run a command end to end (a reference training run in a
-# subprocess, a whole sweep): every test that uses one is slow.
-SLOW_FIXTURES = {'reference', 'tiny_sweep'}
+# Fixtures that train a run end to end (in a subprocess or in this process) or
+# run a whole sweep: every test that uses one is slow.
+SLOW_FIXTURES = {'reference', 'tiny_sweep', 'uninterrupted', 'run'}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -40,7 +40,6 @@ def run_benchmark(*args):
                         capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.slow
 def image_folder(root, side=40, per_split=16):
   """ROOT/{train,test}/<class>/*.png: a dataset the end-to-end run reads from disk."""
   rng = np.random.default_rng(0)
@@ -52,6 +51,7 @@ def image_folder(root, side=40, per_split=16):
   return root
 
 
+@pytest.mark.slow
 def test_benchmark_prints_every_measurement_as_json(tmp_path):
   out = tmp_path / 'bench.json'
   folder = image_folder(tmp_path / 'images')
@@ -90,6 +90,7 @@ def test_side_by_side_ratios():
   assert ratios['ratio_best'] == pytest.approx(30 / 60)
 
 
+@pytest.mark.slow  # starts the command in a subprocess
 def test_more_devices_than_visible_is_a_one_line_error():
   proc = run_benchmark('--devices=3', '--measure=train')
   assert proc.returncode != 0

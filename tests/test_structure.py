@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Imports every module of vgg_jax and experiments after absl and ml_collections'
@@ -34,6 +36,7 @@ for name in sorted(set(flags.FLAGS) - before):
 '''
 
 
+@pytest.mark.slow  # subprocesses
 def test_importing_any_module_of_the_project_defines_no_flag():
   """Flags belong to the command lines' entry points: a library (or a module a
   test or another command imports) that defines them clashes with the flags of
@@ -74,6 +77,7 @@ while True:
 '''
 
 
+@pytest.mark.slow  # subprocesses
 def test_an_atomic_json_write_survives_sigkill_at_any_moment(tmp_path):
   """Whenever a writer dies, the file is one of the values written, whole."""
   size = 600_000  # about 4 MB of indented JSON: a write takes a while

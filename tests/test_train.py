@@ -88,6 +88,7 @@ def test_bad_config_fails_clearly_and_leaves_checkpoints_untouched(
   assert before == after
 
 
+@pytest.mark.slow  # starts the command in a subprocess
 def test_cli_error_is_one_line_with_nonzero_exit(tmp_path, data_dir):
   cmd = cli_args(os.path.join(REPO, 'configs/default.py'), tmp_path / 'w', data_dir,
                  **{'model.variant': 'Z'})
