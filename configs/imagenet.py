@@ -16,6 +16,12 @@ learning rate of 1e-2 divided by 10 when validation accuracy stops improving
 S, flips, PCA colour shift, ImageNet's mean RGB subtracted. Evaluation is
 once an epoch on the validation set (the plateau rule's signal).
 
+Compute is bf16 (`model.dtype`; parameters, optimizer state, batch-norm and
+LRN statistics and the loss stay float32): this config is for GPUs, where bf16
+is the fast path; `--config.model.dtype=float32` restores the paper's fp32.
+`--config.deterministic=True` makes a resumed GPU run bit-for-bit the
+uninterrupted one, at some speed.
+
 Initialisation, as the paper (set `--config.init_from=WORKDIR`, see
 `vgg_jax/warm_start.py`):
   * A trains from random weights; B-E start from a trained A (conv1_1,
@@ -66,6 +72,7 @@ def get_config(arg=None):
 
   config = config_schema.base_config()  # the paper's protocol
   config.model.variant = arg.variant
+  config.model.dtype = 'bfloat16'  # a GPU config: see the docstring
   config.data.train_scale = JITTER_RANGE if arg.jitter else (arg.S, arg.S)
   config.data.test_scale = JITTER_TEST_SCALE if arg.jitter else arg.S
   config.optimizer.learning_rate = FINE_TUNE_LEARNING_RATE if fine_tune else BASE_LEARNING_RATE

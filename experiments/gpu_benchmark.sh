@@ -1,42 +1,85 @@
 #!/usr/bin/env bash
-# VGG-16 (config D) at 224x224, bf16 compute with float32 parameters, batch 256,
-# on ONE GPU: train-step img/s, MFU against a matmul peak measured in the same
-# run, evaluation img/s, and the input pipeline's img/s per CPU core (JPEG
-# decode + scale jitter S in [256, 512] + 224 crop). Issue #5's target: >= 4,000
-# img/s on one H200. Takes 3-5 minutes; the whole script is capped at 8.
+# The first GPU run, made so that it cannot go to waste: VGG-16 (config D) at
+# 224 on ONE GPU, bf16 and fp32 compute, batch 256 and 512; each measurement
+# written to its own JSON as soon as it is made (a time-out loses only the one
+# running), the whole log tee'd, the machine recorded (jax.print_environment_info,
+# XLA_FLAGS, nvidia-smi with clocks).
 #
-#   bash experiments/gpu_benchmark.sh [OUT_DIR]     # default experiments/results
+#   bash experiments/gpu_benchmark.sh [OUT_DIR]     # default experiments/results/gpu_<time>
 #
+# Measured, per setting: the training step alone (img/s, model and XLA FLOP/s, MFU
+# against a bf16/fp32 matmul peak measured in the same run, and against the
+# data-sheet peak below), end to end from JPEGs on disk through the input pipeline
+# against the step alone (bf16, batch 256 only), evaluation img/s; the input
+# pipeline at 224 with S in [256, 512] on one thread (img/s per core), all threads
+# and worker processes building whole batches; and a 5-step profile of the bf16
+# batch-256 step. Issue #14's target: >= 4,000 img/s for bf16 on one H200.
 # Needs jax with CUDA: pip install -r requirements.txt -e '.[cuda]'
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out_dir=${1:-experiments/results}
+out_dir=${1:-experiments/results/gpu_$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out_dir"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out="$out_dir/gpu_benchmark_$stamp.json"
+exec > >(tee -a "$out_dir/log.txt") 2>&1
 
 if ! python -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
   echo "gpu_benchmark.sh: error: jax sees no GPU: install jax[cuda12] with" \
        "pip install -r requirements.txt -e '.[cuda]' on a machine with an NVIDIA GPU" >&2
   exit 2
 fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+echo "XLA_FLAGS=${XLA_FLAGS:-}"
 nproc
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.limit \
+  --format=csv || true
+python -c 'import jax; jax.print_environment_info()' > "$out_dir/environment.txt" 2>&1
+cat "$out_dir/environment.txt"
 
-# Keep compiled programs between runs of this script (compilation is not timed anyway).
+# Compiled programs kept between runs of this script (compilation is never timed).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$HOME/.cache/vgg_jax/xla}
-timeout 480 python -m vgg_jax.benchmark \
-  --variant=D --image_size=224 --batch_size=256 --width=1 --fc_width=4096 \
-  --num_classes=1000 --dtype=bfloat16 --devices=1 --steps=20 --windows=3 \
-  --measure=train,peak,eval,pipeline --pipeline_images=512 --output="$out"
+jpegs=$(mktemp -d)   # photo-sized synthetic JPEGs for the pipeline and end to end
+python -c "from vgg_jax import benchmark; benchmark.write_synthetic_jpegs('$jpegs', 1024)"
+vgg16="--variant=D --image_size=224 --width=1 --fc_width=4096 --num_classes=1000 --devices=1"
 
-python - "$out" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-t, p = r['train'], r['pipeline']
-print(f"{r['machine']['device_kind']}: VGG-16 224 bf16 batch 256: {t['img_per_sec']:,.0f} img/s "
-      f"train, MFU {t['mfu']:.1%} (peak {r['peak']['flops_per_sec'] / 1e12:.0f} TFLOP/s), "
-      f"{r['eval']['img_per_sec']:,.0f} img/s eval; pipeline {p['img_per_sec_per_core']:.0f} "
-      f"img/s per core: {t['img_per_sec'] / p['img_per_sec_per_core']:.0f} cores feed this GPU")
+run() {  # run NAME TIMEOUT_S ARGS...: one measurement, its JSON written when it ends
+  local name=$1 limit=$2; shift 2
+  echo "== $name: python -m vgg_jax.benchmark $*"
+  timeout "$limit" python -m vgg_jax.benchmark "$@" --output="$out_dir/$name.json" \
+    > /dev/null || echo "== $name: failed or timed out (exit $?)"
+}
+run bf16_b256 300 $vgg16 --dtype=bfloat16 --batch_size=256 --steps=20 --windows=3 \
+  --measure=train,peak,end_to_end,eval --data_folder="$jpegs" --profile_dir="$out_dir/profile"
+run bf16_b512 240 $vgg16 --dtype=bfloat16 --batch_size=512 --steps=10 --windows=3 --measure=train,peak
+run fp32_b256 240 $vgg16 --dtype=float32 --batch_size=256 --steps=10 --windows=3 --measure=train,peak
+run fp32_b512 240 $vgg16 --dtype=float32 --batch_size=512 --steps=5 --windows=3 --measure=train,peak
+run pipeline 300 $vgg16 --measure=pipeline --pipeline_folder="$jpegs" --pipeline_images=512 \
+  --windows=3
+
+# Data-sheet dense peaks of one H200 (SXM): bf16 989 TFLOP/s, fp32 67 TFLOP/s
+# (other GPUs: set DATASHEET_BF16 and DATASHEET_FP32 in TFLOP/s).
+python - "$out_dir" "${DATASHEET_BF16:-989}" "${DATASHEET_FP32:-67}" <<'PY'
+import glob, json, os, sys
+out_dir, bf16, fp32 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+summary = {}
+for path in sorted(glob.glob(os.path.join(out_dir, '*.json'))):
+  name = os.path.basename(path)[:-5]
+  r = json.load(open(path))
+  row = {}
+  if 'train' in r:
+    t = r['train']
+    sheet = (bf16 if r['setting']['dtype'] == 'bfloat16' else fp32) * 1e12
+    row.update(train_img_per_sec=t['img_per_sec'], mfu_measured_peak=t.get('mfu'),
+               mfu_datasheet_peak=t['model_flops_per_sec'] / sheet)
+  if 'end_to_end' in r:
+    row.update(end_to_end_img_per_sec=r['end_to_end']['img_per_sec'],
+               end_to_end_fraction=r['end_to_end']['fraction_of_step_alone'])
+  if 'eval' in r:
+    row['eval_img_per_sec'] = r['eval']['img_per_sec']
+  if 'pipeline' in r:
+    p = r['pipeline']
+    row.update({k: p[k]['img_per_sec'] for k in ('one_thread', 'all_threads', 'workers') if k in p})
+    row['cores_to_feed_4000_img_per_sec'] = 4000 / p['img_per_sec_per_core']
+  summary[name] = row
+  print(name, json.dumps(row))
+json.dump(summary, open(os.path.join(out_dir, 'summary.json'), 'w'), indent=2)
 PY
-echo "written: $out"
+rm -rf "$jpegs"
+echo "written: $out_dir (commit its JSON files, log.txt and environment.txt; profile/ is ignored)"

@@ -58,6 +58,7 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   proc = run_benchmark('--width=0.0625', '--fc_width=16', '--batch_size=8', '--steps=1',
                        '--windows=1', '--devices=2', '--pipeline_images=4', '--peak_size=256',
                        '--measure=train,peak,eval,pipeline,end_to_end', f'--data_folder={folder}',
+                       '--pipeline_workers=1', f'--profile_dir={tmp_path / "profile"}',
                        '--compare=torch', f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(out.read_text())
@@ -73,8 +74,10 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
       train['model_flops_per_sec'] / report['peak']['flops_per_sec'])
   assert report['machine']['devices'] == 2
   for rate in (train, report['eval'], report['pipeline']['one_thread'], report['torch'],
-               report['end_to_end']):
+               report['end_to_end'], report['pipeline']['workers']):
     assert rate['img_per_sec'] > 0
+  assert report['pipeline']['workers']['workers'] == 1
+  assert any(files for _, _, files in os.walk(tmp_path / 'profile'))  # a trace was written
   assert report['end_to_end']['fraction_of_step_alone'] == pytest.approx(
       report['end_to_end']['img_per_sec'] / train['img_per_sec'])
   assert report['torch']['ratio'] == pytest.approx(

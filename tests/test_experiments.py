@@ -101,6 +101,7 @@ def test_imagenet_configs_set_the_paper_protocol():
   assert d384.optimizer.plateau_max_reductions == 3
   assert d384.optimizer.learning_rate == 1e-3  # §3.1: S = 384 starts from S = 256 at 1e-3
   assert 'dense:auto' in d384.evals and d384.init_from == ''
+  assert d384.model.dtype == 'bfloat16' and not d384.deterministic  # a GPU config
 
   e_jitter = imagenet.get_config('E,jitter')
   assert e_jitter.model.variant == 'E'

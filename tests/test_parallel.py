@@ -130,3 +130,17 @@ def test_profile_window_traces_whole_steps_after_warm_up(tmp_path):
     x = f(x)
     window.after(step, x)
   assert list(tmp_path.glob('profile/process_0/**/*.xplane.pb'))
+
+
+def test_step_compiler_options_by_backend(monkeypatch):
+  # The CPU's own options (YNNPACK fusions off), whatever `deterministic` says.
+  assert parallel.step_compiler_options() == parallel.step_compiler_options(True)
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert parallel.step_compiler_options(deterministic=True) == {
+      'xla_gpu_enable_latency_hiding_scheduler': True,  # the 8 test devices
+      'xla_gpu_deterministic_ops': True}
+  assert parallel.step_compiler_options() == {'xla_gpu_enable_latency_hiding_scheduler': True}
+  # XLA knows the names on any backend: a typo would fail here, not on a GPU.
+  options = parallel.step_compiler_options(deterministic=True)
+  monkeypatch.undo()
+  jax.block_until_ready(jax.jit(lambda x: x + 1, compiler_options=options)(np.ones(2)))

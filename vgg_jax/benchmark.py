@@ -178,6 +178,15 @@ def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
   return step_windows(state, compiled, lambda: batch, steps), compiled
 
 
+def trace_train_steps(window: Callable[[], None], directory: str) -> None:
+  """A `jax.profiler` trace of one timed window's steps (after the timing)."""
+  jax.profiler.start_trace(directory)
+  try:
+    window()
+  finally:
+    jax.profiler.stop_trace()
+
+
 def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.ConfigDict:
   """The data of the end-to-end run: an image folder, else the built-in dataset,
   at the paper's S = 256/224 of the crop (37 for a 32 crop)."""
@@ -250,14 +259,29 @@ def write_synthetic_jpegs(root: str, count: int) -> None:
           os.path.join(folder, f'{i:05d}.jpg'), quality=90)
 
 
-def pipeline_config(folder: str, threads: int) -> ml_collections.ConfigDict:
+def pipeline_config(folder: str, threads: int, workers: int = 0) -> ml_collections.ConfigDict:
   cfg = config_schema.base_config().data  # the paper's colour shift and mean RGB
   cfg.update(name='image_folder', folder=folder, eval_split='test', image_size=PIPELINE_SIZE,
-             train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0], num_threads=threads)
+             train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0], num_threads=threads,
+             num_workers=workers)
   return cfg
 
 
-def measure_pipeline(folder: Optional[str], images: int, windows: int) -> dict:
+def pipeline_settings(workers: int) -> list[tuple[str, int, int]]:
+  """(name, threads, worker processes) of each pipeline measurement: one thread
+  (the per-core rate), all threads, and, with `workers` (-1: CPUs - 2 where
+  there are more than 2), whole batches built in that many processes."""
+  cores = os.cpu_count() or 1
+  settings = [('one_thread', 1, 0), ('all_threads', cores, 0)]
+  if workers < 0:
+    workers = cores - 2 if cores > 2 else 0
+  if workers > 0:
+    settings.append(('workers', 1, workers))
+  return settings
+
+
+def measure_pipeline(folder: Optional[str], images: int, windows: int,
+                     workers: int = -1) -> dict:
   """Training batches at 224 with scale jitter, decoded from JPEG files."""
   with contextlib.ExitStack() as stack:
     if folder is None:
@@ -266,14 +290,14 @@ def measure_pipeline(folder: Optional[str], images: int, windows: int) -> dict:
     batch = 16
     result = {'image_size': PIPELINE_SIZE, 'train_scale': list(PIPELINE_SCALE),
               'cpu_cores': os.cpu_count()}
-    for name, threads in (('one_thread', 1), ('all_threads', os.cpu_count() or 1)):
-      batches = data.train_batches(pipeline_config(folder, threads),
+    for name, threads, processes in pipeline_settings(workers):
+      batches = data.train_batches(pipeline_config(folder, threads, processes),
                                    global_batch_size=batch, seed=0)
       next(batches)  # start the workers outside the clock
       per_window = max(1, images // batch)
       rate = timed_rate(lambda: [next(batches) for _ in range(per_window)],
                         per_window * batch, windows)
-      result[name] = {'threads': threads, **rate}
+      result[name] = {'threads': threads, 'workers': processes, **rate}
     result['img_per_sec_per_core'] = result['one_thread']['img_per_sec']
     return result
 
@@ -382,6 +406,11 @@ def _define_flags():
       'pipeline_folder', None, 'Image folder (train/<class>/*.jpg) for the pipeline; '
       'default: synthetic 500x375 JPEGs.')
   flags.DEFINE_integer('pipeline_images', 96, 'Images per pipeline window.')
+  flags.DEFINE_integer('pipeline_workers', -1, 'Worker processes for the pipeline\'s '
+      'third measurement (whole batches built in workers); -1: CPUs - 2 where there are '
+      'more than 2, 0: none.')
+  flags.DEFINE_string('profile_dir', None, 'After the timing, trace one more window '
+      '(--steps training steps) with jax.profiler into this directory (TensorBoard, xprof).')
   flags.DEFINE_string(
       'data_folder', None, 'Image folder (train/<class>/*) that end_to_end trains on; '
       'default: the built-in vgg_shapes dataset.')
@@ -435,6 +464,8 @@ def main(argv):
   if f.compare == 'torch':
     runs['torch'] = (prepare_torch(model, f.batch_size, steps), items)
   rates = timed_rates(runs, windows)
+  if f.profile_dir and 'train' in measure:
+    trace_train_steps(runs['train'][0], f.profile_dir)
   if 'train' in measure:
     report['train'] = train_summary(rates['train'], compiled, model, mesh, f.batch_size)
   if 'end_to_end' in measure:
@@ -454,7 +485,7 @@ def main(argv):
     report['eval'] = measure_eval(model, mesh, f.batch_size, steps, windows)
   if 'pipeline' in measure:
     report['pipeline'] = measure_pipeline(f.pipeline_folder, f.pipeline_images,
-                                          windows)
+                                          windows, f.pipeline_workers)
   if f.compare == 'torch':
     report['torch'] = {**rates['torch'], **torch_info()}
     if 'train' in report:

@@ -107,6 +107,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   # Batches copied to the devices ahead of the step that needs them.
   config.prefetch_to_device = 2
+  # GPUs only: XLA's deterministic ops, so that a resumed run ends bit for bit
+  # where an uninterrupted one does (XLA's GPU reductions and convolution
+  # algorithms otherwise vary from run to run), at some cost in speed. The
+  # CPU is deterministic either way.
+  config.deterministic = False
   # A jax.profiler trace of a few steps into WORKDIR/profile (TensorBoard / xprof).
   config.profile = False
   config.profile_skip_steps = 5

@@ -22,6 +22,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from vgg_jax import cpu_ops
+
 DATA_AXIS = 'data'
 
 
@@ -100,6 +102,28 @@ def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mes
 
 # Where `vgg_jax.train` and sweep points keep compiled programs by default.
 DEFAULT_COMPILATION_CACHE = '~/.cache/vgg_jax/xla'
+
+
+def step_compiler_options(deterministic: bool = False) -> dict:
+  """XLA options for compiling the training step on this backend.
+
+  CPU: `cpu_ops.compiler_options` (YNNPACK fusions off). GPU: with several
+  devices, XLA's latency-hiding scheduler, which overlaps the gradients'
+  all-reduce with the backward pass; with `deterministic`, XLA's deterministic
+  GPU ops (atomics-free reductions and convolution algorithms: the same
+  result on every run, at some speed), without which a resumed GPU run is not
+  bit-for-bit the uninterrupted one.
+  """
+  backend = jax.default_backend()
+  if backend == 'cpu':
+    return cpu_ops.compiler_options()
+  options = {}
+  if backend in ('gpu', 'cuda', 'rocm'):
+    if jax.device_count() > 1:
+      options['xla_gpu_enable_latency_hiding_scheduler'] = True
+    if deterministic:
+      options['xla_gpu_deterministic_ops'] = True
+  return options
 
 
 def compilation_cache_dir(requested: Optional[str] = None) -> str:

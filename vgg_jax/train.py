@@ -31,8 +31,8 @@ from clu import metric_writers, parameter_overview
 from optax import contrib
 from ml_collections import config_flags
 
-from vgg_jax import (checkpoints, cli, config_schema, console, cpu_ops, data, errors,
-                     evaluation, faults, optim, parallel, resume, summary, warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, console, data, errors, evaluation,
+                     faults, optim, parallel, resume, summary, warm_start)
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.Gradient
 
 
 def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Callable,
-                       dropout_key: jax.Array, mesh) -> Callable:
+                       dropout_key: jax.Array, mesh, *, deterministic: bool = False) -> Callable:
   """`train_step` jitted over the mesh: state replicated, batch split on its rows.
 
   The old state's buffers are donated to the new one, so a step holds one copy
@@ -117,7 +117,7 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
       lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
       in_shardings=(replicated, parallel.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=0,
-      compiler_options=cpu_ops.compiler_options())
+      compiler_options=parallel.step_compiler_options(deterministic))
 
 
 def compile_plateau_update(opt_cfg, mesh) -> Callable:
@@ -306,7 +306,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   save_config(config, workdir)
   start_step = int(state.step)
 
-  step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh)
+  step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh,
+                               deterministic=config.deterministic)
   update_plateau = (compile_plateau_update(config.optimizer, mesh)
                     if config.optimizer.schedule == 'plateau' else None)
   def run_eval():
