@@ -50,7 +50,7 @@ import numpy as np
 from absl import app, flags
 
 from vgg_jax import config_schema, console, cpu_ops, data, optim, parallel, train
-from vgg_jax.model import VGG, resolve_layers
+from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
 
 PIPELINE_SIZE, PIPELINE_SCALE = 224, (256, 512)
@@ -312,9 +312,7 @@ def torch_model(model: VGG):
   import torch
   from torch import nn
   layers, channels, stage = [], 3, 1
-  use_lrn = model.lrn if model.lrn is not None else model.variant == 'A-LRN'
-  for spec in resolve_layers(model.variant, model.depths, model.kernel_size,
-                             model.conv1x1, model.width):
+  for spec in model.layers():
     if spec.stage != stage:
       layers.append(nn.MaxPool2d(2))
       stage = spec.stage
@@ -323,7 +321,7 @@ def torch_model(model: VGG):
     if model.batch_norm:
       layers.append(nn.BatchNorm2d(spec.features, momentum=0.1, eps=1e-5))
     layers.append(nn.ReLU(inplace=True))
-    if use_lrn and spec.name == 'conv1_1':
+    if model.use_lrn and spec.name == 'conv1_1':
       layers.append(nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0))
     channels = spec.features
   layers.append(nn.MaxPool2d(2))

@@ -48,6 +48,7 @@ from vgg_jax.data import transforms
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
+
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved in its workdir."""
   if not os.path.isdir(workdir):

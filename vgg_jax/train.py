@@ -288,12 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   logging.info('dataset %s: %d training images, %d classes; evaluating on %s',
                config.data.name, num_train, info.num_classes, config.data.eval_split)
-  logging.info('model VGG-%s at width %g: %s parameters', config.model.variant,
-               config.model.width,
-               f"{summary.count_params(summary.abstract_variables(model)['params']):,}")
   root = jax.random.key(config.seed)
   init_key, dropout_key = jax.random.split(root)
   state = create_train_state(model, tx, init_key, image_size, mesh)
+  logging.info('model VGG-%s at width %g: %s parameters', config.model.variant,
+               config.model.width, f'{summary.count_params(state.params):,}')
 
   os.makedirs(workdir, exist_ok=True)
   mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)

@@ -227,4 +227,3 @@ def train_view(image: np.ndarray, rng: np.random.Generator, *, image_size: int,
   # Colour shift and mean subtraction are both per-channel offsets: one add.
   offset = pca_colour_offset(alphas) - np.asarray(mean_rgb, np.float32)
   return np.ascontiguousarray(image, np.uint8), offset.astype(np.float32)
-
