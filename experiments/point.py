@@ -26,7 +26,8 @@ import submitit
 from absl import app, logging
 from jax.experimental import multihost_utils
 
-from vgg_jax import checkpoints, console, errors, evaluate, evaluation, faults, parallel, train
+from vgg_jax import (checkpoints, cli, console, errors, evaluate, evaluation, faults, parallel,
+                     train)
 from vgg_jax import workdir as run_files
 
 
@@ -112,8 +113,7 @@ def training_eval_report(result: dict, config, point_dir: str) -> dict:
 def start_worker() -> None:
   """What `vgg_jax.train.main` does before training, for a point's process."""
   console.quiet_libraries()
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')  # TF serves tfds only
+  cli.keep_tensorflow_off_gpus()
   # Points of a sweep share their train and evaluation steps' shapes: the
   # second one on a machine skips their compilation. JAX_COMPILATION_CACHE_DIR,
   # when set, is JAX's own choice and stays.

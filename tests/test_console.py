@@ -42,13 +42,31 @@ def test_library_info_passes_only_at_verbosity_1(verbosity):
 INFO_LINE = re.compile(r'I\d{4} [\d:.]+\s+\d+ (\S+?):\d+\] ')
 
 
+def tensorflow_sentinel(root):
+  """A directory that, first on PYTHONPATH, makes `import tensorflow` leave a mark
+  and fail (TensorFlow costs seconds of every start; the CPU commands need none)."""
+  package = root / 'tensorflow'
+  package.mkdir(parents=True)
+  mark = root / 'tensorflow_was_imported'
+  (package / '__init__.py').write_text(
+      f'import traceback\nopen({str(mark)!r}, "w").write("".join(traceback.format_stack()))\n'
+      'raise ImportError("tensorflow is kept out of this test")\n')
+  return mark
+
+
 @pytest.mark.slow
 def test_a_run_prints_setup_progress_evaluations_checkpoints_and_result(tmp_path):
   cmd = cli_args(os.path.join(REPO, 'configs/default.py'), tmp_path / 'run', tmp_path / 'tfds',
                  **{'num_train_steps': 8, 'log_every_steps': 4, 'eval_every_steps': 8,
                     'checkpoint_every_steps': 4})
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  mark = tensorflow_sentinel(tmp_path / 'sentinel')
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+      [str(tmp_path / 'sentinel'), REPO, os.environ.get('PYTHONPATH', '')])}
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # Preparing the built-in dataset, training, TensorBoard events, checkpoints
+  # and the evaluation, all without TensorFlow.
+  assert not mark.exists(), mark.read_text()
   sources = [m.group(1) for m in map(INFO_LINE.match, proc.stderr.splitlines()) if m]
   own = {f for _, _, files in os.walk(os.path.join(REPO, 'vgg_jax')) for f in files}
   # Python INFO lines (file.py) all come from this project: no orbax, TFDS or clu

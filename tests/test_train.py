@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 from configs import default
 from vgg_jax import checkpoints, train
@@ -68,10 +69,19 @@ def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
   saved = json.load(open(workdir / 'config.json'))
   assert saved['model']['variant'] == 'A' and saved['num_train_steps'] == STEPS
 
+  # TensorBoard reads the same scalars from the run's event file.
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  for tag in ('train/loss', 'lr', 'eval/top1_error'):
+    logged = [(l['step'], l[tag]) for l in lines if tag in l]
+    assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+        (step, pytest.approx(value, rel=1e-6)) for step, value in logged]
+
 
 @pytest.mark.parametrize('override, message', [
     ({'model.variant': 'F'}, 'unknown VGG variant'),
     ({'batch_size': 12}, 'not divisible by the 8 devices'),
+    ({'label_smoothing': 1.0}, r'label_smoothing=1.0 must be in \[0, 1\)'),
     ({'data.image_size': 48}, 'larger than the smallest training scale'),
     ({'data.name': 'image_folder', 'data.folder': '/nonexistent/folder'}, '/nonexistent/folder'),
     ({'data.name': 'no_such_dataset_xyz'}, 'no_such_dataset_xyz'),
@@ -86,6 +96,17 @@ def test_bad_config_fails_clearly_and_leaves_checkpoints_untouched(
   after = {p: os.stat(os.path.join(r, p)).st_mtime_ns
            for r, _, files in os.walk(workdir) for p in files}
   assert before == after
+
+
+def test_label_smoothing_is_the_cross_entropy_against_softened_one_hot_targets():
+  logits = np.array([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]], np.float32)
+  labels = np.array([0, 2])
+  log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = np.full((2, 3), 0.2 / 3) + 0.8 * np.eye(3)[labels]
+  np.testing.assert_allclose(train.cross_entropy(logits, labels, 0.2),
+                             -(targets * log_p).sum(-1).mean(), rtol=1e-6)
+  np.testing.assert_allclose(train.cross_entropy(logits, labels),
+                             -log_p[[0, 1], labels].mean(), rtol=1e-6)
 
 
 @pytest.mark.slow  # starts the command in a subprocess

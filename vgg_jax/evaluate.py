@@ -220,8 +220,7 @@ def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   console.quiet_libraries()
-  import tensorflow as tf  # serves tfds only; keep it off the GPUs
-  tf.config.set_visible_devices([], 'GPU')
+  cli.keep_tensorflow_off_gpus()
   workdir = command.workdir.value
   try:
     if not workdir:

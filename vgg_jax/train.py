@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import sys
 import time
 import types
@@ -27,9 +28,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app, flags, logging
-from clu import metric_writers, parameter_overview
+from clu import parameter_overview
 from optax import contrib
 from ml_collections import config_flags
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer import record_writer
 
 from vgg_jax import (checkpoints, cli, config_schema, console, data, errors, evaluation,
                      faults, optim, parallel, resume, summary, warm_start)
@@ -67,8 +70,13 @@ def create_train_state(model: VGG, tx: optax.GradientTransformation, rng: jax.Ar
                  compiler_options={'xla_backend_optimization_level': 0})(rng)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Mean cross-entropy against one-hot labels, or, with `label_smoothing` = e,
+  against (1 - e) one-hot + e / classes (Szegedy et al., 2016)."""
+  if not label_smoothing:
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
 def network_input(batch: dict) -> jax.Array:
@@ -79,7 +87,8 @@ def network_input(batch: dict) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.GradientTransformation,
-               lr_fn: Callable, dropout_key: jax.Array) -> tuple[TrainState, dict]:
+               lr_fn: Callable, dropout_key: jax.Array,
+               label_smoothing: float = 0.0) -> tuple[TrainState, dict]:
   """One SGD step on the global batch; pure, so it is compiled once."""
   # Dropout masks depend on the step only: a resumed run draws the same masks.
   rng = jax.random.fold_in(dropout_key, state.step)
@@ -88,7 +97,8 @@ def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.Gradient
     logits, new_model_state = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, network_input(batch),
         train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
-    return cross_entropy(logits, batch['label']), (logits, new_model_state)
+    loss = cross_entropy(logits, batch['label'], label_smoothing)
+    return loss, (logits, new_model_state)
 
   (loss, (logits, new_model_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
@@ -106,7 +116,8 @@ def train_step(state: TrainState, batch: dict, *, model: VGG, tx: optax.Gradient
 
 
 def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Callable,
-                       dropout_key: jax.Array, mesh, *, deterministic: bool = False) -> Callable:
+                       dropout_key: jax.Array, mesh, *, deterministic: bool = False,
+                       label_smoothing: float = 0.0) -> Callable:
   """`train_step` jitted over the mesh: state replicated, batch split on its rows.
 
   The old state's buffers are donated to the new one, so a step holds one copy
@@ -114,7 +125,8 @@ def compile_train_step(model: VGG, tx: optax.GradientTransformation, lr_fn: Call
   """
   replicated = parallel.replicated(mesh)
   return jax.jit(
-      lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key),
+      lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lr_fn, dropout_key=dropout_key,
+                              label_smoothing=label_smoothing),
       in_shardings=(replicated, parallel.batch_sharded(mesh)),
       out_shardings=(replicated, replicated), donate_argnums=0,
       compiler_options=parallel.step_compiler_options(deterministic))
@@ -153,6 +165,9 @@ def validate(config) -> None:
   data.check_scales(config.data)
   if config.batch_size <= 0:
     raise ValueError(f'batch_size={config.batch_size} must be positive')
+  if not 0 <= config.label_smoothing < 1:
+    raise ValueError(f'label_smoothing={config.label_smoothing} must be in [0, 1): the '
+                     'weight moved from the true class to all classes')
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
                      f'one of {", ".join(optim.SCHEDULES)}')
@@ -176,15 +191,29 @@ def _logged_step(line: str) -> float:
 
 
 class MetricsLog:
-  """`metrics.jsonl` (one JSON object per logged step) plus clu's writers."""
+  """`metrics.jsonl` (one JSON object per logged step) and TensorBoard events,
+  written by the first process.
+
+  The events are TensorBoard's records, written with its own record writer to
+  a local file: clu's writers, and TensorBoard's event writer (through
+  tf.io.gfile), import TensorFlow, seconds of every run's start for nothing else.
+  """
 
   def __init__(self, workdir: str, start_step: int):
     self.primary = jax.process_index() == 0
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.primary)
     self.path = os.path.join(workdir, run_files.METRICS_FILE)
+    self.events = None
     if self.primary:
       self._truncate_after(start_step)
+      name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+              f'{os.getpid()}')
+      self.events = record_writer.RecordWriter(open(os.path.join(workdir, name), 'wb'))
+      self._add_event(event_pb2.Event(file_version='brain.Event:2'))
+
+  def _add_event(self, event: event_pb2.Event) -> None:
+    event.wall_time = time.time()
+    self.events.write(event.SerializeToString())
+    self.events.flush()
 
   def _truncate_after(self, step: int) -> None:
     # A killed run may have logged past its last checkpoint; the resumed run
@@ -196,14 +225,16 @@ class MetricsLog:
     run_files.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step: int, scalars: dict) -> None:
-    self.writer.write_scalars(step, scalars)
-    if self.primary:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps({'step': step, **scalars}) + '\n')
+    if not self.primary:
+      return
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(value=values)))
+    with open(self.path, 'a') as f:
+      f.write(json.dumps({'step': step, **scalars}) + '\n')
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.events:
+      self.events.close()
 
 
 def log_evaluation(step: int, result: dict) -> None:
@@ -306,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start_step = int(state.step)
 
   step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh,
-                               deterministic=config.deterministic)
+                               deterministic=config.deterministic,
+                               label_smoothing=config.label_smoothing)
   update_plateau = (compile_plateau_update(config.optimizer, mesh)
                     if config.optimizer.schedule == 'plateau' else None)
   def run_eval():
@@ -420,9 +452,7 @@ def main(argv, command: types.SimpleNamespace):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   console.quiet_libraries()
-  # TensorFlow serves tfds only; hide the GPUs so it reserves no memory on them.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
+  cli.keep_tensorflow_off_gpus()
   try:
     parallel.enable_compilation_cache(parallel.compilation_cache_dir(
         command.compilation_cache.value))
