@@ -3,7 +3,8 @@
     --config=configs/cifar10.py:D                    VGG-D, fixed S = 37
     --config=configs/cifar10.py:D,S=55               fixed S = 55
     --config=configs/cifar10.py:E,jitter             S drawn per image from [37, 73]
-    --config=configs/cifar10.py:A,runlocal           the 2-core CPU size
+    --config=configs/cifar10.py:D,twocore            15 minutes of a 2-core CPU
+    --config=configs/cifar10.py:A,runlocal           a quick look on a 2-core CPU
     --config=configs/cifar10.py:A,folder=/data/cifar10-jpg   an image folder
 
 Data: TFDS's `cifar10` (splits 'train' and 'test'), downloaded and prepared on
@@ -27,6 +28,22 @@ Sizes:
   default   full width (64..512 channels), FC 512, dropout 0.5, batch 128,
             60 epochs. Expected result and wall time: not yet measured (it
             needs a GPU run).
+  twocore   the size of the CIFAR-10 sweeps (experiments/continue_sweeps.py):
+            VGG-D trains in about 15 minutes on a free 2-core CPU. Width 1/4
+            (16..128 channels), FC 128, no dropout, batch 128, 10 epochs,
+            SGD with Nesterov momentum 0.9 from 0.1 (one warm-up epoch, then
+            cosine), weight decay 5e-4, label smoothing 0.1; evaluations
+            'single', 'dense' and 'dense:auto'. Departures from the paper
+            and why: batch norm, Glorot and no dropout as above; the short
+            cosine schedule, Nesterov and label smoothing because 10 epochs
+            leave no time for the paper's plateau schedule. Chosen by
+            measurement (2026-12-01, 2-core AMD EPYC with AVX-512, CIFAR-10
+            as JPEGs, centre-crop top-1 error after the last epoch; the
+            runs in experiments/results/cifar10_twocore/README.md): width
+            1/8 for 20 epochs 20.6 % in 15 min; width 1/4 for 12 epochs
+            17.8 % in 18 min; width 1/4 for 10 epochs 18.8 %, with label
+            smoothing 0.1 18.1 %. Issue #15's 12 % needs about twice this
+            budget's images at width 1/4: a faster step, not a recipe.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
@@ -47,15 +64,20 @@ from vgg_jax import config_schema
 FIXED_SCALES = (37, 55)
 JITTER_RANGE = (37, 73)
 JITTER_TEST_SCALE = 55
+# The twocore size's budget and regulariser, chosen by measurement (docstring).
+TWOCORE_EPOCHS = 10.0
+TWOCORE_LABEL_SMOOTHING = 0.1
 
 
 def get_config(arg=None):
   arg = config_schema.parse_arg(arg, positional='variant', variant='D', S=FIXED_SCALES[0],
-                                jitter=False, runlocal=False, folder='', epochs=0.0,
-                                head='fc')
+                                jitter=False, runlocal=False, twocore=False, folder='',
+                                epochs=0.0, head='fc')
   if arg.jitter and arg.S != FIXED_SCALES[0]:
     raise ValueError(f'S={arg.S} and jitter exclude each other: jitter draws S from '
                      f'{list(JITTER_RANGE)}')
+  if arg.runlocal and arg.twocore:
+    raise ValueError('runlocal and twocore are two sizes: choose one')
   if arg.S < 32:
     raise ValueError(f'S={arg.S} is smaller than the 32 crop')
 
@@ -86,9 +108,14 @@ def get_config(arg=None):
   config.optimizer.update(learning_rate=0.05, schedule='cosine')
   config.batch_size = 64 if arg.runlocal else 128
   config.num_epochs = arg.epochs or (2.0 if arg.runlocal else 60.0)
+  if arg.twocore:
+    config.model.update(width=0.25, fc_width=128, dropout_rate=0.0)
+    config.optimizer.update(learning_rate=0.1, warmup_epochs=1.0, nesterov=True)
+    config.label_smoothing = TWOCORE_LABEL_SMOOTHING
+    config.num_epochs = arg.epochs or TWOCORE_EPOCHS
   config.keep_checkpoints = 2
   # The centre crop, Table 3 (dense at Q = S) and Table 4 (dense, multi-scale);
   # multi-crop (50 views per image and scale) only at full size.
-  config.evals = (('single', 'dense', 'dense:auto') if arg.runlocal else
+  config.evals = (('single', 'dense', 'dense:auto') if arg.runlocal or arg.twocore else
                   ('single', 'dense', 'dense:auto', 'multicrop:auto', 'dense+multicrop:auto'))
   return config

@@ -71,22 +71,31 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
     if primary:
       run_files.write_json(os.path.join(point_dir, run_files.TRAIN_RESULT_FILE),
                            {**result, 'wall_seconds': time.time() - start})
+  # What is still to measure, by result file ('single' at Q = 37 and
+  # 'single:37' are one measurement), then grouped so that protocols at the
+  # same scales and flip share one pass over the split (Table 5's three).
+  passes: dict[tuple, dict[str, list]] = {}
   for eval_spec in spec['evals']:
     if eval_spec in done:
       continue
     protocol, scales = evaluation.parse_eval_spec(eval_spec)
-    # 'single' at Q = 37 and 'single:37' are one measurement: make it once.
-    file = evaluate.result_name(
-        protocol, evaluation.parse_scales(scales, config.data),
-        flip=evaluation.resolve_flip(protocol), split=config.data.eval_split,
-        eval_split=config.data.eval_split, step=0, newest=0)
+    scales = evaluation.parse_scales(scales, config.data)
+    flip = evaluation.resolve_flip(protocol)
+    file = evaluate.result_name(protocol, scales, flip=flip, split=config.data.eval_split,
+                                eval_split=config.data.eval_split, step=0, newest=0)
     if file in done.values():
       record(eval_spec, file=file)
       continue
-    report = evaluate.evaluate_run(point_dir, protocol=protocol, scales=scales)
-    record(eval_spec, report)
-    logging.info('%s %s: top-1 error %.4f, top-5 error %.4f', spec['name'], eval_spec,
-                 report['top1_error'], report['top5_error'])
+    passes.setdefault((scales, flip), {}).setdefault(protocol, []).append(eval_spec)
+  for (scales, _), by_protocol in passes.items():
+    reports = evaluate.evaluate_run_protocols(point_dir, protocols=tuple(by_protocol),
+                                              scales=scales)
+    for report, eval_specs in zip(reports, by_protocol.values()):
+      for i, eval_spec in enumerate(eval_specs):
+        record(eval_spec, report if i == 0 else None, file=None if i == 0 else report['file'])
+      logging.info('%s %s: top-1 error %.4f, top-5 error %.4f (%.0f s)', spec['name'],
+                   ', '.join(eval_specs), report['top1_error'], report['top5_error'],
+                   report['seconds'])
   return done
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import math
 import os
 import sys
@@ -36,20 +37,25 @@ from typing import Optional, Sequence
 
 from absl import app, flags
 
+from experiments import claims
 from vgg_jax import config_schema, errors, evaluation
 from vgg_jax import workdir as run_files
 from vgg_jax.model import CONFIGS, config_layers
 
 CSV_FILE = 'results.csv'
+CURVES_FILE = 'curves.csv'
 REPORT_FILE = 'report.md'
 COLUMNS = ('sweep', 'order', 'point', 'seed', 'config', 'weight_layers', 'variant',
            'depths', 'kernel_size', 'conv1x1', 'lrn', 'batch_norm', 'width', 'fc_width',
-           'head', 'epochs', 'train_scale', 'protocol', 'test_scales', 'flip', 'step',
+           'head', 'epochs', 'train_scale', 'test_scale', 'protocol', 'test_scales', 'flip', 'step',
            'num_examples', 'top1_error', 'top5_error', 'nll', 'train_seconds', 'eval_seconds')
 NUMERIC = {'order': int, 'seed': int, 'weight_layers': int, 'kernel_size': int,
            'width': float, 'fc_width': int, 'epochs': float, 'step': int,
            'num_examples': int, 'top1_error': float, 'top5_error': float, 'nll': float,
            'train_seconds': float, 'eval_seconds': float}
+CURVE_COLUMNS = ('sweep', 'order', 'point', 'seed', 'config', 'train_scale', 'epoch', 'step',
+                 'top1_error')
+CURVE_NUMERIC = {'order': int, 'seed': int, 'epoch': float, 'step': int, 'top1_error': float}
 # How the report names them: 'single' is the centre crop, not the paper's
 # single-scale Table 3, which is dense evaluation at Q = S.
 PROTOCOL_LABELS = {'single': 'centre crop', 'dense': 'dense', 'multicrop': 'multi-crop',
@@ -131,6 +137,7 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
       'batch_norm': model['batch_norm'], 'width': model['width'],
       'fc_width': model['fc_width'], 'head': model['head'],
       'epochs': config['num_epochs'], 'train_scale': scale_label(data['train_scale']),
+      'test_scale': data['test_scale'],
       'train_seconds': trained.get('wall_seconds', ''),
   }
   sweeps = point.get('sweeps') or [OTHER_RUNS]
@@ -153,6 +160,36 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
           'eval_seconds': result.get('seconds', ''),
       })
   return rows
+
+
+def curve_rows(run_dir: str, orders: dict) -> list[dict]:
+  """The run's test error after each evaluation during training (metrics.jsonl),
+  at its epoch: step x epochs / last step, the evaluations being once an epoch."""
+  path = os.path.join(run_dir, run_files.METRICS_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    logged = [json.loads(line) for line in f if line.strip()]
+  evals = [(line['step'], line['eval/top1_error']) for line in logged
+           if 'eval/top1_error' in line]
+  if not evals:
+    return []
+  config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
+                                                                   run_files.CONFIG_FILE)))
+  point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
+  name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
+  last = max(step for step, _ in evals)
+  return [{'sweep': sweep, 'order': orders.get(sweep, {}).get(name, 10**6), 'point': name,
+           'seed': config['seed'], 'config': config_label(config['model']),
+           'train_scale': scale_label(config['data']['train_scale']),
+           'epoch': step * config['num_epochs'] / last, 'step': step, 'top1_error': error}
+          for sweep in point.get('sweeps') or [OTHER_RUNS] for step, error in evals]
+
+
+def scan_curves(root: str) -> list[dict]:
+  orders = _sweep_orders(root)
+  rows = [row for run in find_runs(root) for row in curve_rows(run, orders)]
+  return sorted(rows, key=lambda r: (r['sweep'], r['order'], r['point'], r['step']))
 
 
 def scan(root: str) -> list[dict]:
@@ -178,9 +215,9 @@ def _scales_rank(test_scales: str) -> tuple:
 # --------------------------------------------------------------------------
 
 
-def write_csv(rows: Sequence[dict], path: str) -> None:
+def write_csv(rows: Sequence[dict], path: str, columns: Sequence[str] = COLUMNS) -> None:
   text = io.StringIO(newline='')
-  writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator='\n')
+  writer = csv.DictWriter(text, fieldnames=columns, lineterminator='\n')
   writer.writeheader()
   for row in rows:
     # repr keeps every float exactly, so the CSV regenerates the report.
@@ -188,14 +225,14 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
   run_files.write_text_atomic(path, text.getvalue())
 
 
-def read_csv(path: str) -> list[dict]:
+def read_csv(path: str, numeric: dict = NUMERIC) -> list[dict]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} not found: run `python -m experiments.report DIR` on a '
                             'sweep directory first')
   with open(path, newline='') as f:
     rows = list(csv.DictReader(f))
   for row in rows:
-    for key, kind in NUMERIC.items():
+    for key, kind in numeric.items():
       if row.get(key) not in (None, ''):
         row[key] = kind(float(row[key])) if kind is int else kind(row[key])
   return rows
@@ -241,12 +278,16 @@ def _percent(mean: float, std: Optional[float]) -> str:
   return f'{100 * mean:.1f}' if std is None else f'{100 * mean:.1f} ± {100 * std:.1f}'
 
 
-def markdown(sweeps: 'OrderedDict[str, list[dict]]', plots: dict[str, str]) -> str:
+def markdown(sweeps: 'OrderedDict[str, list[dict]]', plots: dict[str, str],
+             verdicts: Sequence[dict] = (), curve_plots: Optional[dict[str, str]] = None) -> str:
   lines = ['# Results', '',
            'Top-1 and top-5 test error in %, mean ± sample standard deviation over the '
            'seeds listed; generated by `python -m experiments.report` from '
            f'`{CSV_FILE}`. The paper\'s Table 3 is dense evaluation at one test scale '
            '(Q = S); the centre crop is the quick single-view check.', '']
+  if verdicts:
+    lines += verdict_table(verdicts)
+  curve_plots = curve_plots or {}
   for sweep, entries in sweeps.items():
     lines += [f'## {sweep}', '',
               '| config | weight layers | train S | test Q | protocol | top-1 err | '
@@ -260,8 +301,37 @@ def markdown(sweeps: 'OrderedDict[str, list[dict]]', plots: dict[str, str]) -> s
                    f'{",".join(str(s) for s in e["seeds"])} |')
     if sweep in plots:
       lines += ['', f'![{sweep}]({plots[sweep]})']
+    if sweep in curve_plots:
+      lines += ['', f'![{sweep}: test error during training]({curve_plots[sweep]})']
     lines.append('')
   return '\n'.join(lines)
+
+
+def _measured(summary: dict) -> str:
+  if not summary['n']:
+    return 'none'
+  return f'{_percent(summary["mean"], summary["std"])} (n = {summary["n"]})'
+
+
+def verdict_table(verdicts: Sequence[dict]) -> list[str]:
+  """The paper's claims, one row per comparison (experiments/claims.py)."""
+  lines = ['## Verdicts', '',
+           f'Each comparison: top-1 error in % of the first group against the second, '
+           f'mean ± std (n); a two-sided test at {claims.ALPHA:g}, Welch\'s t over seeds '
+           'between configurations, paired t over models between protocols. A claim '
+           'reproduces when every comparison goes the paper\'s way, does not when one goes '
+           'significantly against it, and is inconclusive otherwise (experiments/claims.py).',
+           '', '| claim | the paper | comparison | first | second | expected | test, p | '
+           'verdict |', '|---|---|---|---|---|---|---|---|']
+  for verdict in verdicts:
+    for i, c in enumerate(verdict['comparisons']):
+      p = 'n < 2' if c['p'] is None else f'{c["test"]}, p = {c["p"]:.3f}'
+      lines.append(
+          f'| {verdict["claim"] if i == 0 else ""} | {verdict["paper"] if i == 0 else ""} | '
+          f'{c["label"]} | {_measured(c["first"])} | {_measured(c["second"])} | '
+          f'{c["expect"]} | {p} ({c["outcome"]}) | '
+          f'{verdict["verdict"] if i == 0 else ""} |')
+  return lines + ['']
 
 
 def protocol_label(protocol: str) -> str:
@@ -312,25 +382,57 @@ def plot_sweep(sweep: str, entries: Sequence[dict], path: str) -> None:
       ax.set_xlabel('weight layers' if by_depth else 'configuration')
   for metric, ax in zip(('top-1', 'top-5'), axes):
     ax.set_ylabel(f'{metric} error (%)')
+  fig.suptitle(f'{sweep}: mean ± std over seeds')
+  _save(fig, axes, path)
+
+
+def _save(fig, axes, path: str) -> None:
+  for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle(f'{sweep}: mean ± std over seeds')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+  import matplotlib.pyplot as plt
   plt.close(fig)
 
 
-def render(rows: Sequence[dict], out_dir: str) -> str:
-  """report.md and one PNG per sweep from CSV rows; returns the report's path."""
+def plot_curves(sweep: str, rows: Sequence[dict], path: str) -> None:
+  """Test top-1 error against epoch, one line per configuration, mean over seeds."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  series: 'OrderedDict[tuple, dict[float, list[float]]]' = OrderedDict()
+  for row in sorted(rows, key=lambda r: (r['order'], r['epoch'])):
+    key = (row['config'], row['train_scale'])
+    series.setdefault(key, {}).setdefault(round(row['epoch'], 6), []).append(row['top1_error'])
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for (config, train_scale), by_epoch in series.items():
+    epochs = sorted(by_epoch)
+    seeds = max(len(v) for v in by_epoch.values())
+    ax.plot(epochs, [100 * sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs], marker='.',
+            label=f'{config}, S={train_scale} ({seeds} seed{"s" * (seeds > 1)})')
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('test top-1 error (%), centre crop')
+  ax.set_title(f'{sweep}: test error during training, mean over seeds')
+  _save(fig, [ax], path)
+
+
+def render(rows: Sequence[dict], out_dir: str, curves: Sequence[dict] = ()) -> str:
+  """report.md and the PNGs from CSV rows; returns the report's path."""
   sweeps = aggregate(rows)
-  plots = {}
+  plots, curve_plots = {}, {}
   for sweep, entries in sweeps.items():
     file = f'{sweep}.png'
     plot_sweep(sweep, entries, os.path.join(out_dir, file))
     plots[sweep] = file
+    sweep_curves = [r for r in curves if r['sweep'] == sweep]
+    if sweep_curves:
+      curve_plots[sweep] = f'{sweep}_curves.png'
+      plot_curves(sweep, sweep_curves, os.path.join(out_dir, curve_plots[sweep]))
   path = os.path.join(out_dir, REPORT_FILE)
   with open(path, 'w') as f:
-    f.write(markdown(sweeps, plots))
+    f.write(markdown(sweeps, plots, claims.decide_all(rows), curve_plots))
   return path
 
 
@@ -346,8 +448,11 @@ def make_report(directory: str, out_dir: Optional[str] = None, from_csv: bool = 
                        '<run>/eval/*.json (python -m experiments.sweep leaves them)')
     os.makedirs(out_dir, exist_ok=True)
     write_csv(rows, csv_path)
-  # Always from the CSV, so a regenerated report is the same report.
-  return render(read_csv(csv_path), out_dir)
+    write_csv(scan_curves(directory), os.path.join(out_dir, CURVES_FILE), CURVE_COLUMNS)
+  # Always from the CSVs, so a regenerated report is the same report.
+  curves_path = os.path.join(out_dir, CURVES_FILE)
+  curves = read_csv(curves_path, CURVE_NUMERIC) if os.path.isfile(curves_path) else []
+  return render(read_csv(csv_path), out_dir, curves)
 
 
 def _define_flags() -> types.SimpleNamespace:

@@ -232,6 +232,25 @@ def test_dense_plus_multicrop_averages_both_protocols(run):
                              (dense['posterior'] + multicrop['posterior']) / 2, rtol=1e-5)
 
 
+def test_protocols_evaluated_together_equal_each_evaluated_alone(run):
+  _, config, model, variables = run
+  kwargs = dict(scales=[32, 48], split='test[:8]', batch_size=16, keep_posteriors=True)
+  protocols = ('dense', 'multicrop', 'dense+multicrop')
+  together = evaluation.evaluate_protocols(model, variables, config.data, protocols=protocols,
+                                           **kwargs)
+  for protocol, result in zip(protocols, together):
+    alone = evaluation.evaluate_protocol(model, variables, config.data, protocol=protocol,
+                                         **kwargs)
+    for key in ('top1_error', 'top5_error', 'num_examples', 'num_views', 'views_per_image'):
+      assert result[key] == alone[key], (protocol, key)
+    assert result['nll'] == pytest.approx(alone['nll'], rel=1e-9)
+    np.testing.assert_allclose(result['posterior'], alone['posterior'], rtol=1e-6)
+  assert [r['views_per_image'] for r in together] == [4, 100, 104]
+  with pytest.raises(ValueError, match='with and without flips'):
+    evaluation.evaluate_protocols(model, variables, config.data,
+                                  protocols=('single', 'dense'), **kwargs)
+
+
 def test_dense_on_images_of_several_aspect_ratios(run, tmp_path):
   """An image folder of mixed shapes: each image runs at its own shape."""
   shapes = [(64, 40), (40, 64), (48, 48)]

@@ -20,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats
 # Imported here, not inside a test: importing submitit reconfigures logging,
 # which closes pytest's capture file if a test's capsys is active.
 import submitit
 
 from configs import cifar10, default, imagenet
 from experiments import point as point_worker
-from experiments import report, sweep
+from experiments import claims, continue_sweeps, report, sweep
 from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, parallel, train,
                      warm_start)
 from vgg_jax.model import VGG
@@ -160,6 +161,10 @@ def test_cifar10_config_scales_and_runlocal():
   assert local.model.width < full.model.width and local.num_epochs < full.num_epochs
   assert local.model.batch_norm and cifar10.get_config('A,head=gap').model.head == 'gap'
   assert cifar10.get_config('A,runlocal,epochs=0.5').num_epochs == 0.5
+  twocore = cifar10.get_config('D,twocore')
+  assert twocore.model.width == 0.25 and twocore.optimizer.nesterov
+  with pytest.raises(ValueError, match='choose one'):
+    cifar10.get_config('D,runlocal,twocore')
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
@@ -176,6 +181,22 @@ def test_sweep_files_give_named_points_with_seeds(name, tmp_path):
       assert evaluation.parse_eval_spec(spec)[0] in evaluation.PROTOCOLS
   assert sweep.load_sweep_module(f'configs/sweeps/{name}.py:runlocal,seeds=1')[0].get_sweep(
       'runlocal,seeds=1')[0]['seed'] == 0
+
+
+def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed(tmp_path):
+  order = continue_sweeps.campaign(seeds=3)
+  assert {name for name, _ in order} == set(SWEEP_FILES)
+  seeds = [p.config['seed'] for _, p in order]
+  assert seeds == sorted(seeds)
+  # 10 configurations (D at S = 37 is one of depth, conv1x1 and scale_jitter;
+  # A, B shared as well), 3 seeds each.
+  assert len({p.name for _, p in order}) == 30
+  for _, p in order:
+    assert p.config['model']['width'] == 0.25 and p.config['num_epochs'] == 10
+    # A path relative to the checkout: the same frozen config on every machine.
+    assert p.config['data']['folder'] == continue_sweeps.IMAGES_LINK
+  with pytest.raises(ValueError, match='has no train/ directory'):
+    continue_sweeps.link_images(str(tmp_path))
 
 
 def test_point_names_are_canonical():
@@ -595,25 +616,42 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
     assert float(row['top1_error']) == evaluated['top1_error']  # exactly, through the CSV
   first = (out / 'report.md').read_text()
   assert f'| B | 13 | [32,64] | 48 | centre crop | {100 * float(rows[2]["top1_error"]):.1f} |' in first
+  # The curve: each point's evaluations during training, from its metrics.jsonl.
+  curves = report.read_csv(str(out / 'curves.csv'), report.CURVE_NUMERIC)
+  for name in (A_POINT, B_POINT):
+    logged = [json.loads(line) for line in open(workdir / name / 'metrics.jsonl')]
+    assert [(r['step'], r['top1_error']) for r in curves if r['point'] == name] == [
+        (l['step'], l['eval/top1_error']) for l in logged if 'eval/top1_error' in l]
+  assert '![tiny: test error during training](tiny_curves.png)' in first
+  assert '## Verdicts' in first
   (out / 'report.md').unlink()
   (out / 'tiny.png').unlink()
+  (out / 'tiny_curves.png').unlink()
   proc = run_cli('experiments.report', str(out), '--from_csv')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (out / 'report.md').read_text() == first
   assert (out / 'tiny.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert (out / 'tiny_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-def test_committed_cifar10_report_is_regenerated_from_its_csv(tmp_path):
-  committed = os.path.join(REPO, 'experiments', 'results')
-  shutil.copy(os.path.join(committed, report.CSV_FILE), tmp_path)
+@pytest.mark.parametrize('folder', ['pilot_1epoch', 'cifar10_twocore'])
+def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
+  committed = os.path.join(REPO, 'experiments', 'results', folder)
+  if not os.path.isfile(os.path.join(committed, report.CSV_FILE)):
+    pytest.skip(f'{folder} has no results yet')
+  for file in (report.CSV_FILE, report.CURVES_FILE):
+    if os.path.isfile(os.path.join(committed, file)):
+      shutil.copy(os.path.join(committed, file), tmp_path)
   report.make_report(str(tmp_path), from_csv=True)
   with open(os.path.join(committed, report.REPORT_FILE)) as f:
     assert (tmp_path / report.REPORT_FILE).read_text() == f.read()
   rows = report.read_csv(str(tmp_path / report.CSV_FILE))
-  assert {r['sweep'] for r in rows} == set(SWEEP_FILES)
-  assert {r['seed'] for r in rows} == {0, 1, 2}
-  for sweep_file in SWEEP_FILES:
-    assert os.path.isfile(os.path.join(committed, f'{sweep_file}.png'))
+  assert {r['sweep'] for r in rows} <= set(SWEEP_FILES)
+  for sweep_name in {r['sweep'] for r in rows}:
+    assert os.path.isfile(os.path.join(committed, f'{sweep_name}.png'))
+  if folder == 'pilot_1epoch':
+    assert {r['sweep'] for r in rows} == set(SWEEP_FILES)
+    assert {r['seed'] for r in rows} == {0, 1, 2}
 
 
 def _rows(sweep_name, config, train_scale, protocol, test_scales, errors, **extra):
@@ -641,3 +679,47 @@ def test_report_table_gives_mean_and_std_over_seeds(tmp_path):
     assert (tmp_path / plot).read_bytes()[:4] == b'\x89PNG'
   assert report.make_report(str(tmp_path), from_csv=True) == path
   assert open(path).read() == text
+
+
+def _claim_rows(sweep_name, config, protocol, errors, test_scales='37', train_scale='37'):
+  return [{'sweep': sweep_name, 'config': config, 'protocol': protocol, 'seed': seed,
+           'point': f'{config},S={train_scale},seed={seed}', 'train_scale': train_scale,
+           'test_scale': '55' if train_scale == '[37,73]' else '37',
+           'test_scales': test_scales, 'top1_error': error}
+          for seed, error in enumerate(errors)]
+
+
+def test_claims_decide_by_welch_and_paired_t_tests():
+  rows = (_claim_rows('depth', 'A', 'dense', [0.30, 0.32, 0.31]) +
+          _claim_rows('depth', 'D', 'dense', [0.20, 0.21, 0.22]) +
+          _claim_rows('depth', 'E', 'dense', [0.215, 0.20, 0.22]) +
+          # measured at another single scale too: not the config's own, not compared
+          _claim_rows('depth', 'A', 'dense', [0.01, 0.01, 0.01], test_scales='32') +
+          _claim_rows('lrn', 'A', 'dense', [0.30, 0.32, 0.31]) +
+          _claim_rows('lrn', 'A-LRN', 'dense', [0.25, 0.26, 0.255]) +
+          _claim_rows('conv1x1', 'C', 'dense', [0.22, 0.21, 0.20]) +
+          _claim_rows('conv1x1', 'D', 'dense', [0.20, 0.23, 0.21]))
+  verdicts = {v['claim']: v for v in claims.decide_all(rows)}
+  depth = verdicts['depth helps, up to saturation']
+  assert depth['verdict'] == claims.REPRODUCES
+  d_vs_a = depth['comparisons'][0]
+  assert d_vs_a['first'] == {'n': 3, 'mean': pytest.approx(0.21), 'std': pytest.approx(0.01)}
+  assert d_vs_a['p'] == pytest.approx(
+      stats.ttest_ind([0.20, 0.21, 0.22], [0.30, 0.32, 0.31], equal_var=False).pvalue)
+  # LRN significantly lower error: the paper's "no gain" is contradicted.
+  assert verdicts['LRN does not help']['verdict'] == claims.DOES_NOT
+  assert verdicts['3x3 beats 1x1 at equal depth']['verdict'] == claims.INCONCLUSIVE
+  # Nothing measured: inconclusive, n < 2.
+  jitter = verdicts['scale jitter helps, most with multi-scale testing']
+  assert jitter['verdict'] == claims.INCONCLUSIVE and jitter['comparisons'][0]['p'] is None
+
+
+def test_protocol_claims_pair_the_same_models():
+  single = _claim_rows('depth', 'D', 'dense', [0.20, 0.30, 0.40])
+  # Every model about 0.01 better at multiple scales: a paired test sees it,
+  # Welch's would not (the models differ by far more).
+  multi = _claim_rows('depth', 'D', 'dense', [0.19, 0.292, 0.388], test_scales='32,37,42')
+  verdict = claims.decide(claims.CLAIMS[5], single + multi)
+  assert verdict['verdict'] == claims.REPRODUCES
+  assert verdict['comparisons'][0]['test'] == 'paired t'
+  assert verdict['comparisons'][0]['difference'] == pytest.approx(-0.01)

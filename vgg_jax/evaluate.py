@@ -36,7 +36,7 @@ import os
 import re
 import sys
 import types
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,19 +140,27 @@ def paper_table(report: dict) -> str:
   ])
 
 
-def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[str] = None,
-                 protocol: str = 'single', scales=None, flip: Optional[bool] = None,
-                 batch_size: Optional[int] = None) -> dict:
+def evaluate_run(workdir: str, *, protocol: str = 'single', **kwargs) -> dict:
   """Evaluates a run's checkpoint; returns the report (written by `write_report`).
 
   Every argument is checked before anything is read from the dataset, and
   nothing is written here.
   """
-  evaluation.protocol_parts(protocol)  # an unknown protocol fails first
+  return evaluate_run_protocols(workdir, protocols=(protocol,), **kwargs)[0]
+
+
+def evaluate_run_protocols(workdir: str, *, protocols: Sequence[str],
+                           step: Optional[int] = None, split: Optional[str] = None,
+                           scales=None, flip: Optional[bool] = None,
+                           batch_size: Optional[int] = None) -> list[dict]:
+  """`evaluate_run` for several protocols at the same scales in one pass over
+  the split (`evaluation.evaluate_protocols`): one report each."""
+  for protocol in protocols:  # an unknown protocol fails first
+    evaluation.protocol_parts(protocol)
   config = load_run_config(workdir)
   data_cfg = config.data
   scales = evaluation.parse_scales(scales, data_cfg)
-  flip = evaluation.resolve_flip(protocol, flip)
+  flips = [evaluation.resolve_flip(protocol, flip) for protocol in protocols]
   devices = jax.local_device_count()
   batch_size = default_batch_size(config, devices) if batch_size is None else batch_size
   variables, step, steps = restore(workdir, step)
@@ -163,17 +171,17 @@ def evaluate_run(workdir: str, *, step: Optional[int] = None, split: Optional[st
   model = VGG.from_config(config.model, num_classes, int(data_cfg.image_size))
   check_fits(model, variables, config, workdir, step)
   split = split or data_cfg.eval_split
-  result = evaluation.evaluate_protocol(
-      model, variables, data_cfg, split=split, protocol=protocol, scales=scales,
+  results = evaluation.evaluate_protocols(
+      model, variables, data_cfg, split=split, protocols=protocols, scales=scales,
       flip=flip, batch_size=batch_size)
-  return {
+  return [{
       **result,
-      'protocol': protocol, 'scales': list(scales), 'flip': flip, 'step': step,
+      'protocol': protocol, 'scales': list(scales), 'flip': protocol_flip, 'step': step,
       'split': split, 'batch_size': batch_size, 'devices': jax.device_count(),
       'config': config.model.variant, 'train_scale': train_scale_label(data_cfg.train_scale),
-      'file': result_name(protocol, scales, flip=flip, split=split,
+      'file': result_name(protocol, scales, flip=protocol_flip, split=split,
                           eval_split=data_cfg.eval_split, step=step, newest=max(steps)),
-  }
+  } for protocol, protocol_flip, result in zip(protocols, flips, results)]
 
 
 def write_report(workdir: str, report: dict) -> str:

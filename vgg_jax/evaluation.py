@@ -20,7 +20,7 @@ import contextlib
 import functools
 import itertools
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -324,26 +324,38 @@ class _Evaluation:
   and the rest run padded (mask weight 0) at the end. Images of any aspect
   ratio therefore go through the dense protocol at their own shape, never
   resized or padded, at the price of one compilation per distinct shape.
+
+
+  Each view feeds several scorers (protocols) at once, with one weight per
+  scorer (0 where the view is not the protocol's): the views that protocols
+  share, such as dense + multi-crop's and each part's own, run once.
   """
 
   def __init__(self, apply_fn, variables, mesh, *, batch_size: int, mean_rgb,
-               num_classes: int, keep_posteriors: bool, max_buffered: int):
+               num_classes: int, keep_posteriors: bool, max_buffered: int,
+               num_scorers: int = 1):
     self.apply_fn, self.variables, self.mesh = apply_fn, variables, mesh
     self.signature = _variables_signature(variables)
     self.batch_size, self.max_buffered = batch_size, max_buffered
     self.mean = jax.device_put(np.asarray(mean_rgb, np.float32), parallel.replicated(mesh))
-    self.posteriors = _Posteriors(num_classes)
+    self.posteriors = [_Posteriors(num_classes) for _ in range(num_scorers)]
     self.keep_posteriors = keep_posteriors
-    self.kept: list[dict] = []
+    self.kept: list[list[dict]] = [[] for _ in range(num_scorers)]
     self.buckets: dict[tuple, list] = collections.defaultdict(list)
     self.buffered = 0
     self.in_flight: collections.deque = collections.deque()
-    self.totals = np.zeros(5)  # top-1 errors, top-5 errors, NLL, examples, views
+    # Per scorer: top-1 errors, top-5 errors, NLL, examples, views.
+    self.totals = np.zeros((num_scorers, 5))
     self.compile_seconds = 0.0
 
   def add_example(self, index: int, label: int, weighted_views) -> None:
-    """weighted_views: [(weight, uint8 view)], whose weights sum to one."""
-    row = self.posteriors.open(index, label, len(weighted_views))
+    """weighted_views: [(weights, uint8 view)], one weight per scorer; each
+    scorer's weights sum to one over the example's views."""
+    # Every scorer opens and completes the same examples together, so their
+    # free rows, and the row each gives an example, are the same.
+    rows = [p.open(index, label, len(weighted_views)) for p in self.posteriors]
+    assert len(set(rows)) == 1, rows
+    row = rows[0]
     for weight, view in weighted_views:
       bucket = self.buckets[view.shape]
       bucket.append((row, weight, view))
@@ -365,7 +377,7 @@ class _Evaluation:
     out = compiled(self.variables, jax.device_put(images, parallel.batch_sharded(self.mesh)),
                    self.mean)
     rows = np.array([r for r, _, _ in entries], np.int64)
-    weights = np.array([w for _, w, _ in entries], np.float64)
+    weights = np.array([w for _, w, _ in entries], np.float64).reshape(len(entries), -1)
     # The device works on this batch while the host prepares the next one.
     self.in_flight.append((out, rows, weights))
     if len(self.in_flight) > 2:
@@ -374,14 +386,16 @@ class _Evaluation:
   def _collect(self) -> None:
     out, rows, weights = self.in_flight.popleft()
     log_probs = np.asarray(out)[:len(rows)]
-    done = self.posteriors.add(rows, weights, log_probs)
-    self.totals[4] += len(rows)
-    if len(done):
-      scored = self.posteriors.close(done)
-      self.totals[:4] += (scored['top1_errors'].sum(), scored['top5_errors'].sum(),
-                          scored['nll'].sum(), len(done))
-      if self.keep_posteriors:
-        self.kept.append({k: scored[k] for k in ('index', 'posterior')})
+    for k, posteriors in enumerate(self.posteriors):
+      with np.errstate(divide='ignore'):  # log(0): a view another scorer's only
+        done = posteriors.add(rows, weights[:, k], log_probs)
+      self.totals[k, 4] += np.count_nonzero(weights[:, k])
+      if len(done):
+        scored = posteriors.close(done)
+        self.totals[k, :4] += (scored['top1_errors'].sum(), scored['top5_errors'].sum(),
+                               scored['nll'].sum(), len(done))
+        if self.keep_posteriors:
+          self.kept[k].append({key: scored[key] for key in ('index', 'posterior')})
 
   def finish(self) -> None:
     for shape in sorted(self.buckets):
@@ -397,12 +411,22 @@ def _num_classes(model, variables, image_size: int) -> int:
                             variables, image).shape[-1])
 
 
-def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None,
-                      protocol: str = 'single', scales=None, flip: Optional[bool] = None,
-                      batch_size: int = 64, mesh=None, keep_posteriors: bool = False,
-                      process_index: Optional[int] = None,
-                      process_count: Optional[int] = None) -> dict:
-  """Exact evaluation of `model` on a split under one of the paper's test protocols.
+def evaluate_protocol(model, variables, data_cfg, *, protocol: str = 'single',
+                      **kwargs) -> dict:
+  """Exact evaluation of `model` on a split under one of the paper's test
+  protocols: `evaluate_protocols` with one protocol."""
+  return evaluate_protocols(model, variables, data_cfg, protocols=(protocol,), **kwargs)[0]
+
+
+def evaluate_protocols(model, variables, data_cfg, *, protocols: Sequence[str],
+                       split: Optional[str] = None, scales=None,
+                       flip: Optional[bool] = None, batch_size: int = 64, mesh=None,
+                       keep_posteriors: bool = False, process_index: Optional[int] = None,
+                       process_count: Optional[int] = None) -> list[dict]:
+  """Exact evaluation of `model` on a split under several of the paper's test
+  protocols at once, one result each, in one pass over the split: each view
+  runs once for every protocol that takes it (Table 5's dense, multi-crop and
+  dense + multi-crop cost what multi-crop and dense cost alone).
 
   Each image's posterior is the mean of the softmax outputs of all its views
   (over flips, crops, scales and, for 'dense+multicrop', both protocols, each
@@ -419,7 +443,9 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
     data_cfg: the run's `data` config (image_size, mean_rgb, test_scale,
       train_scale, name, ...).
     split: default data_cfg.eval_split.
-    protocol: 'single', 'dense', 'multicrop' or 'dense+multicrop'.
+    protocols: each 'single', 'dense', 'multicrop' or 'dense+multicrop'; those
+      sharing a part must take it with the same flip ('single' has none by
+      default, 'dense' has it).
     scales: test scales Q: None (data_cfg.test_scale), 'auto', '256,384' or a
       sequence of ints; none may be smaller than the crop.
     flip: also average the mirror image in 'single' and 'dense'; None takes
@@ -434,14 +460,19 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
       arrays (split order), for analysis and tests.
 
   Returns:
-    top1_error, top5_error, nll, num_examples, num_views (views evaluated,
-    padding excluded), views_per_image, images_per_sec (excluding
-    compilation), seconds (wall time) and compile_seconds: numbers only, so a
-    training loop can log them as scalars.
+    Per protocol: top1_error, top5_error, nll, num_examples, num_views (the
+    protocol's views, padding excluded), views_per_image, images_per_sec
+    (excluding compilation), seconds (wall time) and compile_seconds, the
+    last three of the shared pass: numbers only, so a training loop can log
+    them as scalars.
   """
   start = time.perf_counter()
-  parts = protocol_parts(protocol)
-  flip = resolve_flip(protocol, flip)
+  parts = tuple(dict.fromkeys(p for protocol in protocols for p in protocol_parts(protocol)))
+  flips = {protocol: resolve_flip(protocol, flip) for protocol in protocols}
+  if len({flips[p] for p in protocols if protocol_parts(p) != ('multicrop',)}) > 1:
+    raise ValueError(f'protocols {", ".join(protocols)} take their views with and without '
+                     'flips: evaluate them separately')
+  flip = any(flips.values())
   scales = parse_scales(scales, data_cfg)
   image_size = int(data_cfg.image_size)
   mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
@@ -459,8 +490,15 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
   split = split or data_cfg.eval_split
 
   source = data.open_split(data_cfg, split)
-  groups = view_groups(protocol, scales)
-  weights = [1.0 / (len(groups) * views_per_group(part, flip)) for part, _ in groups]
+  # The union of the protocols' view groups; weights[g, k]: the weight of a
+  # view of group g in protocol k's posterior (0 if k does not take it).
+  groups = list(dict.fromkeys(g for p in protocols for g in view_groups(p, scales)))
+  weights = np.zeros((len(groups), len(protocols)))
+  for k, protocol in enumerate(protocols):
+    own = view_groups(protocol, scales)
+    for g, (part, q) in enumerate(groups):
+      if (part, q) in own:
+        weights[g, k] = 1.0 / (len(own) * views_per_group(part, flip))
   views_per_image = sum(views_per_group(part, flip) for part, _ in groups)
   largest = max(scales)
 
@@ -478,7 +516,8 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
                     batch_size=batch_size, mean_rgb=data_cfg.mean_rgb,
                     num_classes=_num_classes(model, variables, image_size),
                     keep_posteriors=keep_posteriors,
-                    max_buffered=4 * batch_size + views_per_image)
+                    max_buffered=4 * batch_size + views_per_image,
+                    num_scorers=len(protocols))
   indices = range(process_index, len(source), process_count)
   # closing: an error stops the decoding threads at once, not at garbage collection.
   with contextlib.closing(_ordered_map(prepare, indices, threads, window)) as prepared:
@@ -492,33 +531,38 @@ def evaluate_protocol(model, variables, data_cfg, *, split: Optional[str] = None
     # jax_enable_x64: ample for counts and NLL sums).
     totals = np.sum(np.asarray(multihost_utils.process_allgather(totals), np.float64),
                     axis=0)
-  count = totals[3]
-  if count == 0:
-    raise ValueError(f'split {split!r} is empty')
   seconds = time.perf_counter() - start
-  result = {
-      'top1_error': float(totals[0] / count),
-      'top5_error': float(totals[1] / count),
-      'nll': float(totals[2] / count),
-      'num_examples': int(round(count)),
-      'num_views': int(round(totals[4])),
-      'views_per_image': views_per_image,
-      'images_per_sec': float(count / max(seconds - run.compile_seconds, 1e-9)),
-      'seconds': seconds,
-      'compile_seconds': run.compile_seconds,
-  }
-  if keep_posteriors:
-    kept = run.kept or [{'index': np.zeros(0, np.int64),
-                         'posterior': np.zeros((0, run.posteriors.num_classes), np.float32)}]
-    index = np.concatenate([k['index'] for k in kept])
-    order = np.argsort(index)
-    result['index'] = index[order]
-    result['posterior'] = np.concatenate([k['posterior'] for k in kept])[order]
-  # The callers report the result; the details are for --v=1.
-  logging.debug('%s at Q=%s%s: top-1 error %.4f, top-5 error %.4f, NLL %.4f over %d '
-                'examples (%d views), %.1f img/s (%.1f s compiling excluded)', protocol,
-                ','.join(map(str, scales)), ' with flips' if flip else '',
-                result['top1_error'], result['top5_error'], result['nll'],
-                result['num_examples'], result['num_views'], result['images_per_sec'],
-                run.compile_seconds)
-  return result
+  results = []
+  for k, protocol in enumerate(protocols):
+    top1, top5, nll, count, views = totals[k]
+    if count == 0:
+      raise ValueError(f'split {split!r} is empty')
+    result = {
+        'top1_error': float(top1 / count),
+        'top5_error': float(top5 / count),
+        'nll': float(nll / count),
+        'num_examples': int(round(count)),
+        'num_views': int(round(views)),
+        'views_per_image': int(sum(views_per_group(part, flip)
+                                   for part, _ in view_groups(protocol, scales))),
+        'images_per_sec': float(count / max(seconds - run.compile_seconds, 1e-9)),
+        'seconds': seconds,
+        'compile_seconds': run.compile_seconds,
+    }
+    if keep_posteriors:
+      kept = run.kept[k] or [{'index': np.zeros(0, np.int64),
+                              'posterior': np.zeros((0, run.posteriors[k].num_classes),
+                                                    np.float32)}]
+      index = np.concatenate([c['index'] for c in kept])
+      order = np.argsort(index)
+      result['index'] = index[order]
+      result['posterior'] = np.concatenate([c['posterior'] for c in kept])[order]
+    # The callers report the result; the details are for --v=1.
+    logging.debug('%s at Q=%s%s: top-1 error %.4f, top-5 error %.4f, NLL %.4f over %d '
+                  'examples (%d views), %.1f img/s (%.1f s compiling excluded)', protocol,
+                  ','.join(map(str, scales)), ' with flips' if flips[protocol] else '',
+                  result['top1_error'], result['top5_error'], result['nll'],
+                  result['num_examples'], result['num_views'], result['images_per_sec'],
+                  run.compile_seconds)
+    results.append(result)
+  return results

@@ -1,0 +1,123 @@
+"""Trains the five CIFAR-10 sweeps at the `twocore` size, a point at a time, and
+commits each finished point, so that the campaign spans sittings and machines.
+
+    python -m experiments.continue_sweeps --images=ROOT [--commit] [--seeds=3] [--dry_run]
+
+ROOT holds CIFAR-10 as an image folder (ROOT/train/<class>/*.png|jpg,
+ROOT/test/<class>/...). It is linked at workdirs/cifar10, and the points'
+configs name that relative path: a point's frozen config (point.json) must
+match for the point to count as done, whatever machine runs the campaign.
+
+Order: seed 0 of every distinct point of every sweep, then seed 1, then seed 2,
+so that a campaign cut off early has each configuration at least once. A
+point shared by several sweeps (D at S = 37: depth, conv1x1, scale_jitter)
+trains once and gets each sweep's evaluations. With --commit, each point's
+directory is committed to git as soon as its training and evaluations are
+done: everything but its checkpoints, which .gitignore keeps out. A fresh
+clone then skips the committed points without starting them, and a point cut
+off midway starts again from its newest checkpoint on the same machine, or
+from scratch on another.
+
+The points run through `experiments.sweep` (its local launcher), one at a
+time: two at once would only share the same two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from experiments import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join('experiments', 'results', 'cifar10_twocore')
+IMAGES_LINK = os.path.join('workdirs', 'cifar10')
+SWEEPS = ('depth', 'conv1x1', 'scale_jitter', 'lrn', 'kernel_size')
+
+
+def sweep_argument(seeds: int) -> str:
+  return f'twocore,folder={IMAGES_LINK},seeds={seeds}'
+
+
+def link_images(images: str) -> None:
+  """workdirs/cifar10 -> ROOT, the folder every point's config names."""
+  if not os.path.isdir(os.path.join(images, 'train')):
+    raise ValueError(f'--images={images} has no train/ directory: give the root of '
+                     'CIFAR-10 as an image folder (ROOT/train/<class>/..., ROOT/test/...)')
+  link = os.path.join(REPO, IMAGES_LINK)
+  os.makedirs(os.path.dirname(link), exist_ok=True)
+  if os.path.islink(link):
+    os.remove(link)
+  elif os.path.exists(link):
+    raise ValueError(f'{link} exists and is not a link: move it away')
+  os.symlink(os.path.abspath(images), link)
+
+
+def campaign(seeds: int) -> list[tuple[str, sweep.Point]]:
+  """(sweep name, point) in the order they run: by seed, then by sweep."""
+  ordered = []
+  for seed in range(seeds):
+    for name in SWEEPS:
+      module, arg = sweep.load_sweep_module(
+          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{sweep_argument(seeds)}'))
+      points = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
+                                 os.path.join(REPO, RESULTS))
+      ordered += [(name, p) for p in points if p.config['seed'] == seed]
+  return ordered
+
+
+def run_point(name: str, point: sweep.Point, seeds: int) -> int:
+  cmd = [sys.executable, '-m', 'experiments.sweep',
+         f'--sweep={os.path.join("configs", "sweeps", name)}.py:{sweep_argument(seeds)}',
+         f'--workdir={RESULTS}', f'--only=^{re.escape(point.name)}$']
+  print(f'$ {" ".join(cmd)}', flush=True)
+  return subprocess.run(cmd, cwd=REPO, check=False).returncode
+
+
+def commit(name: str, point: sweep.Point) -> None:
+  paths = [os.path.join(RESULTS, point.name), os.path.join(RESULTS, sweep.SWEEPS_DIR)]
+  message = f'Results: {name} sweep, point {point.name} (CIFAR-10, twocore)'
+  for attempt in range(10):  # another git command may hold the index for a moment
+    added = subprocess.run(['git', 'add', *paths], cwd=REPO, check=False)
+    done = added.returncode == 0 and subprocess.run(
+        ['git', 'commit', '-q', '-m', message, '--', *paths], cwd=REPO, check=False
+    ).returncode == 0
+    if done:
+      return
+    time.sleep(2 + attempt)
+  raise RuntimeError(f'could not commit {paths}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  options = flags.FLAGS
+  try:
+    link_images(options.images)
+  except ValueError as e:
+    sys.exit(f'experiments.continue_sweeps: error: {e}')
+  for name, point in campaign(options.seeds):
+    state = sweep.status(os.path.join(REPO, RESULTS, point.name), point.evals)
+    if state == 'done':
+      continue
+    print(f'[{state}] {name}: {point.name}', flush=True)
+    if options.dry_run:
+      continue
+    if run_point(name, point, options.seeds) != 0:
+      sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
+               f'{os.path.join(RESULTS, point.name, "log.txt")}')
+    if options.commit:
+      commit(name, point)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('images', None, 'CIFAR-10 as an image folder.', required=True)
+  flags.DEFINE_integer('seeds', 3, 'Seeds per configuration.')
+  flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
+  flags.DEFINE_bool('dry_run', False, 'List the points still to run; run nothing.')
+  app.run(main)
