@@ -42,8 +42,9 @@ Sizes:
             runs in experiments/results/cifar10_twocore/README.md): width
             1/8 for 20 epochs 20.6 % in 15 min; width 1/4 for 12 epochs
             17.8 % in 18 min; width 1/4 for 10 epochs 18.8 %, with label
-            smoothing 0.1 18.1 %. Issue #15's 12 % needs about twice this
-            budget's images at width 1/4: a faster step, not a recipe.
+            smoothing 0.1 18.1 %. Issue #15's 12 % is out of this budget's
+            reach: 20 % more epochs (18 min) bought 0.3-1 point, and the
+            wider net the target needs trains slower still on 2 cores.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
@@ -52,7 +53,7 @@ Sizes:
             error (centre crop, Q = 37), 44.2 / 5.3 (dense, Q = 32, 37, 42), in
             11 min 33 s on the 2-core development machine while other jobs
             held it (load average 4-6; 150-370 img/s). With `epochs=1`, every
-            variant at 3 seeds (experiments/results/): 42.7-59.9 % top-1
+            variant at 3 seeds (experiments/results/pilot_1epoch/): 42.7-59.9 % top-1
             error (centre crop), 1-4 min per point on the 2-core machine when free.
 """
 

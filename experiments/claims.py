@@ -29,8 +29,6 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence
 
-from scipy import stats
-
 ALPHA = 0.05
 REPRODUCES, DOES_NOT, INCONCLUSIVE = 'reproduces', 'does not', 'inconclusive'
 
@@ -172,6 +170,7 @@ def test(comparison: Comparison, rows: Rows) -> dict:
   if len(a) < 2 or len(b) < 2:
     return result
   result['difference'] = sum(a) / len(a) - sum(b) / len(b)
+  from scipy import stats  # pylint: disable=g-import-not-at-top  (seconds to import)
   if comparison.paired:
     p = stats.ttest_rel(a, b).pvalue
   else:

@@ -80,12 +80,15 @@ def run_point(name: str, point: sweep.Point, seeds: int) -> int:
 
 
 def commit(name: str, point: sweep.Point) -> None:
+  """Commits the point's directory, the sweeps' manifests and the committed
+  points' changes: a point shared with this sweep has it added to its
+  point.json's sweeps, which the report reads. Points not yet done stay out."""
   paths = [os.path.join(RESULTS, point.name), os.path.join(RESULTS, sweep.SWEEPS_DIR)]
   message = f'Results: {name} sweep, point {point.name} (CIFAR-10, twocore)'
   for attempt in range(10):  # another git command may hold the index for a moment
     added = subprocess.run(['git', 'add', *paths], cwd=REPO, check=False)
     done = added.returncode == 0 and subprocess.run(
-        ['git', 'commit', '-q', '-m', message, '--', *paths], cwd=REPO, check=False
+        ['git', 'commit', '-q', '-m', message, '--', RESULTS], cwd=REPO, check=False
     ).returncode == 0
     if done:
       return

@@ -6,17 +6,23 @@
 Scanning finds every run under DIR (a directory with config.json and
 eval/*.json, as `experiments.sweep` and `vgg_jax.evaluate` leave them) and
 writes OUT/results.csv (default OUT = DIR): one row per sweep, point and
-evaluation, with the point's architecture, seed, scales and errors. Then,
-from the CSV alone, so that `--from_csv` regenerates the same report:
+evaluation, with the point's architecture, seed, scales and errors; and
+OUT/curves.csv: each point's test error after each epoch of its training
+(its metrics.jsonl). Then, from the CSVs alone, so that `--from_csv`
+regenerates the same report:
 
-  report.md  per sweep, a table in the layout of the paper's Tables 3-5
+  report.md  the verdict on each of the paper's seven claims (numbers, test,
+             reproduces / does not / inconclusive: experiments/claims.py),
+             then per sweep a table in the layout of the paper's Tables 3-5
              (config, train S, test Q, protocol, top-1 / top-5 error in % as
              mean ± sample std over seeds, number of seeds);
   <sweep>.png  top-1 and top-5 error per configuration (error bars: std over
              seeds); against the number of weight layers when every
              configuration has its own depth, and against the test scale Q,
              one line per training scale, when a sweep varies the training
-             scale and tests at single scales.
+             scale and tests at single scales;
+  <sweep>_curves.png  test error against epoch, one line per configuration,
+             mean over seeds.
 
 A point shared by several sweeps (same name and config in one DIR) appears in
 each of them. Runs made outside a sweep are grouped as sweep 'runs'.
@@ -47,8 +53,8 @@ CURVES_FILE = 'curves.csv'
 REPORT_FILE = 'report.md'
 COLUMNS = ('sweep', 'order', 'point', 'seed', 'config', 'weight_layers', 'variant',
            'depths', 'kernel_size', 'conv1x1', 'lrn', 'batch_norm', 'width', 'fc_width',
-           'head', 'epochs', 'train_scale', 'test_scale', 'protocol', 'test_scales', 'flip', 'step',
-           'num_examples', 'top1_error', 'top5_error', 'nll', 'train_seconds', 'eval_seconds')
+           'head', 'epochs', 'train_scale', 'test_scale', 'protocol', 'test_scales', 'flip',
+           'step', 'num_examples', 'top1_error', 'top5_error', 'nll', 'train_seconds', 'eval_seconds')
 NUMERIC = {'order': int, 'seed': int, 'weight_layers': int, 'kernel_size': int,
            'width': float, 'fc_width': int, 'epochs': float, 'step': int,
            'num_examples': int, 'top1_error': float, 'top5_error': float, 'nll': float,

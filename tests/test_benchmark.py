@@ -13,8 +13,6 @@ from vgg_jax import benchmark
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
 
-torch = pytest.importorskip('torch')
-
 TINY = dict(width=1 / 16, fc_width=16, num_classes=5, image_size=32)
 
 
@@ -26,6 +24,7 @@ TINY = dict(width=1 / 16, fc_width=16, num_classes=5, image_size=32)
     dict(variant='B', kernel_size=5, image_size=64),
 ])
 def test_torch_counterpart_has_the_same_parameters(kwargs):
+  torch = pytest.importorskip('torch')  # here, not at collection: seconds per worker
   model = VGG(**{**TINY, **kwargs})
   net = benchmark.torch_model(model)
   torch_params = sum(p.numel() for p in net.parameters())

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from scipy import stats
 # Imported here, not inside a test: importing submitit reconfigures logging,
 # which closes pytest's capture file if a test's capsys is active.
 import submitit
@@ -704,6 +703,7 @@ def test_claims_decide_by_welch_and_paired_t_tests():
   assert depth['verdict'] == claims.REPRODUCES
   d_vs_a = depth['comparisons'][0]
   assert d_vs_a['first'] == {'n': 3, 'mean': pytest.approx(0.21), 'std': pytest.approx(0.01)}
+  from scipy import stats  # pylint: disable=g-import-not-at-top
   assert d_vs_a['p'] == pytest.approx(
       stats.ttest_ind([0.20, 0.21, 0.22], [0.30, 0.32, 0.31], equal_var=False).pvalue)
   # LRN significantly lower error: the paper's "no gain" is contradicted.

@@ -182,7 +182,7 @@ def test_glorot_init_gives_fc1_the_dense_layers_fans_at_224():
   # stands for has 7*7*C inputs and fc_width outputs. Flax's conv Glorot would
   # count 7*7*fc_width outputs: a std of 0.0084 here instead of 0.0234.
   model = vgg.VGG(variant='A', image_size=224, width=1 / 8, fc_width=512, weight_init='glorot')
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))['params']
+  params = init(model, jnp.zeros((1, 224, 224, 3)))['params']
   fc1 = np.asarray(params['fc1']['kernel'])
   assert fc1.shape == (7, 7, 64, 512)
   np.testing.assert_allclose(fc1.std(), np.sqrt(2 / (7 * 7 * 64 + 512)), rtol=0.01)

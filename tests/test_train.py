@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from configs import default
 from vgg_jax import checkpoints, train
@@ -70,6 +69,7 @@ def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
   assert saved['model']['variant'] == 'A' and saved['num_train_steps'] == STEPS
 
   # TensorBoard reads the same scalars from the run's event file.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   for tag in ('train/loss', 'lr', 'eval/top1_error'):

@@ -8,6 +8,8 @@ the map), 'multicrop' (5x5 grid of crops x 2 flips per scale) and
 mean of the softmax outputs of all its views; views are batched by shape,
 padded batches carry zero-weight rows, and each process scores its own share
 of the examples on its local devices before the totals are summed.
+`evaluate_protocols` scores several protocols in one pass, each view run once
+for all that take it (Table 5's dense, multi-crop and both).
 `python -m vgg_jax.evaluate` is its command line; the training loop evaluates
 with it too.
 """
@@ -324,7 +326,6 @@ class _Evaluation:
   and the rest run padded (mask weight 0) at the end. Images of any aspect
   ratio therefore go through the dense protocol at their own shape, never
   resized or padded, at the price of one compilation per distinct shape.
-
 
   Each view feeds several scorers (protocols) at once, with one weight per
   scorer (0 where the view is not the protocol's): the views that protocols

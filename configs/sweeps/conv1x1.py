@@ -7,7 +7,7 @@ field); D adds a 3x3 conv there instead. The paper: C beats B, D beats C (28.7, 
 % top-1 at S = 256, dense evaluation at Q = S): non-linearity helps, spatial context helps
 more. Base: configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
-Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; C's 3 points
+Measured (experiments/results/pilot_1epoch/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; C's 3 points
 took 9 min, B and D came from the depth sweep): centre-crop top-1 error B 46.3 ± 1.7, C
 49.3 ± 1.6, D 53.4 ± 2.2 %.
 """

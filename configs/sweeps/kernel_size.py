@@ -8,7 +8,7 @@ receptive field, fewer non-linearities): 7 % higher top-1 error than B
 5x5 net loses by depth from what it gains by its larger kernel. Base:
 configs/cifar10.py with the same argument; sweep option `seeds=N` (default 3).
 
-Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 24 min for the
+Measured (experiments/results/pilot_1epoch/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 24 min for the
 9 points): centre-crop top-1 error B 46.3 ± 1.7, one 5x5 per stage 45.0 ± 0.4, one 3x3 per
 stage 42.7 ± 0.7 %.
 """

@@ -7,7 +7,7 @@ A-LRN is A with AlexNet's LRN after the first conv. The paper: no gain (29.6 aga
 both nets (configs/cifar10.py), as it does in every sweep. Base: configs/cifar10.py with
 the same argument; sweep option `seeds=N` (default 3).
 
-Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; A-LRN's 3
+Measured (experiments/results/pilot_1epoch/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU; A-LRN's 3
 points took 7 min, A came from the depth sweep): centre-crop top-1 error A 45.0 ± 2.0, A-LRN
 45.4 ± 0.6 %.
 """

@@ -15,7 +15,7 @@ S = 256 and the jittered model from S = 384 (add 'init_from': '@<point>' to
 the points for that). Base: configs/cifar10.py with the same argument; sweep
 option `seeds=N` (default 3).
 
-Measured (experiments/results/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 28 min):
+Measured (experiments/results/pilot_1epoch/, CIFAR-10, `runlocal,epochs=1`, 2-core CPU, 28 min):
 dense multi-scale top-1 error S = 37 54.6 ± 2.2, S = 55 70.6 ± 2.2, jittered 69.3 ± 3.7 %;
 the jittered net's error varies least across test scales (67.8-71.4 % at Q = 32..73).
 """
