@@ -11,9 +11,10 @@ match for the point to count as done, whatever machine runs the campaign.
 Order: seed 0 of every distinct point of every sweep, then seed 1, then seed 2,
 so that a campaign cut off early has each configuration at least once. A
 point shared by several sweeps (D at S = 37: depth, conv1x1, scale_jitter)
-trains once and gets each sweep's evaluations. With --commit, each point's
-directory is committed to git as soon as its training and evaluations are
-done: everything but its checkpoints, which .gitignore keeps out. A fresh
+trains once and gets every sweep's evaluations right after, while its
+checkpoints are on the machine. With --commit, each point's directory is
+committed to git as soon as its training and evaluations are done:
+everything but its checkpoints, which .gitignore keeps out. A fresh
 clone then skips the committed points without starting them, and a point cut
 off midway starts again from its newest checkpoint on the same machine, or
 from scratch on another.
@@ -33,6 +34,7 @@ import time
 from absl import app, flags
 
 from experiments import sweep
+from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join('experiments', 'results', 'cifar10_twocore')
@@ -58,17 +60,21 @@ def link_images(images: str) -> None:
   os.symlink(os.path.abspath(images), link)
 
 
-def campaign(seeds: int) -> list[tuple[str, sweep.Point]]:
-  """(sweep name, point) in the order they run: by seed, then by sweep."""
-  ordered = []
+def campaign(seeds: int) -> list[list[tuple[str, sweep.Point]]]:
+  """The distinct points in the order they run (by seed, then by sweep), each
+  as its (sweep name, point) for every sweep it belongs to: a shared point
+  gets all its sweeps' evaluations while its checkpoints are at hand."""
+  by_point: dict[str, list[tuple[str, sweep.Point]]] = {}
   for seed in range(seeds):
     for name in SWEEPS:
       module, arg = sweep.load_sweep_module(
           os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{sweep_argument(seeds)}'))
       points = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
                                  os.path.join(REPO, RESULTS))
-      ordered += [(name, p) for p in points if p.config['seed'] == seed]
-  return ordered
+      for point in points:
+        if point.config['seed'] == seed:
+          by_point.setdefault(point.name, []).append((name, point))
+  return list(by_point.values())
 
 
 def run_point(name: str, point: sweep.Point, seeds: int) -> int:
@@ -84,7 +90,7 @@ def commit(name: str, point: sweep.Point) -> None:
   points' changes: a point shared with this sweep has it added to its
   point.json's sweeps, which the report reads. Points not yet done stay out."""
   paths = [os.path.join(RESULTS, point.name), os.path.join(RESULTS, sweep.SWEEPS_DIR)]
-  message = f'Results: {name} sweep, point {point.name} (CIFAR-10, twocore)'
+  message = f'Results: point {point.name} of the {name} sweep(s) (CIFAR-10, twocore)'
   for attempt in range(10):  # another git command may hold the index for a moment
     added = subprocess.run(['git', 'add', *paths], cwd=REPO, check=False)
     done = added.returncode == 0 and subprocess.run(
@@ -104,18 +110,27 @@ def main(argv):
     link_images(options.images)
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
-  for name, point in campaign(options.seeds):
-    state = sweep.status(os.path.join(REPO, RESULTS, point.name), point.evals)
-    if state == 'done':
+  for memberships in campaign(options.seeds):
+    todo = []
+    for name, point in memberships:
+      point_dir = os.path.join(REPO, RESULTS, point.name)
+      state = sweep.status(point_dir, point.evals)
+      if state == 'evaluate' and not run_files.has_checkpoints(point_dir):
+        sys.exit(f'experiments.continue_sweeps: {point.name} lacks the {name} sweep\'s '
+                 f'evaluations {", ".join(sweep.missing_evals(point_dir, point.evals))} and '
+                 'its checkpoints are not on this machine: delete its directory to train it '
+                 'again')
+      if state != 'done':
+        print(f'[{state}] {name}: {point.name}', flush=True)
+        todo.append((name, point))
+    if options.dry_run or not todo:
       continue
-    print(f'[{state}] {name}: {point.name}', flush=True)
-    if options.dry_run:
-      continue
-    if run_point(name, point, options.seeds) != 0:
-      sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
-               f'{os.path.join(RESULTS, point.name, "log.txt")}')
+    for name, point in todo:
+      if run_point(name, point, options.seeds) != 0:
+        sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
+                 f'{os.path.join(RESULTS, point.name, "log.txt")}')
     if options.commit:
-      commit(name, point)
+      commit(', '.join(name for name, _ in todo), todo[0][1])
 
 
 if __name__ == '__main__':

@@ -184,16 +184,20 @@ def test_sweep_files_give_named_points_with_seeds(name, tmp_path):
 
 def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed(tmp_path):
   order = continue_sweeps.campaign(seeds=3)
-  assert {name for name, _ in order} == set(SWEEP_FILES)
-  seeds = [p.config['seed'] for _, p in order]
+  # 10 configurations, 3 seeds each; each point with every sweep it belongs to.
+  assert len(order) == 30
+  assert {name for memberships in order for name, _ in memberships} == set(SWEEP_FILES)
+  seeds = [memberships[0][1].config['seed'] for memberships in order]
   assert seeds == sorted(seeds)
-  # 10 configurations (D at S = 37 is one of depth, conv1x1 and scale_jitter;
-  # A, B shared as well), 3 seeds each.
-  assert len({p.name for _, p in order}) == 30
-  for _, p in order:
-    assert p.config['model']['width'] == 0.25 and p.config['num_epochs'] == 10
-    # A path relative to the checkout: the same frozen config on every machine.
-    assert p.config['data']['folder'] == continue_sweeps.IMAGES_LINK
+  d_at_37 = next(m for m in order if m[0][1].name == 'variant=D,seed=0')
+  assert [name for name, _ in d_at_37] == ['depth', 'conv1x1', 'scale_jitter']
+  assert 'multicrop:auto' in d_at_37[2][1].evals  # the scale sweep's, run while trained
+  for memberships in order:
+    assert len({p.name for _, p in memberships}) == 1
+    for _, p in memberships:
+      assert p.config['model']['width'] == 0.25 and p.config['num_epochs'] == 10
+      # A path relative to the checkout: the same frozen config on every machine.
+      assert p.config['data']['folder'] == continue_sweeps.IMAGES_LINK
   with pytest.raises(ValueError, match='has no train/ directory'):
     continue_sweeps.link_images(str(tmp_path))
 
