@@ -77,6 +77,19 @@ def campaign(seeds: int) -> list[list[tuple[str, sweep.Point]]]:
   return list(by_point.values())
 
 
+def point_state(name: str, point: sweep.Point) -> str:
+  """`sweep.status` of the point in the campaign's directory; an error where
+  evaluations are missing and no checkpoint is here to make them from."""
+  point_dir = os.path.join(REPO, RESULTS, point.name)
+  state = sweep.status(point_dir, point.evals)
+  if state == 'evaluate' and not run_files.has_checkpoints(point_dir):
+    raise ValueError(
+        f'{point.name} lacks the {name} sweep\'s evaluations '
+        f'{", ".join(sweep.missing_evals(point_dir, point.evals))} and its checkpoints are '
+        'not on this machine: delete its directory to train it again')
+  return state
+
+
 def run_point(name: str, point: sweep.Point, seeds: int) -> int:
   cmd = [sys.executable, '-m', 'experiments.sweep',
          f'--sweep={os.path.join("configs", "sweeps", name)}.py:{sweep_argument(seeds)}',
@@ -113,13 +126,10 @@ def main(argv):
   for memberships in campaign(options.seeds):
     todo = []
     for name, point in memberships:
-      point_dir = os.path.join(REPO, RESULTS, point.name)
-      state = sweep.status(point_dir, point.evals)
-      if state == 'evaluate' and not run_files.has_checkpoints(point_dir):
-        sys.exit(f'experiments.continue_sweeps: {point.name} lacks the {name} sweep\'s '
-                 f'evaluations {", ".join(sweep.missing_evals(point_dir, point.evals))} and '
-                 'its checkpoints are not on this machine: delete its directory to train it '
-                 'again')
+      try:
+        state = point_state(name, point)
+      except ValueError as e:
+        sys.exit(f'experiments.continue_sweeps: error: {e}')
       if state != 'done':
         print(f'[{state}] {name}: {point.name}', flush=True)
         todo.append((name, point))

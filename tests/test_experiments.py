@@ -202,6 +202,21 @@ def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed
     continue_sweeps.link_images(str(tmp_path))
 
 
+def test_a_trained_point_missing_evaluations_without_checkpoints_is_an_error(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(continue_sweeps, 'RESULTS', str(tmp_path))  # absolute: joined as is
+  name, point = continue_sweeps.campaign(seeds=1)[0][0]
+  assert continue_sweeps.point_state(name, point) == 'new'
+  point_dir = tmp_path / point.name
+  point_dir.mkdir()
+  (point_dir / 'train_result.json').write_text('{}')  # trained on another machine
+  with pytest.raises(ValueError, match='checkpoints are not on this machine: delete its '
+                     'directory to train it again'):
+    continue_sweeps.point_state(name, point)
+  (point_dir / 'checkpoints' / '3900').mkdir(parents=True)
+  assert continue_sweeps.point_state(name, point) == 'evaluate'
+
+
 def test_point_names_are_canonical():
   assert sweep.point_name({'seed': 1, 'model.variant': 'B'}) == 'variant=B,seed=1'
   assert sweep.point_name({'model.variant': 'B', 'model.depths': (1,) * 5,
