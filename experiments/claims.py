@@ -185,13 +185,20 @@ def test(comparison: Comparison, rows: Rows) -> dict:
   return result
 
 
-def _summary(values: Sequence[float]) -> dict:
+def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
+  """Mean and sample standard deviation (None for a single value)."""
   n = len(values)
-  if not n:
-    return {'n': 0}
   mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-  return {'n': n, 'mean': mean, 'std': std}
+  if n < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def _summary(values: Sequence[float]) -> dict:
+  if not values:
+    return {'n': 0}
+  mean, std = mean_std(values)
+  return {'n': len(values), 'mean': mean, 'std': std}
 
 
 def decide(claim: Claim, rows: Rows) -> dict:

@@ -34,7 +34,6 @@ import csv
 import functools
 import io
 import json
-import math
 import os
 import sys
 import types
@@ -249,15 +248,6 @@ def read_csv(path: str, numeric: dict = NUMERIC) -> list[dict]:
 # --------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, Optional[float]]:
-  """Mean and sample standard deviation (None for a single value)."""
-  n = len(values)
-  mean = sum(values) / n
-  if n < 2:
-    return mean, None
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
 def aggregate(rows: Sequence[dict]) -> 'OrderedDict[str, list[dict]]':
   """{sweep: [one entry per (config, train S, protocol, test Q) over seeds]}."""
   groups: 'OrderedDict[tuple, list[dict]]' = OrderedDict()
@@ -267,8 +257,8 @@ def aggregate(rows: Sequence[dict]) -> 'OrderedDict[str, list[dict]]':
     groups.setdefault(key, []).append(row)
   sweeps: 'OrderedDict[str, list[dict]]' = OrderedDict()
   for (sweep, config, train_scale, protocol, test_scales, _), members in groups.items():
-    top1, top1_std = mean_std([m['top1_error'] for m in members])
-    top5, top5_std = mean_std([m['top5_error'] for m in members])
+    top1, top1_std = claims.mean_std([m['top1_error'] for m in members])
+    top5, top5_std = claims.mean_std([m['top5_error'] for m in members])
     sweeps.setdefault(sweep, []).append(dict(
         config=config, train_scale=train_scale, protocol=protocol, test_scales=test_scales,
         weight_layers=members[0]['weight_layers'], order=min(m['order'] for m in members),
