@@ -46,8 +46,19 @@ def pytest_unconfigure(config):
 SLOW_FIXTURES = {'reference', 'tiny_sweep', 'uninterrupted', 'run'}
 
 
+# The files that take longest, longest first (measured with --durations=0):
+# pytest-xdist hands files to its workers in collection order (with
+# --no-loadscope-reorder), and starting the long ones first keeps one worker
+# from finishing a long file alone at the end.
+LONGEST_FIRST = ('test_reliability.py', 'test_experiments.py', 'test_convert.py',
+                 'test_model.py', 'test_benchmark.py', 'test_train.py', 'test_evaluate.py',
+                 'test_parallel.py', 'test_data.py', 'test_cpu_ops.py', 'test_console.py')
+
+
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     if SLOW_FIXTURES & set(getattr(item, 'fixturenames', ())):
       item.add_marker(pytest.mark.slow)
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable

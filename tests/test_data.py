@@ -317,6 +317,27 @@ def test_decode_reduces_large_jpegs_but_keeps_the_scale(tmp_path):
   assert min(small.shape[:2]) >= 140 and small.shape[:2] == (150, 200)
 
 
+def test_train_view_of_the_decoded_pillow_image_equals_that_of_the_array(tmp_path):
+  """The pipeline resamples `decode_pil`'s image as it is: the same pixels as
+  from `decode`'s array, in every mode and from a reduced-size JPEG decode."""
+  rgb = random_image(48, 60)
+  cases = {'photo.jpg': Image.fromarray(rgb), 'gray.png': Image.fromarray(rgb[..., 0]),
+           'palette.gif': Image.fromarray(rgb).convert('P')}
+  for name, img in cases.items():
+    img.save(tmp_path / name)
+    for seed, scale in enumerate((32, 40, 48, 70)):
+      path = str(tmp_path / name)
+      views = [transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+                                     scale=scale, color_shift=0.1, mean_rgb=(1, 2, 3))
+               for image in (transforms.decode(path, min_side=scale),
+                             transforms.decode_pil(path, min_side=scale))]
+      for from_array, from_pil in zip(*views):
+        np.testing.assert_array_equal(from_pil, from_array)
+  Image.fromarray(random_image(600, 800)).save(tmp_path / 'big.jpg')
+  big = transforms.decode_pil(str(tmp_path / 'big.jpg'), min_side=140)
+  assert (big.height, big.width, big.mode) == (150, 200, 'RGB')
+
+
 def test_decode_names_unreadable_files(tmp_path):
   bad = tmp_path / 'broken.jpg'
   bad.write_bytes(b'not an image at all')

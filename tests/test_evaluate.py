@@ -20,7 +20,7 @@ from vgg_jax.model import VGG
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_data import eval_batches  # pylint: disable=wrong-import-position
-from test_train import tiny_config  # pylint: disable=wrong-import-position
+from test_train import command_env, tiny_config  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 20
@@ -298,11 +298,10 @@ def test_training_loop_arrays_are_used_in_place_and_compiled_once(run):
 @pytest.mark.slow
 def test_cli_on_one_device_matches_eight_and_writes_auto_scales(run):
   workdir, _, _, _ = run
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
   proc = subprocess.run(
       [sys.executable, '-m', 'vgg_jax.evaluate', f'--workdir={workdir}',
        '--protocol=dense', '--scales=auto', '--batch_size=16'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      cwd=REPO, env=command_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   # Only the project's own log lines are looked at: TensorFlow and absl print
   # CPU-dependent notices that no test may depend on.

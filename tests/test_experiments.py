@@ -34,7 +34,7 @@ from vgg_jax.model import VGG
 from test_reliability import assert_in_readme
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import tiny_config  # pylint: disable=wrong-import-position
+from test_train import command_env, tiny_config  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILES = ('depth', 'kernel_size', 'conv1x1', 'lrn', 'scale_jitter')
@@ -72,9 +72,7 @@ def run_cli(module, *args, timeout=600):
   # One CPU device: the runner does not care how many devices a point uses
   # (test_train and test_parallel cover eight), and eight simulated devices
   # take twice as long to compile and step.
-  env = dict(os.environ, XLA_FLAGS=re.sub(r'--xla_force_host_platform_device_count=\d+', '',
-                                          os.environ.get('XLA_FLAGS', '')).strip())
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=command_env(),
                         capture_output=True, text=True, timeout=timeout)
 
 
@@ -386,9 +384,9 @@ def long_point(tiny_sweep, tmp_path):
 
 def signal_during_training(command, signum, log_path):
   """Runs `command`, sends `signum` a few steps into training; (exit code, log)."""
-  env = dict(os.environ, XLA_FLAGS='')
   with open(log_path, 'w') as log:
-    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, cwd=REPO, env=command_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
       deadline = time.monotonic() + 300
       while 'training steps' not in log_path.read_text():

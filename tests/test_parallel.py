@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_jax import config_schema, optim, parallel, train
+from vgg_jax import checkpoints, config_schema, optim, parallel, train
 from vgg_jax.model import VGG
 
 OPTIMIZER = config_schema.base_config().optimizer
@@ -146,3 +146,27 @@ def test_step_compiler_options_by_backend(monkeypatch):
   options = parallel.step_compiler_options(deterministic=True)
   monkeypatch.undo()
   jax.block_until_ready(jax.jit(lambda x: x + 1, compiler_options=options)(np.ones(2)))
+
+
+def test_a_checkpoint_of_a_replicated_state_is_written_from_one_replica(tmp_path):
+  """On CPUs, orbax's replica-parallel saving would slice every array into one
+  piece per device, each piece a program compiled at the first save (16 here)."""
+  mesh = parallel.make_mesh()
+  state = jax.device_put({'w': jnp.arange(64.0).reshape(16, 4), 'b': jnp.ones(8)},
+                         parallel.replicated(mesh))
+  mngr = checkpoints.manager(str(tmp_path), keep=1)
+  compiles = []
+
+  def count(name, *_, **__):
+    if name == '/jax/core/compile/backend_compile_duration':
+      compiles.append(name)
+
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    checkpoints.save(mngr, state, 1)
+    mngr.wait_until_finished()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert len(compiles) <= 1  # the checksums' program (unless cached), nothing per device
+  restored = checkpoints.restore(mngr, checkpoints.abstract_like(state))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)

@@ -41,7 +41,7 @@ from vgg_jax import checkpoints, cli, cpu_ops, data, errors, evaluate, faults, r
 from vgg_jax import workdir as run_files
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_train import REPO, cli_args, tiny_config  # pylint: disable=wrong-import-position
+from test_train import REPO, cli_args, command_env, tiny_config  # pylint: disable=wrong-import-position
 
 STEPS = 24
 RUN = {'num_train_steps': STEPS, 'checkpoint_every_steps': 4, 'log_every_steps': 4,
@@ -59,11 +59,9 @@ TRAIN_ERROR = 'vgg_jax.train: error: '
 
 
 def subprocess_env(devices, cache_dir):
-  env = dict(os.environ)
-  xla = re.sub(r'--xla_force_host_platform_device_count=\d+', '', env.get('XLA_FLAGS', ''))
-  env['XLA_FLAGS'] = f'{xla} --xla_force_host_platform_device_count={devices}'.strip()
+  env = command_env(devices)
   # One persistent compilation cache for the module's runs, every program in
-  # it (orbax's first save compiles ~100 small ones): each compiles once.
+  # it (the train step, evaluation, checksums): each compiles once.
   env['JAX_COMPILATION_CACHE_DIR'] = str(cache_dir)
   env['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   env['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'

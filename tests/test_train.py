@@ -5,6 +5,7 @@ Kills, preemption and resumption are tested in test_reliability.py.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -15,11 +16,11 @@ from configs import default
 from vgg_jax import checkpoints, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 240
+STEPS = 48
 OVERRIDES = {
     'data.builder_config': 'tiny', 'model.width': 1 / 16, 'model.fc_width': 16,
-    'batch_size': 16, 'num_train_steps': STEPS, 'log_every_steps': 40,
-    'eval_every_steps': 120, 'checkpoint_every_steps': 30, 'keep_checkpoints': 2,
+    'batch_size': 16, 'num_train_steps': STEPS, 'log_every_steps': 8,
+    'eval_every_steps': 24, 'checkpoint_every_steps': 6, 'keep_checkpoints': 2,
 }
 
 
@@ -30,6 +31,14 @@ def tiny_config(data_dir, **extra):
     section, _, field = key.rpartition('.')
     (config[section] if section else config)[field] = value
   return config
+
+
+def command_env(devices=1):
+  """os.environ for a command a test starts: the suite's XLA flags
+  (tests/conftest.py), with `devices` CPU devices instead of eight."""
+  flags = re.sub(r'--xla_force_host_platform_device_count=\d+', '', os.environ['XLA_FLAGS'])
+  return dict(os.environ,
+              XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count={devices}'.strip())
 
 
 def cli_args(config_file, workdir, data_dir, **extra):
@@ -54,16 +63,16 @@ def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
   workdir, result = uninterrupted
   assert result['num_examples'] == 100  # the whole tiny test split, once
   assert 0.0 <= result['top1_error'] <= 1.0
-  assert checkpoints.available_steps(str(workdir)) == [STEPS - 30, STEPS]
+  assert checkpoints.available_steps(str(workdir)) == [STEPS - 6, STEPS]
   params = checkpoints.restore_params(str(workdir))
   assert isinstance(params['conv1_1']['kernel'], np.ndarray)
   assert params['fc1']['kernel'].shape == (1, 1, 32, 16)  # 32 crop: FC1 on a 1x1 map
 
   lines = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
-  assert [l['step'] for l in lines] == list(range(40, STEPS + 1, 40))
+  assert [l['step'] for l in lines] == list(range(8, STEPS + 1, 8))
   assert {'train/loss', 'train/top1_error', 'lr', 'img_per_sec'} <= set(lines[0])
   evals = [l for l in lines if 'eval/top1_error' in l]
-  assert [l['step'] for l in evals] == [120, 240]
+  assert [l['step'] for l in evals] == [24, 48]
   assert evals[-1]['eval/top1_error'] == pytest.approx(result['top1_error'])
   saved = json.load(open(workdir / 'config.json'))
   assert saved['model']['variant'] == 'A' and saved['num_train_steps'] == STEPS

@@ -34,6 +34,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+# The store orbax's default array handler keeps its metadata in (not exported).
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from vgg_jax import errors, faults
 from vgg_jax import workdir as run_files
@@ -46,13 +48,35 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), run_files.CHECKPOINT_DIR)
 
 
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's handler for the state, writing a replicated array from one replica
+  on CPUs.
+
+  Off GPUs orbax splits each replicated array into one slice per device, each
+  written by its replica: a separately compiled and dispatched op per slice.
+  CPU devices share one host memory, so the slices gain nothing and cost most
+  of a save (on 8 devices, 3.8 s of compiling and 0.5 s per save, a third of a
+  short run's time). Elsewhere orbax's default stands; the files are the same.
+  """
+  if jax.default_backend() != 'cpu':
+    return ocp.PyTreeCheckpointHandler()
+  arrays = ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False, array_metadata_store=array_metadata_store.Store())
+  scalars = ocp.type_handlers.ScalarHandler()
+  handlers = [(int, scalars), (float, scalars), (bytes, scalars), (np.number, scalars),
+              (np.ndarray, ocp.type_handlers.NumpyHandler()), (jax.Array, arrays),
+              (str, ocp.type_handlers.StringHandler())]  # orbax's defaults, but for arrays
+  return ocp.PyTreeCheckpointHandler(
+      type_handler_registry=ocp.type_handlers.create_type_handler_registry(*handlers))
+
+
 def manager(workdir: str, keep: Optional[int] = None,
             asynchronous: bool = True) -> ocp.CheckpointManager:
   """The run's checkpoint manager, keeping the newest `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                               item_handlers={STATE: _state_handler(),
                                               CHECKSUMS: ocp.JsonCheckpointHandler()})
 
 
@@ -134,7 +158,7 @@ def save(mngr: ocp.CheckpointManager, state: Any, step: int) -> None:
     more = ', ...' if len(non_finite) > 3 else ''
     raise faults.diverged(f'the training state has non-finite values after step {step} '
                           f'({", ".join(non_finite[:3])}{more})', newest_finished(mngr))
-  mngr.save(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+  mngr.save(step, args=ocp.args.Composite(**{STATE: ocp.args.PyTreeSave(state),
                                              CHECKSUMS: ocp.args.JsonSave(sums)}))
 
 
@@ -167,7 +191,8 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   Verifies the checksums; a checkpoint that fails to read or verify raises.
   """
   step = mngr.latest_step() if step is None else step
-  items = {STATE: ocp.args.StandardRestore(abstract_state)}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+  items = {STATE: ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args)}
   if _has_checksums(mngr, step):
     items[CHECKSUMS] = ocp.args.JsonRestore()
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
