@@ -7,6 +7,8 @@ temporary directory) and on small image folders the tests write themselves.
 import concurrent.futures
 import hashlib
 import os
+import subprocess
+import sys
 
 import grain
 import jax
@@ -18,6 +20,8 @@ import pytest
 from vgg_jax import data, train
 from vgg_jax.data import builtin
 from vgg_jax.data import pipeline
+from vgg_jax.data import sources
+from vgg_jax.data import store
 from vgg_jax.data import transforms
 
 TINY_TRAIN, TINY_TEST = 300, 100
@@ -664,3 +668,112 @@ def _with(cfg, **fields):
   copy = ml_collections.ConfigDict(cfg.to_dict())
   copy.update(fields)
   return copy
+
+
+# --------------------------------------------------------------------------
+# Image stores: the folder decoded and pre-resized (vgg_jax.data.store).
+# --------------------------------------------------------------------------
+
+
+def noisy_folder(root):
+  """Random pixels, so that a changed pixel anywhere shows: JPEG, PNG, grayscale."""
+  rng = np.random.default_rng(0)
+  for split, count in (('train', 6), ('test', 3)):
+    for c, name in enumerate(('cat', 'dog')):
+      os.makedirs(root / split / name)
+      for i in range(count):
+        h, w = 24 + 7 * i, 40 - 3 * i
+        image = Image.fromarray(rng.integers(0, 256, (h, w, 3 - 2 * (i == 1)), np.uint8)
+                                .squeeze())
+        image.save(root / split / name / f'{i}.{"jpg" if (i + c) % 2 else "png"}')
+  return root
+
+
+def store_cfg(store):
+  return make_cfg(name='image_store', folder=str(store), image_size=16, train_scale=(16, 40),
+                  test_scale=20, color_shift=0.1, mean_rgb=(1.0, 2.0, 3.0))
+
+
+def test_an_image_store_holds_the_folders_pixels_and_trains_on_them_bit_for_bit(tmp_path):
+  folder = noisy_folder(tmp_path / 'folder')
+  manifest = store.write(str(folder), str(tmp_path / 'store'), threads=2)
+  assert manifest['num_examples'] == {'train': 12, 'test': 6}
+  assert oct(os.stat(tmp_path / 'store').st_mode & 0o777) == '0o755'
+  in_store = store_cfg(tmp_path / 'store')
+  in_folder = make_cfg(**{**in_store.to_dict(), 'name': 'image_folder', 'folder': str(folder)})
+  assert data.dataset_info(in_store).class_names == data.dataset_info(in_folder).class_names
+  assert data.dataset_info(in_store).num_examples == data.dataset_info(in_folder).num_examples
+  for split in ('train', 'test'):
+    stored, files = data.open_split(in_store, split), data.open_split(in_folder, split)
+    for i in range(len(files)):
+      (pixels, label), (path, file_label) = stored[i], files[i]
+      np.testing.assert_array_equal(pixels, transforms.decode(path))
+      assert label == file_label
+  batches = [take(data.train_batches(cfg, global_batch_size=4, seed=3, start_step=2), 4)
+             for cfg in (in_store, in_folder)]
+  for a, b in zip(*batches):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(a[key], b[key])
+  ours = list(eval_batches(in_store, global_batch_size=4))
+  theirs = list(eval_batches(in_folder, global_batch_size=4))
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(a['image'], b['image'])
+
+
+def test_an_image_store_keeps_smaller_sides_at_most_max_side(tmp_path):
+  folder = noisy_folder(tmp_path / 'folder')
+  store.write(str(folder), str(tmp_path / 'store'), max_side=30, splits=('train',))
+  source = sources.StoreSource(str(tmp_path / 'store'), 'train')
+  paths, _ = sources.scan_split(str(folder), 'train', ('cat', 'dog'))
+  for i, path in enumerate(paths):
+    image = transforms.decode(path)
+    if min(image.shape[:2]) > 30:
+      image = transforms.rescale(image, 30)
+    np.testing.assert_array_equal(source[i][0], image)
+  assert max(min(source[i][0].shape[:2]) for i in range(len(source))) == 30
+  with pytest.raises(ValueError, match=r"has no split 'test' \(it has train\)"):
+    sources.StoreSource(str(tmp_path / 'store'), 'test')
+
+
+def test_an_existing_store_is_never_overwritten_and_bad_stores_are_named(tmp_path):
+  folder = noisy_folder(tmp_path / 'folder')
+  (tmp_path / 'taken').mkdir()
+  (tmp_path / 'taken' / 'results.json').write_text('{}')
+  with pytest.raises(ValueError, match='taken already exists: choose another --output'):
+    store.write(str(folder), str(tmp_path / 'taken'))
+  assert os.listdir(tmp_path / 'taken') == ['results.json']
+  with pytest.raises(ValueError, match='does not exist'):
+    store.write(str(tmp_path / 'nowhere'), str(tmp_path / 'new'))
+  assert sorted(os.listdir(tmp_path)) == ['folder', 'taken']  # no half-written store left
+  with pytest.raises(ValueError, match=r'needs data.folder to be a store written by '
+                                       r'`python -m vgg_jax.data.store`'):
+    data.dataset_info(store_cfg(folder))
+
+
+@pytest.mark.slow  # starts worker processes
+def test_an_image_store_feeds_worker_processes(tmp_path):
+  """The source pickles without its memory map; each worker maps the file."""
+  store.write(str(noisy_folder(tmp_path / 'folder')), str(tmp_path / 'store'))
+  in_threads = store_cfg(tmp_path / 'store')
+  batches = [take(data.train_batches(cfg, global_batch_size=4, seed=3, start_step=1), 3)
+             for cfg in (in_threads, _with(in_threads, num_threads=1, num_workers=2))]
+  for a, b in zip(*batches):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+@pytest.mark.slow  # starts the command
+def test_the_store_command_writes_once_and_refuses_an_existing_output(tmp_path):
+  folder = noisy_folder(tmp_path / 'folder')
+  command = [sys.executable, '-m', 'vgg_jax.data.store', f'--folder={folder}',
+             f'--output={tmp_path / "store"}', '--max_side=30']
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.startswith(f'wrote {tmp_path / "store"}: 12 train, 6 test images')
+  before = os.stat(tmp_path / 'store' / 'train.pixels').st_mtime_ns
+  proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'vgg_jax.data.store: error: {tmp_path / "store"} already exists: choose another '
+      '--output or delete it')
+  assert os.stat(tmp_path / 'store' / 'train.pixels').st_mtime_ns == before

@@ -187,14 +187,20 @@ def trace_train_steps(window: Callable[[], None], directory: str) -> None:
     jax.profiler.stop_trace()
 
 
+def folder_kind(folder: str) -> str:
+  """'image_store' for a store written by `vgg_jax.data.store`, else 'image_folder'."""
+  is_store = os.path.isfile(os.path.join(folder, data.sources.STORE_MANIFEST))
+  return data.sources.IMAGE_STORE if is_store else data.sources.IMAGE_FOLDER
+
+
 def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.ConfigDict:
-  """The data of the end-to-end run: an image folder, else the built-in dataset,
+  """The data of the end-to-end run: an image folder or store, else the built-in dataset,
   at the paper's S = 256/224 of the crop (37 for a 32 crop)."""
   cfg = config_schema.base_config().data
   scale = int(round(model.image_size * 256 / 224))
   cfg.update(image_size=model.image_size, train_scale=(scale, scale), test_scale=scale)
   if folder:
-    cfg.update(name='image_folder', folder=folder, eval_split='test')
+    cfg.update(name=folder_kind(folder), folder=folder, eval_split='test')
   else:
     cfg.update(name='vgg_shapes', eval_split='test')
   return cfg
@@ -261,7 +267,7 @@ def write_synthetic_jpegs(root: str, count: int) -> None:
 
 def pipeline_config(folder: str, threads: int, workers: int = 0) -> ml_collections.ConfigDict:
   cfg = config_schema.base_config().data  # the paper's colour shift and mean RGB
-  cfg.update(name='image_folder', folder=folder, eval_split='test', image_size=PIPELINE_SIZE,
+  cfg.update(name=folder_kind(folder), folder=folder, eval_split='test', image_size=PIPELINE_SIZE,
              train_scale=PIPELINE_SCALE, test_scale=PIPELINE_SCALE[0], num_threads=threads,
              num_workers=workers)
   return cfg
@@ -401,8 +407,8 @@ def _define_flags():
       'What to measure: train, peak, eval, pipeline, end_to_end.')
   flags.DEFINE_enum('compare', None, ['torch'], 'Also time PyTorch.')
   flags.DEFINE_string(
-      'pipeline_folder', None, 'Image folder (train/<class>/*.jpg) for the pipeline; '
-      'default: synthetic 500x375 JPEGs.')
+      'pipeline_folder', None, 'Image folder (train/<class>/*.jpg) or image store '
+      '(vgg_jax.data.store) for the pipeline; default: synthetic 500x375 JPEGs.')
   flags.DEFINE_integer('pipeline_images', 96, 'Images per pipeline window.')
   flags.DEFINE_integer('pipeline_workers', -1, 'Worker processes for the pipeline\'s '
       'third measurement (whole batches built in workers); -1: CPUs - 2 where there are '
@@ -410,8 +416,9 @@ def _define_flags():
   flags.DEFINE_string('profile_dir', None, 'After the timing, trace one more window '
       '(--steps training steps) with jax.profiler into this directory (TensorBoard, xprof).')
   flags.DEFINE_string(
-      'data_folder', None, 'Image folder (train/<class>/*) that end_to_end trains on; '
-      'default: the built-in vgg_shapes dataset.')
+      'data_folder', None, 'Image folder (train/<class>/*) or image store '
+      '(vgg_jax.data.store) that end_to_end trains on; default: the built-in vgg_shapes '
+      'dataset.')
   flags.DEFINE_integer('peak_size', 0, 'Side of the peak matmul (0: 2048 on the '
       'CPU, 8192 on accelerators).')
   flags.DEFINE_string('output', None, 'Also write the JSON to this file.')

@@ -406,6 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('checkpoint at step %d (written in the background)', step)
     if preempted:
       mngr.wait_until_finished()
+      mngr.close()  # no background thread left to print at exit, after the last line
       log.close()
       raise errors.Preempted(step, preemption.received or 'SIGTERM')
 

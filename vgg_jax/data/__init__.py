@@ -10,9 +10,12 @@ protocols' views itself (`vgg_jax.evaluation`).
 `cfg` is the experiment's `data` ConfigDict (`vgg_jax.config_schema` gives
 every field its default):
 
-  name            'vgg_shapes' (built in, generated locally), 'image_folder', or
+  name            'vgg_shapes' (built in, generated locally), 'image_folder',
+                  'image_store' (an image folder decoded and pre-resized by
+                  `python -m vgg_jax.data.store`: no decoding while training), or
                   a TFDS image-classification name ('cifar10', 'imagenet2012').
-  folder          image_folder only: root with <split>/<class>/<image> files.
+  folder          image_folder: root with <split>/<class>/<image> files;
+                  image_store: the store's directory.
   data_dir        TFDS data directory; None = TFDS's default.
   builder_config  TFDS builder config; vgg_shapes has 'default' and 'tiny'.
   train_split     'train'; eval_split: 'test' (TFDS slices like 'train[90%:]' work).
@@ -30,7 +33,8 @@ every field its default):
 
 Modules: `builtin` (the vgg_shapes dataset), `transforms` (the paper's image
 operations), `sources` (random access to each kind of dataset), `pipeline`
-(deterministic, resumable, sharded batching).
+(deterministic, resumable, sharded batching), `store` (the command that writes
+an image store).
 """
 
 from vgg_jax.data import builtin

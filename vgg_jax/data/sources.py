@@ -1,4 +1,5 @@
-"""Where images come from: the built-in dataset, any TFDS dataset, or an image folder.
+"""Where images come from: the built-in dataset, any TFDS dataset, an image folder,
+or an image store (an image folder decoded and pre-resized by `vgg_jax.data.store`).
 
 Each split is opened as a random-access `Source` (len, and index -> (encoded
 image or path, label)), because deterministic, resumable, sharded streams need
@@ -13,6 +14,7 @@ fields.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Mapping, Optional, Protocol, Sequence
 
@@ -24,6 +26,7 @@ from vgg_jax.data import transforms
 
 BUILTIN = 'vgg_shapes'
 IMAGE_FOLDER = 'image_folder'
+IMAGE_STORE = 'image_store'
 # Files read from an image folder; anything else (README, .DS_Store) is ignored.
 IMAGE_EXTENSIONS = frozenset((
     '.jpg', '.jpeg', '.jpe', '.jfif', '.png', '.bmp', '.dib', '.gif', '.webp',
@@ -63,10 +66,14 @@ def dataset_info(cfg) -> DatasetInfo:
   name = cfg.name
   splits = [cfg.train_split, cfg.eval_split]
   if name == IMAGE_FOLDER:
-    root = _folder_root(cfg)
-    class_names = _folder_classes(root, splits[0])
-    sizes = {s: len(_scan_split(root, s, class_names)[0]) for s in dict.fromkeys(splits)}
+    root = folder_root(cfg.folder)
+    class_names = folder_classes(root, splits[0])
+    sizes = {s: len(scan_split(root, s, class_names)[0]) for s in dict.fromkeys(splits)}
     return DatasetInfo(name, class_names, sizes)
+  if name == IMAGE_STORE:
+    manifest = read_store_manifest(cfg.folder)
+    sizes = {s: len(StoreSource(cfg.folder, s)) for s in dict.fromkeys(splits)}
+    return DatasetInfo(name, tuple(manifest['class_names']), sizes)
   builder = _tfds_builder(cfg)
   sizes = {s: info.num_examples for s, info in builder.info.splits.items()}
   for split in splits:
@@ -80,9 +87,11 @@ def dataset_info(cfg) -> DatasetInfo:
 def open_split(cfg, split: str) -> Source:
   """The split as a random-access `Source`."""
   if cfg.name == IMAGE_FOLDER:
-    root = _folder_root(cfg)
-    class_names = _folder_classes(root, cfg.train_split)
-    return FolderSource(*_scan_split(root, split, class_names))
+    root = folder_root(cfg.folder)
+    class_names = folder_classes(root, cfg.train_split)
+    return FolderSource(*scan_split(root, split, class_names))
+  if cfg.name == IMAGE_STORE:
+    return StoreSource(cfg.folder, split)
   return _tfds_source(cfg, split, _tfds_builder(cfg))
 
 
@@ -130,7 +139,7 @@ def _tfds_builder(cfg) -> tfds.core.DatasetBuilder:
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(
         f"unknown dataset name {name!r}: set data.name to '{BUILTIN}', "
-        f"'{IMAGE_FOLDER}' (with data.folder) or a TFDS image-classification "
+        f"'{IMAGE_FOLDER}' or '{IMAGE_STORE}' (with data.folder) or a TFDS image-classification "
         'dataset (see tfds.list_builders())') from e
   if not builder.is_prepared():
     with builtin.file_lock(os.path.join(os.fspath(builder.data_dir_root),
@@ -213,8 +222,7 @@ class FolderSource:
     return self._files[index], int(self._labels[index])
 
 
-def _folder_root(cfg) -> str:
-  root = cfg.folder
+def folder_root(root: Optional[str]) -> str:
   if not root:
     raise ValueError("data.name='image_folder' needs data.folder: a directory "
                      'with train/<class>/* and test/<class>/* images')
@@ -229,7 +237,7 @@ def _subdirs(path: str) -> list[str]:
                 if e.is_dir() and not e.name.startswith('.'))
 
 
-def _folder_classes(root: str, split: str) -> tuple[str, ...]:
+def folder_classes(root: str, split: str) -> tuple[str, ...]:
   path = os.path.join(root, split)
   if not os.path.isdir(path):
     raise ValueError(f'image folder {root!r} has no {split!r} subfolder: expected '
@@ -241,7 +249,7 @@ def _folder_classes(root: str, split: str) -> tuple[str, ...]:
   return tuple(classes)
 
 
-def _scan_split(root: str, split: str,
+def scan_split(root: str, split: str,
                 class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
   """Sorted image paths of a split and their labels (index in `class_names`)."""
   path = os.path.join(root, split)
@@ -268,3 +276,61 @@ def _scan_split(root: str, split: str,
     files += images
     labels += [label] * len(images)
   return files, np.asarray(labels, np.int32)
+
+
+# --------------------------------------------------------------------------
+# Image stores: an image folder decoded and pre-resized (vgg_jax.data.store).
+# --------------------------------------------------------------------------
+
+STORE_FORMAT = 'vgg_jax image store'
+STORE_VERSION = 1
+STORE_MANIFEST = 'store.json'
+
+
+def store_paths(store: str, split: str) -> tuple[str, str]:
+  """The split's pixel file (raw uint8 RGB, image after image) and its index
+  (int64 rows: byte offset, height, width, label)."""
+  return os.path.join(store, f'{split}.pixels'), os.path.join(store, f'{split}.index.npy')
+
+
+def read_store_manifest(store: Optional[str]) -> dict:
+  path = os.path.join(store or '', STORE_MANIFEST)
+  if not store or not os.path.isfile(path):
+    raise ValueError(f"data.name='image_store' needs data.folder to be a store written "
+                     f'by `python -m vgg_jax.data.store`; {store!r} has no {STORE_MANIFEST}')
+  with open(path) as f:
+    manifest = json.load(f)
+  if (manifest.get('format'), manifest.get('version')) != (STORE_FORMAT, STORE_VERSION):
+    raise ValueError(f'{path} is not a version-{STORE_VERSION} image store: write it again '
+                     'with `python -m vgg_jax.data.store`')
+  return manifest
+
+
+class StoreSource:
+  """One split of a store: index -> (uint8 HxWx3 pixels, label), no decoding.
+
+  The pixel file is memory-mapped on first use in each process that reads it
+  (pickling leaves the map behind, for grain's worker processes); images are
+  read-only views of it.
+  """
+
+  def __init__(self, store: str, split: str):
+    manifest = read_store_manifest(store)
+    if split not in manifest['num_examples']:
+      raise ValueError(f'image store {store!r} has no split {split!r} (it has '
+                       f'{", ".join(manifest["num_examples"])}): write it with that split')
+    self._pixels_path, index_path = store_paths(store, split)
+    self._index = np.load(index_path)
+    self._pixels = None
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, index: int):
+    if self._pixels is None:
+      self._pixels = np.memmap(self._pixels_path, np.uint8, mode='r')
+    offset, height, width, label = (int(v) for v in self._index[index])
+    return self._pixels[offset:offset + height * width * 3].reshape(height, width, 3), label
+
+  def __getstate__(self):
+    return {**self.__dict__, '_pixels': None}
