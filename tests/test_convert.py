@@ -62,7 +62,8 @@ def apply(variables, x, **kwargs):
 # at 64 (a 2x2 map: FC1's permutation still matters) and 10 classes, 15 times
 # cheaper to build and run.
 @pytest.mark.parametrize('name, variant, image_size, num_classes', [
-    ('VGG16', 'D', 224, 1000), ('VGG19', 'E', 64, 10)])
+    pytest.param('VGG16', 'D', 224, 1000, marks=pytest.mark.slow),  # full size
+    ('VGG19', 'E', 64, 10)])
 def test_keras_outputs_match(name, variant, image_size, num_classes):
   keras = pytest.importorskip('keras')
   keras.utils.set_random_seed(0)
@@ -169,6 +170,7 @@ def torchvision_shapes(variant, batch_norm=False):
   return {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
 
 
+@pytest.mark.slow  # full-size networks: torchvision's head needs 224 inputs
 @pytest.mark.parametrize('variant, batch_norm, as_numpy, pass_variant', [
     ('A', False, False, True),
     ('B', False, True, True),
