@@ -250,7 +250,7 @@ def folder_classes(root: str, split: str) -> tuple[str, ...]:
 
 
 def scan_split(root: str, split: str,
-                class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
+               class_names: Sequence[str]) -> tuple[list[str], np.ndarray]:
   """Sorted image paths of a split and their labels (index in `class_names`)."""
   path = os.path.join(root, split)
   if not os.path.isdir(path):
