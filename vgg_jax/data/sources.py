@@ -72,7 +72,7 @@ def dataset_info(cfg) -> DatasetInfo:
     return DatasetInfo(name, class_names, sizes)
   if name == IMAGE_STORE:
     manifest = read_store_manifest(cfg.folder)
-    sizes = {s: len(StoreSource(cfg.folder, s)) for s in dict.fromkeys(splits)}
+    sizes = {s: store_split_size(manifest, cfg.folder, s) for s in dict.fromkeys(splits)}
     return DatasetInfo(name, tuple(manifest['class_names']), sizes)
   builder = _tfds_builder(cfg)
   sizes = {s: info.num_examples for s, info in builder.info.splits.items()}
@@ -306,6 +306,13 @@ def read_store_manifest(store: Optional[str]) -> dict:
   return manifest
 
 
+def store_split_size(manifest: dict, store: str, split: str) -> int:
+  if split not in manifest['num_examples']:
+    raise ValueError(f'image store {store!r} has no split {split!r} (it has '
+                     f'{", ".join(manifest["num_examples"])}): write it with that split')
+  return manifest['num_examples'][split]
+
+
 class StoreSource:
   """One split of a store: index -> (uint8 HxWx3 pixels, label), no decoding.
 
@@ -315,10 +322,7 @@ class StoreSource:
   """
 
   def __init__(self, store: str, split: str):
-    manifest = read_store_manifest(store)
-    if split not in manifest['num_examples']:
-      raise ValueError(f'image store {store!r} has no split {split!r} (it has '
-                       f'{", ".join(manifest["num_examples"])}): write it with that split')
+    store_split_size(read_store_manifest(store), store, split)
     self._pixels_path, index_path = store_paths(store, split)
     self._index = np.load(index_path)
     self._pixels = None

@@ -45,13 +45,16 @@ def _write_split(directory: str, split: str, files: Sequence[str], labels: np.nd
                  max_side: int, threads: int) -> int:
   pixels_path, index_path = sources.store_paths(directory, split)
   index = np.zeros((len(files), 4), np.int64)
-  offset = 0
+  offset, chunk = 0, 16 * threads
   with open(pixels_path, 'wb') as out, concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    # pool.map keeps the split's order, which is the file's layout.
-    for i, image in enumerate(pool.map(lambda f: stored_pixels(f, max_side), files)):
-      out.write(image.tobytes())
-      index[i] = (offset, image.shape[0], image.shape[1], labels[i])
-      offset += image.nbytes
+    # A chunk at a time, in the split's order (the file's layout): decoded
+    # images wait in memory for one chunk, not for a whole ImageNet split.
+    for start in range(0, len(files), chunk):
+      images = pool.map(lambda f: stored_pixels(f, max_side), files[start:start + chunk])
+      for i, image in enumerate(images, start):
+        out.write(image.tobytes())
+        index[i] = (offset, image.shape[0], image.shape[1], labels[i])
+        offset += image.nbytes
   np.save(index_path, index)
   return offset
 
