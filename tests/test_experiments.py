@@ -697,6 +697,34 @@ def test_report_table_gives_mean_and_std_over_seeds(tmp_path):
   assert open(path).read() == text
 
 
+def test_compute_counts_each_training_once_per_sweep_and_each_shared_pass_once(tmp_path):
+  def row(sweep_name, point, protocol, scales, train, evaluation):
+    return dict({c: '' for c in report.COLUMNS}, sweep=sweep_name, point=point, seed=0,
+                config=point, order=0, train_scale='37', protocol=protocol, flip=False,
+                test_scales=scales, top1_error=0.2, top5_error=0.05, num_examples=10000,
+                train_seconds=train, eval_seconds=evaluation)
+  # D trained once in 600 s; its multi-crop pass (120 s) also made dense + multi-crop.
+  d = [('single', '37', 5.0), ('dense', '32,37,42', 30.0), ('multicrop', '32,37,42', 120.0),
+       ('dense+multicrop', '32,37,42', 120.0)]
+  rows = ([row(sweep_name, 'D', protocol, scales, 600.0, seconds)
+           for sweep_name in ('depth', 'conv1x1') for protocol, scales, seconds in d] +
+          [row('depth', 'A', 'single', '37', 300.0, 4.0),
+           row('conv1x1', 'C', 'single', '37', '', 6.0)])
+  totals = report.compute_time(rows)
+  assert list(totals) == ['depth', 'conv1x1', report.ALL_POINTS]
+  assert totals['depth'] == {'points': 2, 'trained': 2, 'train_seconds': 900.0,
+                             'eval_seconds': 159.0}
+  assert totals['conv1x1'] == {'points': 2, 'trained': 1, 'train_seconds': 600.0,
+                               'eval_seconds': 161.0}
+  assert totals[report.ALL_POINTS] == {'points': 3, 'trained': 2, 'train_seconds': 900.0,
+                                       'eval_seconds': 165.0}
+  report.write_csv(rows, str(tmp_path / 'results.csv'))
+  text = open(report.make_report(str(tmp_path), from_csv=True)).read()
+  assert '| depth | 2 | 15 min | 3 min |' in text
+  assert '| conv1x1 | 2 (1 timed) | 10 min | 3 min |' in text
+  assert report._duration(3 * 3600 + 29 * 60 + 40) == '3 h 30 min'
+
+
 def _claim_rows(sweep_name, config, protocol, errors, test_scales='37', train_scale='37'):
   return [{'sweep': sweep_name, 'config': config, 'protocol': protocol, 'seed': seed,
            'point': f'{config},S={train_scale},seed={seed}', 'train_scale': train_scale,
