@@ -322,8 +322,9 @@ def test_decode_reduces_large_jpegs_but_keeps_the_scale(tmp_path):
 
 
 def test_train_view_of_the_decoded_pillow_image_equals_that_of_the_array(tmp_path):
-  """The pipeline resamples `decode_pil`'s image as it is: the same pixels as
-  from `decode`'s array, in every mode and from a reduced-size JPEG decode."""
+  """The pipeline resamples `decode_view`'s image as it is, a Pillow image or an
+  array: the same pixels as from `decode`'s array, in every mode and from a
+  reduced-size JPEG decode."""
   rgb = random_image(48, 60)
   cases = {'photo.jpg': Image.fromarray(rgb), 'gray.png': Image.fromarray(rgb[..., 0]),
            'palette.gif': Image.fromarray(rgb).convert('P')}
@@ -334,12 +335,59 @@ def test_train_view_of_the_decoded_pillow_image_equals_that_of_the_array(tmp_pat
       views = [transforms.train_view(image, np.random.default_rng(seed), image_size=32,
                                      scale=scale, color_shift=0.1, mean_rgb=(1, 2, 3))
                for image in (transforms.decode(path, min_side=scale),
-                             transforms.decode_pil(path, min_side=scale))]
-      for from_array, from_pil in zip(*views):
-        np.testing.assert_array_equal(from_pil, from_array)
+                             np.asarray(transforms.decode_view(path, min_side=scale)),
+                             transforms.decode_view(path, min_side=scale))]
+      for from_array, *others in zip(*views):
+        for other in others:
+          np.testing.assert_array_equal(other, from_array)
   Image.fromarray(random_image(600, 800)).save(tmp_path / 'big.jpg')
-  big = transforms.decode_pil(str(tmp_path / 'big.jpg'), min_side=140)
+  big = transforms.decode_view(str(tmp_path / 'big.jpg'), min_side=140)
   assert (big.height, big.width, big.mode) == (150, 200, 'RGB')
+
+
+def smooth_image(h, w, seed=0):
+  # Photograph-like (smooth, so that JPEG keeps detail in every DCT band).
+  y, x = np.mgrid[0:h, 0:w]
+  phase = np.random.default_rng(seed).uniform(0, 6, 3)
+  channels = [127 + 100 * np.sin(x / (5 + 3 * c) + y / (7 + c) + phase[c]) for c in range(3)]
+  noise = np.random.default_rng(seed).normal(0, 12, (h, w, 3))
+  return np.clip(np.stack(channels, -1) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize('size', [(32, 32), (37, 53), (375, 500)])
+def test_jpegs_decode_to_pillows_pixels(tmp_path, size):
+  """simplejpeg's decode (full-size JPEGs) equals Pillow's, for every chroma
+  subsampling, progressive and grayscale files; CMYK and reduced-size decodes
+  are Pillow's own."""
+  rgb = smooth_image(*size)
+  saves = {'420.jpg': dict(subsampling=2, quality=75), '422.jpg': dict(subsampling=1),
+           '444.jpg': dict(subsampling=0, quality=95),
+           'progressive.jpg': dict(progressive=True, quality=85),
+           'optimized.jpg': dict(optimize=True, quality=60)}
+  files = {}
+  for name, options in saves.items():
+    Image.fromarray(rgb).save(tmp_path / name, **options)
+    files[name] = Image.open(tmp_path / name)
+  Image.fromarray(rgb[..., 1]).save(tmp_path / 'gray.jpg')
+  Image.fromarray(rgb).convert('CMYK').save(tmp_path / 'cmyk.jpg')
+  for name in (*saves, 'gray.jpg', 'cmyk.jpg'):
+    path = str(tmp_path / name)
+    with Image.open(path) as img:
+      pillow = np.asarray(img.convert('RGB'))
+    decoded = transforms.decode_view(path)
+    assert isinstance(decoded, np.ndarray) == (name != 'cmyk.jpg'), name
+    np.testing.assert_array_equal(np.asarray(decoded), pillow, err_msg=name)
+    with open(path, 'rb') as f:
+      np.testing.assert_array_equal(transforms.decode(f.read()), pillow, err_msg=name)
+  # Twice the size needed or more: Pillow's reduced-size decode, as before.
+  scale = min(size) // 2 - 1
+  with Image.open(tmp_path / '420.jpg') as img:
+    img.draft('RGB', (int(np.ceil(size[1] * scale / min(size))),
+                      int(np.ceil(size[0] * scale / min(size)))))
+    reduced = np.asarray(img.convert('RGB'))
+  assert reduced.shape[0] < size[0]
+  np.testing.assert_array_equal(transforms.decode(str(tmp_path / '420.jpg'), min_side=scale),
+                                reduced)
 
 
 def test_decode_names_unreadable_files(tmp_path):

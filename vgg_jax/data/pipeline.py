@@ -99,7 +99,7 @@ class _TrainExample:
     data, label = self.source[index]
     rng = np.random.default_rng([self.seed, _AUGMENTATION, g])
     scale = transforms.sample_scale(self.scale_range, rng)
-    image = transforms.decode_pil(data, min_side=scale)
+    image = transforms.decode_view(data, min_side=scale)
     image, offset = transforms.train_view(image, rng, image_size=self.image_size,
                                           scale=scale, color_shift=self.color_shift,
                                           mean_rgb=self.mean_rgb)
