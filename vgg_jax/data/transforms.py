@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # AlexNet's PCA lighting noise for RGB pixels in [0, 1] (as in fb.resnet.torch).
 # The columns of EIGVEC are the eigenvectors, the first being brightness.
@@ -94,7 +94,9 @@ def decode_view(data: ImageData, min_side: Optional[int] = None,
       return _as_rgb(img)
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
     where = f' {name}' if name else ''
-    raise ValueError(f'cannot read image{where}: {e}; fix or delete the file') from e
+    # Pillow names the in-memory buffer, not the file: say what it means instead.
+    why = 'not an image format Pillow reads' if isinstance(e, UnidentifiedImageError) else e
+    raise ValueError(f'cannot read image{where}: {why}; fix or delete the file') from e
 
 
 _JPEG_START = b'\xff\xd8\xff'
