@@ -90,6 +90,13 @@ def point_state(name: str, point: sweep.Point) -> str:
   return state
 
 
+def pending_memberships(memberships: list[tuple[str, sweep.Point]]
+                        ) -> list[tuple[str, sweep.Point]]:
+  """The (sweep, point) pairs of one point whose training or evaluations are
+  not yet in the campaign's directory."""
+  return [(name, point) for name, point in memberships if point_state(name, point) != 'done']
+
+
 def run_point(name: str, point: sweep.Point, seeds: int) -> int:
   cmd = [sys.executable, '-m', 'experiments.sweep',
          f'--sweep={os.path.join("configs", "sweeps", name)}.py:{sweep_argument(seeds)}',
@@ -123,17 +130,18 @@ def main(argv):
     link_images(options.images)
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
-  for memberships in campaign(options.seeds):
-    todo = []
-    for name, point in memberships:
-      try:
-        state = point_state(name, point)
-      except ValueError as e:
-        sys.exit(f'experiments.continue_sweeps: error: {e}')
-      if state != 'done':
-        print(f'[{state}] {name}: {point.name}', flush=True)
-        todo.append((name, point))
-    if options.dry_run or not todo:
+  points = campaign(options.seeds)
+  try:
+    pending = [m for m in points if pending_memberships(m)]
+  except ValueError as e:
+    sys.exit(f'experiments.continue_sweeps: error: {e}')
+  print(f'{len(points) - len(pending)} of the {len(points)} points are done, '
+        f'{len(pending)} to run', flush=True)
+  for memberships in pending:
+    todo = pending_memberships(memberships)
+    for name, point in todo:
+      print(f'[{point_state(name, point)}] {name}: {point.name}', flush=True)
+    if options.dry_run:
       continue
     for name, point in todo:
       if run_point(name, point, options.seeds) != 0:

@@ -200,6 +200,13 @@ def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed
     continue_sweeps.link_images(str(tmp_path))
 
 
+def test_the_committed_campaign_is_complete():
+  # Every point's frozen config matches the sweeps as they are now, so a fresh
+  # clone's `continue_sweeps` has nothing to retrain.
+  points = continue_sweeps.campaign(seeds=3)
+  assert [m[0][1].name for m in points if continue_sweeps.pending_memberships(m)] == []
+
+
 def test_a_trained_point_missing_evaluations_without_checkpoints_is_an_error(
     tmp_path, monkeypatch):
   monkeypatch.setattr(continue_sweeps, 'RESULTS', str(tmp_path))  # absolute: joined as is
