@@ -91,10 +91,11 @@ def point_state(name: str, point: sweep.Point) -> str:
 
 
 def pending_memberships(memberships: list[tuple[str, sweep.Point]]
-                        ) -> list[tuple[str, sweep.Point]]:
-  """The (sweep, point) pairs of one point whose training or evaluations are
-  not yet in the campaign's directory."""
-  return [(name, point) for name, point in memberships if point_state(name, point) != 'done']
+                        ) -> list[tuple[str, sweep.Point, str]]:
+  """(sweep, point, state) of one point's memberships whose training or
+  evaluations are not yet in the campaign's directory."""
+  states = ((name, point, point_state(name, point)) for name, point in memberships)
+  return [pending for pending in states if pending[2] != 'done']
 
 
 def run_point(name: str, point: sweep.Point, seeds: int) -> int:
@@ -132,23 +133,22 @@ def main(argv):
     sys.exit(f'experiments.continue_sweeps: error: {e}')
   points = campaign(options.seeds)
   try:
-    pending = [m for m in points if pending_memberships(m)]
+    pending = [todo for todo in map(pending_memberships, points) if todo]
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
   print(f'{len(points) - len(pending)} of the {len(points)} points are done, '
         f'{len(pending)} to run', flush=True)
-  for memberships in pending:
-    todo = pending_memberships(memberships)
-    for name, point in todo:
-      print(f'[{point_state(name, point)}] {name}: {point.name}', flush=True)
+  for todo in pending:
+    for name, point, state in todo:
+      print(f'[{state}] {name}: {point.name}', flush=True)
     if options.dry_run:
       continue
-    for name, point in todo:
+    for name, point, _ in todo:
       if run_point(name, point, options.seeds) != 0:
         sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
                  f'{os.path.join(RESULTS, point.name, "log.txt")}')
     if options.commit:
-      commit(', '.join(name for name, _ in todo), todo[0][1])
+      commit(', '.join(name for name, _, _ in todo), todo[0][1])
 
 
 if __name__ == '__main__':
