@@ -219,6 +219,54 @@ def test_mirrored_rescaled_crop_is_the_flipped_crop(scale):
     np.testing.assert_array_equal(mirrored, transforms.flip(plain))
 
 
+def test_crops_resampled_in_groups_equal_the_crops_one_by_one():
+  """Same-size images share Pillow calls (`rescaled_crops_into`); every crop must
+  still be `rescaled_crop`'s, bit for bit: CIFAR-like squares at a fixed and a
+  jittered S, images too tall for the grouping (Pillow goes down the columns
+  first), ones alone in their size, the unresampled S = side, Pillow images."""
+  rng = np.random.default_rng(0)
+  shapes = [(32, 32)] * 40 + [(37, 50)] * 12 + [(120, 40)] * 6 + [(90, 30)] * 4 + [(41, 29)]
+  views = []
+  for i, (h, w) in enumerate(shapes):
+    image = random_image(h, w, seed=i)
+    scale = int(rng.choice([min(h, w), 37, 37, 40, 45, 64]))
+    new_h, new_w = transforms.rescaled_size(h, w, scale)
+    top, left = int(rng.integers(0, new_h - 31)), int(rng.integers(0, new_w - 31))
+    views.append(transforms.CropView(Image.fromarray(image) if i % 17 == 5 else image,
+                                     scale, top, left, bool(rng.random() < 0.5)))
+  out = np.zeros((len(views), 32, 32, 3), np.uint8)
+  transforms.rescaled_crops_into(out, dict(enumerate(views)))
+  assert sum(transforms.resampled_in_groups(view, 32) for view in views) > len(views) // 2
+  for crop, view in zip(out, views):
+    np.testing.assert_array_equal(crop, transforms.rescaled_crop(
+        view.image, view.scale, view.top, view.left, 32, view.mirrored))
+
+
+def test_pillows_pass_order_is_the_one_the_grouping_assumes():
+  """`rescaled_crops_into` groups only images that Pillow resamples along rows
+  first; a Pillow that changes its choice fails here, not silently in training."""
+  rng = np.random.default_rng(1)
+  checked = {True: 0, False: 0}
+  while min(checked.values()) < 20:
+    h, w = (int(x) for x in rng.integers(8, 100, 2))
+    size = int(rng.integers(4, 40))
+    image = Image.fromarray(random_image(h, w, seed=int(rng.integers(1 << 30))))
+    box = tuple(float(x) for x in (rng.uniform(0, w / 3), rng.uniform(0, h / 3),
+                                   rng.uniform(2 * w / 3, w), rng.uniform(2 * h / 3, h)))
+    both = np.asarray(image.resize((size, size), transforms.RESAMPLE, box=box))
+    rows = image.resize((size, h), transforms.RESAMPLE, box=(box[0], 0, box[2], h))
+    rows_first = np.asarray(rows.resize((size, size), transforms.RESAMPLE,
+                                        box=(0, box[1], size, box[3])))
+    columns = image.resize((w, size), transforms.RESAMPLE, box=(0, box[1], w, box[3]))
+    columns_first = np.asarray(columns.resize((size, size), transforms.RESAMPLE,
+                                              box=(box[0], 0, box[2], size)))
+    if np.array_equal(rows_first, columns_first):
+      continue  # this image cannot tell the orders apart
+    predicted = transforms._rows_first(h, w, size)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(both, rows_first if predicted else columns_first)
+    checked[predicted] += 1
+
+
 def test_pca_colour_shift_matches_closed_form():
   alphas = np.array([0.1, -0.2, 0.3])
   # rgb offset = 255 * sum_j eigvec[:, j] * alpha_j * eigval_j, written out.
@@ -457,6 +505,40 @@ def test_the_step_makes_the_float_pixels_the_host_made_before_bit_for_bit(cfg):
     np.testing.assert_array_equal(pixels, before)
 
 
+def test_each_row_is_its_positions_example_and_augmentation(cfg):
+  """The stream as the module defines it, row by row: the example at position g
+  (`example_at`) seen through `transforms.train_view` with the generator
+  `default_rng([seed, 1, g])`, which the pipeline seeds for a whole batch at once."""
+  source = data.open_split(cfg, 'train')
+  for start_step, process_index in ((0, 0), (9, 1)):
+    batch = next(data.train_batches(cfg, global_batch_size=16, seed=7, start_step=start_step,
+                                    process_index=process_index, process_count=2))
+    for row in range(8):
+      g = pipeline.train_position(row, start_step=start_step, global_batch_size=16,
+                                  process_index=process_index, process_count=2)
+      encoded, label = source[pipeline.example_at(g, seed=7, num_examples=TINY_TRAIN)]
+      rng = np.random.default_rng([7, 1, g])
+      scale = transforms.sample_scale(cfg.train_scale, rng)
+      crop, offset = transforms.train_view(transforms.decode(encoded, min_side=scale), rng,
+                                           image_size=32, scale=scale,
+                                           color_shift=cfg.color_shift, mean_rgb=cfg.mean_rgb)
+      np.testing.assert_array_equal(batch['image'][row], crop)
+      np.testing.assert_array_equal(batch['offset'][row], offset)
+      assert batch['label'][row] == label
+
+
+@pytest.mark.parametrize('seed, first', [(0, 0), (12345, 987654), (2**32 - 1, 2**32 - 5),
+                                         (3, 2**32 - 2), (2**32, 0)])
+def test_batch_seeded_generators_are_numpys(seed, first):
+  """Past 32 bits (the last two cases) numpy's own seeding is used."""
+  positions = range(first, first + 4)
+  for g, rng in zip(positions, pipeline.augmentation_rngs(seed, positions)):
+    want = np.random.default_rng([seed, 1, g])
+    assert rng.bit_generator.state == want.bit_generator.state
+    assert rng.integers(0, 1000, 3).tolist() == want.integers(0, 1000, 3).tolist()
+    assert rng.normal(0.0, 1.0, 3).tolist() == want.normal(0.0, 1.0, 3).tolist()
+
+
 def test_same_seed_same_stream_other_seed_other_stream(cfg):
   a = take(data.train_batches(cfg, global_batch_size=16, seed=1), 2)
   b = take(data.train_batches(cfg, global_batch_size=16, seed=1), 2)
@@ -579,8 +661,10 @@ def eval_batches(cfg, split=None, *, global_batch_size, process_index=0, process
   example = _EvalExample(source, cfg, global_batch_size=global_batch_size,
                          process_index=process_index, process_count=process_count)
   steps = num_eval_batches(len(source), global_batch_size)
-  dataset = grain.MapDataset.range(0, steps * local).map(example)
-  return pipeline._iterate(dataset, cfg, local)  # pylint: disable=protected-access
+  batches = grain.MapDataset.range(0, steps * local).map(example).batch(
+      local, drop_remainder=True,
+      batch_fn=lambda rows: {key: np.stack([r[key] for r in rows]) for key in rows[0]})
+  return pipeline.iterate_batches(batches, cfg)
 
 
 def test_eval_view_is_rescaled_centre_crop_of_the_full_rescale():

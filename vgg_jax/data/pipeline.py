@@ -14,10 +14,10 @@ resuming from a checkpoint at step t0 (`start_step=t0`) yields exactly the
 batches an uninterrupted run would have produced. Nothing is cached beyond
 one permutation per live epoch and a bounded prefetch buffer.
 
-grain runs the per-example work (read, decode, augment) in a pool of threads
-(Pillow and numpy release the GIL), or, with worker processes
-(`num_workers`, `worker_count`), builds whole batches in the workers, so that
-the main process only receives them; both preserve order.
+grain builds whole batches (read, decode, augment, written into the batch's
+arrays) in a pool of threads (Pillow's resampling releases the GIL) or, with
+worker processes (`num_workers`, `worker_count`), in the workers, so that the
+main process only receives them; both preserve order.
 """
 
 from __future__ import annotations
@@ -70,13 +70,90 @@ def example_at(g: int, *, seed: int, num_examples: int, shuffle: bool = True) ->
   return int(epoch_permutation(seed, epoch, num_examples)[slot])
 
 
+def augmentation_rngs(seed: int, positions: range) -> Iterator[np.random.Generator]:
+  """For each position g, a generator in the state of
+  `np.random.default_rng([seed, _AUGMENTATION, g])`, valid until the next is drawn
+  (it is one generator, re-seeded).
+
+  Constructing a generator costs 8 us, a tenth of a CIFAR-10 image's pipeline;
+  numpy's seeding arithmetic (SeedSequence, then PCG64's), done here for the
+  whole batch at once, gives the same states in 2 (tests/test_data.py compares
+  them). Numbers past 32 bits, which SeedSequence reads as several words, take
+  numpy's own path.
+  """
+  if not (0 <= seed < 2**32 and 0 <= positions.start and positions.stop <= 2**32):
+    for g in positions:
+      yield np.random.default_rng([seed, _AUGMENTATION, g])
+    return
+  words = np.empty((len(positions), 3), np.uint32)
+  words[:] = seed, _AUGMENTATION, 0
+  words[:, 2] = positions
+  bit_generator = np.random.PCG64(0)
+  rng = np.random.Generator(bit_generator)
+  for state, inc in _pcg64_states(words):
+    bit_generator.state = {'bit_generator': 'PCG64', 'state': {'state': state, 'inc': inc},
+                           'has_uint32': 0, 'uinteger': 0}
+    yield rng
+
+
+# numpy's constants (numpy/random/bit_generator.pyx, pcg64.h).
+_MASK32 = 0xFFFFFFFF
+_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_MIX_MULT_L, _MIX_MULT_R = 0xCA01F9DD, 0x4973F715
+_PCG64_MULT = 0x2360ED051FC65DA44385DF649FCCF645
+_MASK128 = (1 << 128) - 1
+
+
+def _pcg64_states(words: np.ndarray) -> list[tuple[int, int]]:
+  """(state, inc) of PCG64(SeedSequence(row)) for each row of uint32 [n, 3] words:
+  SeedSequence's pool of 4 words (mix_entropy), 8 words of generate_state, and
+  PCG64's srandom, vectorised over the rows."""
+  hash_a = _INIT_A
+
+  def hashmix(value):
+    nonlocal hash_a
+    value = value ^ np.uint32(hash_a)
+    hash_a = (hash_a * _MULT_A) & _MASK32
+    value = value * np.uint32(hash_a)
+    return value ^ (value >> np.uint32(16))
+
+  with np.errstate(over='ignore'):  # uint32 arithmetic wraps, as in C
+    pool = [hashmix(words[:, i]) for i in range(3)]
+    pool.append(hashmix(np.zeros(len(words), np.uint32)))
+    for src in range(4):
+      for dst in range(4):
+        if src != dst:
+          mixed = np.uint32(_MIX_MULT_L) * pool[dst] - np.uint32(_MIX_MULT_R) * hashmix(pool[src])
+          pool[dst] = mixed ^ (mixed >> np.uint32(16))
+    hash_b, state_words = _INIT_B, []
+    for i in range(8):
+      value = pool[i % 4] ^ np.uint32(hash_b)
+      hash_b = (hash_b * _MULT_B) & _MASK32
+      value = value * np.uint32(hash_b)
+      state_words.append((value ^ (value >> np.uint32(16))).astype(np.uint64))
+  seed_hi, seed_lo, inc_hi, inc_lo = (
+      (state_words[2 * j] | (state_words[2 * j + 1] << np.uint64(32))).tolist() for j in range(4))
+  states = []
+  for a, b, c, d in zip(seed_hi, seed_lo, inc_hi, inc_lo):
+    # pcg_setseq_128_srandom_r: state 0, step, add the seed, step.
+    inc = ((((c << 64) | d) << 1) | 1) & _MASK128
+    states.append((((((a << 64) | b) + inc) * _PCG64_MULT + inc) & _MASK128, inc))
+  return states
+
+
 # --------------------------------------------------------------------------
-# Per-example work, as picklable callables (grain may ship them to workers).
+# Per-batch work, as a picklable callable (grain may ship it to workers).
 # --------------------------------------------------------------------------
 
 
-class _TrainExample:
-  """Stream index k -> dict(image, label), all randomness from (seed, g)."""
+class _TrainBatch:
+  """Batch number b of this process's stream -> dict(image, offset, label), built
+  whole: each row's example and augmentation come from its stream position g as
+  `example_at` and `transforms.train_view` define them, written straight into the
+  batch's arrays, with the generators seeded for the batch at once and small
+  images' crops resampled in groups. On 32x32 images a per-example map with its
+  dict and stacking, a generator built per image and Pillow called per crop
+  cost more than the decoding (experiments/PERFORMANCE.md)."""
 
   def __init__(self, source, cfg, *, seed, start_step, global_batch_size,
                process_index, process_count):
@@ -87,27 +164,42 @@ class _TrainExample:
     self.image_size = int(cfg.image_size)
     self.scale_range = transforms.scale_bounds(cfg.train_scale)
     self.color_shift = float(cfg.color_shift)
-    self.mean_rgb = tuple(cfg.mean_rgb)
+    self.mean_rgb = np.asarray(cfg.mean_rgb, np.float32)
+    self.local = global_batch_size // process_count
     self.position = functools.partial(
         train_position, start_step=start_step, global_batch_size=global_batch_size,
         process_index=process_index, process_count=process_count)
 
-  def __call__(self, k: int):
-    g = self.position(k)
-    index = example_at(g, seed=self.seed, num_examples=self.num_examples,
-                       shuffle=self.shuffle)
-    data, label = self.source[index]
-    rng = np.random.default_rng([self.seed, _AUGMENTATION, g])
-    scale = transforms.sample_scale(self.scale_range, rng)
-    image = transforms.decode_view(data, min_side=scale)
-    image, offset = transforms.train_view(image, rng, image_size=self.image_size,
-                                          scale=scale, color_shift=self.color_shift,
-                                          mean_rgb=self.mean_rgb)
-    return dict(image=image, offset=offset, label=np.int32(label))
+  def positions(self, batch: int) -> range:
+    """Global stream positions g of batch `batch`'s rows: consecutive."""
+    first = self.position(batch * self.local)
+    return range(first, first + self.local)
 
-
-def _stack(examples):
-  return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+  def __call__(self, batch: int) -> dict:
+    size = self.image_size
+    images = np.empty((self.local, size, size, 3), np.uint8)
+    offsets = np.empty((self.local, 3), np.float32)
+    labels = np.empty(self.local, np.int32)
+    grouped = {}  # row -> its crop's view, for the rows resampled together
+    positions = self.positions(batch)
+    rngs = augmentation_rngs(self.seed, positions)
+    for row, (g, rng) in enumerate(zip(positions, rngs)):
+      index = example_at(g, seed=self.seed, num_examples=self.num_examples,
+                         shuffle=self.shuffle)
+      data, labels[row] = self.source[index]
+      scale = transforms.sample_scale(self.scale_range, rng)
+      image = transforms.decode_view(data, min_side=scale)
+      top, left, mirrored, alphas = transforms.train_draws(
+          *transforms.height_width(image), rng, image_size=size, scale=scale,
+          color_shift=self.color_shift)
+      offsets[row] = transforms.colour_offset(alphas, self.mean_rgb)
+      view = transforms.CropView(image, scale, top, left, mirrored)
+      if transforms.resampled_in_groups(view, size):
+        grouped[row] = view
+      else:  # resampled now: a decoded photograph is not kept for the batch
+        transforms.rescaled_crop_into(images[row], *view)
+    transforms.rescaled_crops_into(images, grouped)
+    return dict(image=images, offset=offsets, label=labels)
 
 
 def decode_threads(cfg) -> int:
@@ -127,16 +219,13 @@ def worker_count(cfg) -> int:
   return max(0, (os.cpu_count() or 1) - 2)
 
 
-def _iterate(dataset: grain.MapDataset, cfg, local_batch_size: int) -> Iterator[dict]:
-  """The examples of `dataset` batched in order: per-example work on threads, or
-  whole batches built in worker processes."""
+def iterate_batches(batches: grain.MapDataset, cfg) -> Iterator[dict]:
+  """The batches of `batches`, in order, each built whole by one of the pipeline's
+  threads or, with worker processes, by a worker (the main process only receives
+  them). Per example, grain's threads and queues would cost twice the example's
+  own work on 32x32 images."""
   prefetch = max(1, int(cfg.prefetch_batches))
   workers = worker_count(cfg)
-  # Batch k is examples [k*B, (k+1)*B) whoever builds it: a thread (or worker
-  # process) makes it whole, stacking included, and grain hands the batches
-  # back in order. Per example, grain's threads and queues would cost twice
-  # the example's own work on 32x32 images.
-  batches = dataset.batch(local_batch_size, drop_remainder=True, batch_fn=_stack)
   if workers == 0:
     read = grain.ReadOptions(num_threads=decode_threads(cfg), prefetch_buffer_size=prefetch)
     return iter(batches.to_iter_dataset(read))
@@ -174,14 +263,13 @@ def train_batches(cfg, *, global_batch_size: int, seed: int, start_step: int = 0
   [B/P]), s = image_size: the network's input is image + offset per image
   (colour shift minus mean), made on the device (`vgg_jax.train.network_input`).
   """
-  local = _local_batch_size(global_batch_size, process_count)
+  _local_batch_size(global_batch_size, process_count)  # raises where B/P is not whole
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count})')
   check_scales(cfg)
   source = sources.open_split(cfg, cfg.train_split)
-  example = _TrainExample(source, cfg, seed=seed, start_step=start_step,
-                          global_batch_size=global_batch_size,
-                          process_index=process_index, process_count=process_count)
-  dataset = grain.MapDataset.range(0, _ENDLESS).map(example)
-  return _iterate(dataset, cfg, local)
+  batch = _TrainBatch(source, cfg, seed=seed, start_step=start_step,
+                      global_batch_size=global_batch_size,
+                      process_index=process_index, process_count=process_count)
+  return iterate_batches(grain.MapDataset.range(0, _ENDLESS).map(batch), cfg)
 
