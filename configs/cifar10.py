@@ -43,8 +43,10 @@ Sizes:
             1/8 for 20 epochs 20.6 % in 15 min; width 1/4 for 12 epochs
             17.8 % in 18 min; width 1/4 for 10 epochs 18.8 %, with label
             smoothing 0.1 18.1 %. Issue #15's 12 % is out of this budget's
-            reach: 20 % more epochs (18 min) bought 0.3-1 point, and the
-            wider net the target needs trains slower still on 2 cores.
+            reach: 20 % more epochs (18 min) bought 0.3-1 point, three
+            times the epochs (30, 27 min on a 2-core Intel Xeon) 14.8 %
+            (experiments/results/pilot_budget/), and the wider net the
+            target needs trains slower still on 2 cores.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
