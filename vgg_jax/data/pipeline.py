@@ -180,7 +180,7 @@ class _TrainBatch:
     images = np.empty((self.local, size, size, 3), np.uint8)
     offsets = np.empty((self.local, 3), np.float32)
     labels = np.empty(self.local, np.int32)
-    grouped = {}  # row -> its crop's view, for the rows resampled together
+    crops = transforms.GroupedCrops(images)
     positions = self.positions(batch)
     rngs = augmentation_rngs(self.seed, positions)
     for row, (g, rng) in enumerate(zip(positions, rngs)):
@@ -193,12 +193,8 @@ class _TrainBatch:
           *transforms.height_width(image), rng, image_size=size, scale=scale,
           color_shift=self.color_shift)
       offsets[row] = transforms.colour_offset(alphas, self.mean_rgb)
-      view = transforms.CropView(image, scale, top, left, mirrored)
-      if transforms.resampled_in_groups(view, size):
-        grouped[row] = view
-      else:  # resampled now: a decoded photograph is not kept for the batch
-        transforms.rescaled_crop_into(images[row], *view)
-    transforms.rescaled_crops_into(images, grouped)
+      crops.add(row, transforms.CropView(image, scale, top, left, mirrored))
+    crops.finish()
     return dict(image=images, offset=offsets, label=labels)
 
 

@@ -312,7 +312,15 @@ class CropView(NamedTuple):
 
 def rescaled_crops_into(out: np.ndarray, views: Mapping[int, CropView]) -> None:
   """out[i] = rescaled_crop(*views[i]) for every i in `views`, with the same
-  pixels, resampled a group at a time where that is exact.
+  pixels, resampled a group at a time where that is exact (`GroupedCrops`)."""
+  crops = GroupedCrops(out)
+  for i, view in views.items():
+    crops.add(i, view)
+  crops.finish()
+
+
+class GroupedCrops:
+  """Fills out[i] with rescaled_crop(*view) for each `add(i, view)`, by `finish`.
 
   Pillow resamples in two passes, each rounding to uint8: along rows to the
   crop's width, then along columns. Images of one size and scale whose crops
@@ -321,20 +329,30 @@ def rescaled_crops_into(out: np.ndarray, views: Mapping[int, CropView]) -> None:
   in one. A batch of 128 CIFAR-10 images at S = 37 takes 12 resizes instead of
   128, each with its conversions in and out of Pillow, whose Python, not the
   arithmetic, was most of a 32x32 crop's time. Views that `resampled_in_groups`
-  declines, or alone in their size and scale, are resampled one by one.
+  declines are resampled as they are added (a decoded photograph is not kept
+  for the batch), and those alone in their size and scale by `finish`.
   """
-  size = out.shape[1]
-  groups = collections.defaultdict(list)
-  for i, view in views.items():
-    if resampled_in_groups(view, size):
-      groups[(*view.image.shape[:2], view.scale)].append(i)
+
+  def __init__(self, out: np.ndarray):
+    self.out = out
+    self.views = {}
+    self.groups = collections.defaultdict(list)
+
+  def add(self, i: int, view: CropView) -> None:
+    if resampled_in_groups(view, self.out.shape[1]):
+      self.views[i] = view
+      self.groups[(*view.image.shape[:2], view.scale)].append(i)
     else:
-      rescaled_crop_into(out[i], *view)
-  for (height, width, scale), members in groups.items():
-    if len(members) == 1:
-      rescaled_crop_into(out[members[0]], *views[members[0]])
-    else:
-      _grouped_rescaled_crops_into(out, views, members, height, width, scale)
+      rescaled_crop_into(self.out[i], *view)
+
+  def finish(self) -> None:
+    for (height, width, scale), members in self.groups.items():
+      if len(members) == 1:
+        rescaled_crop_into(self.out[members[0]], *self.views[members[0]])
+      else:
+        _grouped_rescaled_crops_into(self.out, self.views, members, height, width, scale)
+    self.views.clear()
+    self.groups.clear()
 
 
 # Grouping saves Pillow's per-call Python, ~10 us, which matters for small
