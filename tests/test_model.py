@@ -109,22 +109,45 @@ def init(model, x):
   Eager init compiles each random draw separately at full optimisation, which
   costs XLA's CPU backend tens of seconds for a whole VGG; the values are the same.
   """
-  return jax.jit(model.init, compiler_options={'xla_backend_optimization_level': 0})(
-      jax.random.key(0), x)
+  return jax.jit(model.init, compiler_options=QUICK)(jax.random.key(0), x)
+
+
+# For programs run once on tiny inputs: LLVM's optimisation costs more than it saves.
+QUICK = {'xla_backend_optimization_level': 0}
+
+
+def drawn_variables(model, x):
+  """Variables of init's shapes and dtypes, drawn by numpy (He normal, BN identity).
+
+  For tests of what the model computes, not of how it initialises: init's
+  random code costs a compilation per model that these tests do not need.
+  """
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ('bias', 'mean'):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    fan_in = np.prod(leaf.shape[:-1])
+    return (rng.normal(size=leaf.shape) * np.sqrt(2 / fan_in)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 @pytest.mark.parametrize('variant', list(vgg.CONFIGS))
 def test_every_variant_trains_forward_and_backward(variant):
   model = vgg.VGG(variant=variant, image_size=32, batch_norm=variant == 'B', **TINY)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  variables = init(model, x)
+  variables = drawn_variables(model, x)
 
   def loss(params):
     logits, _ = model.apply({**variables, 'params': params}, x, train=True,
                             rngs={'dropout': jax.random.key(2)}, mutable=['batch_stats'])
     return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[:, 0])
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(variables['params'])  # one compile
+  value, grads = jax.jit(jax.value_and_grad(loss), compiler_options=QUICK)(variables['params'])
   assert np.isfinite(value)
   assert set(grads) == set(variables['params'])
   assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
@@ -139,15 +162,16 @@ def test_dense_evaluation_averages_the_classic_head_over_windows():
   """
   model = vgg.VGG(variant='A', image_size=64, **TINY)
   x = jax.random.normal(jax.random.key(1), (2, 96, 128, 3))  # last map 3x4
-  params = init(model, x[:, :64, :64])['params']
-  dense = model.apply({'params': params}, x)
+  params = drawn_variables(model, x[:, :64, :64])['params']
+  dense, capture = jax.jit(
+      lambda p: model.apply({'params': p}, x, capture_intermediates=True,
+                            mutable=['intermediates']), compiler_options=QUICK)(params)
 
   # The conv trunk's last feature map, pooled as the model pools it.
-  capture = model.apply({'params': params}, x, capture_intermediates=True,
-                        mutable=['intermediates'])[1]['intermediates']
+  capture = capture['intermediates']
   last_conv = capture['conv5_2']['__call__'][0]
-  fmap = jax.lax.reduce_window(last_conv, -jnp.inf, jax.lax.max,
-                               (1, 2, 2, 1), (1, 2, 2, 1), 'VALID')
+  fmap = jax.nn.relu(jax.lax.reduce_window(last_conv, -jnp.inf, jax.lax.max,
+                                           (1, 2, 2, 1), (1, 2, 2, 1), 'VALID'))
   assert fmap.shape[1:3] == (3, 4)
   w1 = params['fc1']['kernel']
   scores = []
@@ -162,10 +186,10 @@ def test_dense_evaluation_averages_the_classic_head_over_windows():
 
 def test_gap_head_takes_any_size_and_bf16_keeps_float32_params():
   model = vgg.VGG(variant='A', head='gap', dtype=jnp.bfloat16, **TINY)
-  variables = init(model, jnp.zeros((1, 32, 32, 3)))
+  variables = drawn_variables(model, jnp.zeros((1, 32, 32, 3)))  # init's dtypes
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
   for side in (32, 48):
-    out = model.apply(variables, jnp.ones((3, side, side, 3)))
+    out = jax.jit(model.apply, compiler_options=QUICK)(variables, jnp.ones((3, side, side, 3)))
     assert out.shape == (3, 7) and out.dtype == jnp.float32
 
 

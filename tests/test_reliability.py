@@ -294,7 +294,7 @@ def test_killed_preempted_and_damaged_run_finishes_exactly_like_the_reference(
   preempted = re.fullmatch(r'vgg_jax\.train: preempted \(SIGTERM\) at step (\d+): saved a '
                            r'checkpoint at step \1; rerun the same command to continue '
                            r'from it', run.last_line())
-  assert preempted, run.last_line()
+  assert preempted, f'{context}, SIGTERM after {delay:.2f} s:\n{stderr[-3000:]}'
   stopped_at = int(preempted.group(1))
   assert resumed < stopped_at < STEPS
   assert max(checkpoints.available_steps(str(workdir))) == stopped_at
