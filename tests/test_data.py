@@ -806,6 +806,67 @@ def test_worker_count_defaults_to_none_on_the_cpu(cfg):
   assert pipeline.worker_count(_with(cfg, num_workers=3)) == 3
 
 
+def test_small_decoded_images_are_kept_and_the_stream_stays_the_same(tmp_path, monkeypatch):
+  """Small images are decoded once per process and kept: JPEGs, and other formats
+  where the source gives bytes (below); photographs, JPEGs that a smaller scale of
+  the range decodes at reduced size, and a folder's PNG (a file unread here) are
+  not; the batches, over epochs that reuse the kept images, are those without them."""
+  rng = np.random.default_rng(0)
+  # Sorted by class, then file name: the source's indices 0..4.
+  files = {'cat/a.jpg': (20, 30), 'cat/b.jpg': (120, 100), 'cat/c.png': (30, 30),
+           'dog/a.jpg': (70, 80), 'dog/b.jpg': (24, 24)}
+  for name, (h, w) in files.items():
+    os.makedirs(tmp_path / 'train' / os.path.dirname(name), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(tmp_path / 'train' / name)
+  cfg = _with(folder_cfg(tmp_path), train_scale=(16, 40), color_shift=0.1)
+  source = data.open_split(cfg, 'train')
+
+  kept = pipeline.KeptDecodes(source, smallest_scale=16, max_bytes=1 << 30)
+  for scale in (40, 16, 23):
+    for index in range(5):
+      image, label = kept(index, scale)
+      encoded, expected_label = source[index]
+      np.testing.assert_array_equal(image, transforms.decode(encoded, min_side=scale))
+      assert label == expected_label
+  # 120x100 is a photograph; 70x80 decodes at half size for S < 35.
+  assert sorted(kept.kept) == [0, 4] and kept.kept_bytes == (20 * 30 + 24 * 24) * 3
+  assert not kept(0, 16)[0].flags.writeable
+  # The same images as bytes, as TFDS gives them: now the PNG is kept too, as the
+  # array of Pillow's pixels, whose crops are the Pillow image's.
+  as_bytes = [(open(path, 'rb').read(), label) for path, label in
+              (source[i] for i in range(5))]
+  from_bytes = pipeline.KeptDecodes(as_bytes, smallest_scale=16, max_bytes=1 << 30)
+  for scale in (40, 16):
+    for index in range(5):
+      image, _ = from_bytes(index, scale)
+      np.testing.assert_array_equal(image, transforms.decode(as_bytes[index][0], min_side=scale))
+  assert sorted(from_bytes.kept) == [0, 2, 4]
+  small_budget = pipeline.KeptDecodes(source, smallest_scale=16, max_bytes=20 * 30 * 3)
+  for index in range(5):
+    small_budget(index, 16)
+  assert sorted(small_budget.kept) == [0]
+
+  def first_batches(kept_bytes):
+    monkeypatch.setattr(pipeline, 'KEPT_DECODES_BYTES', kept_bytes)
+    return take(data.train_batches(cfg, global_batch_size=5, seed=3), 4)  # 4 epochs
+
+  for with_kept, without in zip(first_batches(1 << 30), first_batches(0)):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(with_kept[key], without[key])
+
+
+def test_a_tfds_datasets_pixels_are_kept_and_its_stream_stays_the_same(cfg, monkeypatch):
+  """The built-in dataset's raw pixels, read from its ArrayRecord files each time
+  otherwise: over two epochs, the same batches with and without keeping them."""
+  def batches(kept_bytes):
+    monkeypatch.setattr(pipeline, 'KEPT_DECODES_BYTES', kept_bytes)
+    return take(data.train_batches(cfg, global_batch_size=64, seed=1), 2 * TINY_TRAIN // 64)
+
+  for with_kept, without in zip(batches(1 << 30), batches(0)):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(with_kept[key], without[key])
+
+
 def _with(cfg, **fields):
   copy = ml_collections.ConfigDict(cfg.to_dict())
   copy.update(fields)
