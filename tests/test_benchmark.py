@@ -79,10 +79,27 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   assert any(files for _, _, files in os.walk(tmp_path / 'profile'))  # a trace was written
   assert report['end_to_end']['fraction_of_step_alone'] == pytest.approx(
       report['end_to_end']['img_per_sec'] / train['img_per_sec'])
+  torch_rates = report['torch']['rates']
+  assert set(torch_rates) == {'contiguous', 'channels_last'}
+  assert report['torch']['img_per_sec'] == max(torch_rates.values())  # the better layout
+  assert torch_rates[report['torch']['memory_format']] == report['torch']['img_per_sec']
   assert report['torch']['ratio'] == pytest.approx(
       train['img_per_sec'] / report['torch']['img_per_sec'])
   assert report['torch']['ratio_best'] == pytest.approx(
       max(train['windows']) / max(report['torch']['windows']))
+
+
+def test_torch_is_compared_in_its_better_memory_format():
+  windows = {'contiguous': [10.0, 12.0, 11.0], 'channels_last': [14.0, 13.0, 20.0]}
+  rates = {f'torch_{fmt}': {'img_per_sec': sorted(w)[1], 'windows': w}
+           for fmt, w in windows.items()}
+  summary = benchmark.torch_summary(rates, {'windows': [7.0, 26.0, 13.0]})
+  assert summary['memory_format'] == 'channels_last' and summary['img_per_sec'] == 14.0
+  assert summary['rates'] == {'contiguous': 11.0, 'channels_last': 14.0}
+  assert summary['windows'] == windows['channels_last']
+  assert summary['ratio'] == pytest.approx(13 / 14)  # vgg_jax's median over the better one's
+  assert summary['ratio_paired'] == pytest.approx(0.65)  # median of 7/14, 26/13, 13/20
+  assert summary['ratio_best'] == pytest.approx(26 / 20)
 
 
 def test_side_by_side_ratios():
