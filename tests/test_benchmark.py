@@ -58,6 +58,7 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
                        '--windows=1', '--devices=2', '--pipeline_images=4', '--peak_size=256',
                        '--measure=train,peak,eval,pipeline,end_to_end', f'--data_folder={folder}',
                        '--pipeline_workers=1', f'--profile_dir={tmp_path / "profile"}',
+                       '--end_to_end_epoch=2',
                        '--compare=torch', f'--output={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   report = json.loads(out.read_text())
@@ -79,6 +80,9 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   assert any(files for _, _, files in os.walk(tmp_path / 'profile'))  # a trace was written
   assert report['end_to_end']['fraction_of_step_alone'] == pytest.approx(
       report['end_to_end']['img_per_sec'] / train['img_per_sec'])
+  assert report['end_to_end']['epoch'] == 2
+  assert report['end_to_end']['fraction_of_step_alone_paired'] == pytest.approx(
+      report['end_to_end']['windows'][0] / train['windows'][0])  # one window each
   torch_rates = report['torch']['rates']
   assert set(torch_rates) == {'contiguous', 'channels_last'}
   assert report['torch']['img_per_sec'] == max(torch_rates.values())  # the better layout

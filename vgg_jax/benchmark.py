@@ -24,8 +24,10 @@ windows take turns, so both see the same background load.
   JPEGs), with one thread (img/s per core) and with all threads.
 * end_to_end: real training, as `vgg_jax.train` runs it: the input pipeline
   reading `--data_folder` (or the built-in dataset) from disk, the copy to the
-  devices and the step, in windows taken in turns with the step alone's;
-  `fraction_of_step_alone` is how much of the step's rate it keeps.
+  devices and the step, in windows taken in turns with the step alone's, in
+  epoch `--end_to_end_epoch` (from the second on, small images are not decoded);
+  `fraction_of_step_alone` is how much of the step's rate it keeps (medians;
+  `_paired`: the median of each window's ratio to the step-alone window before it).
 * --compare=torch: the same network, optimizer and batch in PyTorch (an
   optional dependency), contiguous and channels-last, and the ratio vgg_jax /
   PyTorch in the better of the two (`side_by_side`: of the medians, of
@@ -208,13 +210,20 @@ def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.Confi
 
 
 def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
-                       data_cfg: ml_collections.ConfigDict):
+                       data_cfg: ml_collections.ConfigDict, epoch: int = 1):
   """Training as `vgg_jax.train` runs it: batches read from disk by the input
   pipeline, copied to the devices ahead of the step (`prefetch_to_device`), and
-  the step; the pipeline's threads share the machine with the step."""
-  batches = parallel.prefetch_to_device(
-      data.train_batches(data_cfg, global_batch_size=batch_size, seed=0), mesh,
-      size=config_schema.base_config().prefetch_to_device)
+  the step; the pipeline's threads share the machine with the step. The windows
+  fall in epoch `epoch`: from the second on, small images are no longer decoded
+  (`data.pipeline.KeptDecodes`), and the pipeline runs through the epochs before
+  it first, outside the clock."""
+  num_examples = data.dataset_info(data_cfg).num_examples[data_cfg.train_split]
+  first_step = (epoch - 1) * math.ceil(num_examples / batch_size)
+  local = data.train_batches(data_cfg, global_batch_size=batch_size, seed=0)
+  for _ in range(first_step):
+    next(local)
+  batches = parallel.prefetch_to_device(local, mesh,
+                                        size=config_schema.base_config().prefetch_to_device)
   state, compiled = compiled_train_step(model, mesh, next(batches))
   return step_windows(state, compiled, lambda: next(batches), steps)
 
@@ -441,6 +450,10 @@ def _define_flags():
       'data_folder', None, 'Image folder (train/<class>/*) or image store '
       '(vgg_jax.data.store) that end_to_end trains on; default: the built-in vgg_shapes '
       'dataset.')
+  flags.DEFINE_integer(
+      'end_to_end_epoch', 1, 'Epoch whose steps end_to_end times (the pipeline runs '
+      'through the earlier ones first, untimed): 2 or more for the steady state of a long '
+      'run, where small images are decoded no more.', lower_bound=1)
   flags.DEFINE_integer('peak_size', 0, 'Side of the peak matmul (0: 2048 on the '
       'CPU, 8192 on accelerators).')
   flags.DEFINE_string('output', None, 'Also write the JSON to this file.')
@@ -487,7 +500,8 @@ def main(argv):
     runs['train'] = (train_window, items)
   if 'end_to_end' in measure:
     runs['end_to_end'] = (prepare_end_to_end(model, mesh, f.batch_size, steps,
-                                             end_to_end_config(model, f.data_folder)), items)
+                                             end_to_end_config(model, f.data_folder),
+                                             f.end_to_end_epoch), items)
   if f.compare == 'torch':
     for memory_format in TORCH_MEMORY_FORMATS:
       runs[f'torch_{memory_format}'] = (prepare_torch(model, f.batch_size, steps, memory_format),
@@ -498,11 +512,15 @@ def main(argv):
   if 'train' in measure:
     report['train'] = train_summary(rates['train'], compiled, model, mesh, f.batch_size)
   if 'end_to_end' in measure:
-    report['end_to_end'] = {**rates['end_to_end'], 'data_folder': f.data_folder}
+    report['end_to_end'] = {**rates['end_to_end'], 'data_folder': f.data_folder,
+                            'epoch': f.end_to_end_epoch}
     if 'train' in report:
       # Windows taken in turns with the step alone's: the same background load.
-      report['end_to_end']['fraction_of_step_alone'] = (
-          rates['end_to_end']['img_per_sec'] / rates['train']['img_per_sec'])
+      # Also paired, window with the step-alone window before it: the median of
+      # those ratios, which a drift in the machine's load moves least.
+      pairs = side_by_side(rates['end_to_end']['windows'], rates['train']['windows'])
+      report['end_to_end'].update(fraction_of_step_alone=pairs['ratio'],
+                                  fraction_of_step_alone_paired=pairs['ratio_paired'])
   if 'peak' in measure:
     peak = matmul_peak(model.dtype, devices[0], f.peak_size or None)
     if devices[0].platform != 'cpu':
