@@ -7,6 +7,7 @@ temporary directory) and on small image folders the tests write themselves.
 import concurrent.futures
 import hashlib
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -833,7 +834,7 @@ def test_small_decoded_images_are_kept_and_the_stream_stays_the_same(tmp_path, m
   assert not kept(0, 16)[0].flags.writeable
   # The same images as bytes, as TFDS gives them: now the PNG is kept too, as the
   # array of Pillow's pixels, whose crops are the Pillow image's.
-  as_bytes = [(open(path, 'rb').read(), label) for path, label in
+  as_bytes = [(pathlib.Path(path).read_bytes(), label) for path, label in
               (source[i] for i in range(5))]
   from_bytes = pipeline.KeptDecodes(as_bytes, smallest_scale=16, max_bytes=1 << 30)
   for scale in (40, 16):
