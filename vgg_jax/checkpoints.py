@@ -323,7 +323,8 @@ def _reader(workdir: str) -> ocp.CheckpointManager:
 
 
 def available_steps(workdir: str) -> list[int]:
-  return sorted(_reader(workdir).all_steps())
+  with contextlib.closing(_reader(workdir)) as mngr:
+    return sorted(mngr.all_steps())
 
 
 def restore_variables(workdir: str, step: Optional[int] = None,
@@ -334,7 +335,14 @@ def restore_variables(workdir: str, step: Optional[int] = None,
   verified against the checkpoint's checksums; a damaged checkpoint raises
   `errors.CheckpointError` naming the older ones.
   """
-  mngr = _reader(workdir)
+  # Closed when done: a manager left to the garbage collector stops its event loop
+  # under pending callbacks ("Event loop is closed" at exit).
+  with contextlib.closing(_reader(workdir)) as mngr:
+    return _restore_variables(mngr, workdir, step, collections)
+
+
+def _restore_variables(mngr: ocp.CheckpointManager, workdir: str, step: Optional[int],
+                       collections: tuple[str, ...]) -> dict:
   steps = mngr.all_steps()
   if not steps:
     raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
