@@ -221,7 +221,7 @@ def test_mirrored_rescaled_crop_is_the_flipped_crop(scale):
 
 
 def test_crops_resampled_in_groups_equal_the_crops_one_by_one():
-  """Same-size images share Pillow calls (`rescaled_crops_into`); every crop must
+  """Same-size images share Pillow calls (`GroupedCrops`); every crop must
   still be `rescaled_crop`'s, bit for bit: CIFAR-like squares at a fixed and a
   jittered S, images too tall for the grouping (Pillow goes down the columns
   first), ones alone in their size, the unresampled S = side, Pillow images."""
@@ -236,7 +236,10 @@ def test_crops_resampled_in_groups_equal_the_crops_one_by_one():
     views.append(transforms.CropView(Image.fromarray(image) if i % 17 == 5 else image,
                                      scale, top, left, bool(rng.random() < 0.5)))
   out = np.zeros((len(views), 32, 32, 3), np.uint8)
-  transforms.rescaled_crops_into(out, dict(enumerate(views)))
+  crops = transforms.GroupedCrops(out)
+  for i, view in enumerate(views):
+    crops.add(i, view)
+  crops.finish()
   assert sum(transforms.resampled_in_groups(view, 32) for view in views) > len(views) // 2
   for crop, view in zip(out, views):
     np.testing.assert_array_equal(crop, transforms.rescaled_crop(
@@ -244,7 +247,7 @@ def test_crops_resampled_in_groups_equal_the_crops_one_by_one():
 
 
 def test_pillows_pass_order_is_the_one_the_grouping_assumes():
-  """`rescaled_crops_into` groups only images that Pillow resamples along rows
+  """`GroupedCrops` groups only images that Pillow resamples along rows
   first; a Pillow that changes its choice fails here, not silently in training."""
   rng = np.random.default_rng(1)
   checked = {True: 0, False: 0}

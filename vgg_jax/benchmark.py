@@ -217,11 +217,11 @@ def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
   fall in epoch `epoch`: from the second on, small images are no longer decoded
   (`data.pipeline.KeptDecodes`), and the pipeline runs through the epochs before
   it first, outside the clock."""
-  num_examples = data.dataset_info(data_cfg).num_examples[data_cfg.train_split]
-  first_step = (epoch - 1) * math.ceil(num_examples / batch_size)
   local = data.train_batches(data_cfg, global_batch_size=batch_size, seed=0)
-  for _ in range(first_step):
-    next(local)
+  if epoch > 1:  # the split's size read only then: a folder's is a scan of its files
+    num_examples = data.dataset_info(data_cfg).num_examples[data_cfg.train_split]
+    for _ in range((epoch - 1) * math.ceil(num_examples / batch_size)):
+      next(local)
   batches = parallel.prefetch_to_device(local, mesh,
                                         size=config_schema.base_config().prefetch_to_device)
   state, compiled = compiled_train_step(model, mesh, next(batches))
@@ -367,7 +367,7 @@ def prepare_torch(model: VGG, batch_size: int, steps: int,
   except ImportError:
     sys.exit('vgg_jax.benchmark: error: --compare=torch needs PyTorch: '
              'pip install torch --index-url https://download.pytorch.org/whl/cpu')
-  fmt = getattr(torch, 'contiguous_format' if memory_format == 'contiguous' else memory_format)
+  fmt = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}[memory_format]
   torch.manual_seed(0)
   net = torch_model(model).train().to(memory_format=fmt)
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)

@@ -205,7 +205,6 @@ class _TrainBatch:
 
   def __init__(self, source, cfg, *, seed, start_step, global_batch_size,
                process_index, process_count, kept_bytes=0):
-    self.source = source
     self.seed = seed
     self.num_examples = len(source)
     self.shuffle = bool(cfg.shuffle)

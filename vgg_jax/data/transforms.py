@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import io
 import os
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import simplejpeg
@@ -320,15 +320,6 @@ class CropView(NamedTuple):
   mirrored: bool
 
 
-def rescaled_crops_into(out: np.ndarray, views: Mapping[int, CropView]) -> None:
-  """out[i] = rescaled_crop(*views[i]) for every i in `views`, with the same
-  pixels, resampled a group at a time where that is exact (`GroupedCrops`)."""
-  crops = GroupedCrops(out)
-  for i, view in views.items():
-    crops.add(i, view)
-  crops.finish()
-
-
 class GroupedCrops:
   """Fills out[i] with rescaled_crop(*view) for each `add(i, view)`, by `finish`.
 
@@ -373,7 +364,7 @@ _GROUPED_MAX_PIXELS = 96 * 96
 
 
 def resampled_in_groups(view: CropView, size: int) -> bool:
-  """Whether `rescaled_crops_into` resamples `view` (for a size x size crop)
+  """Whether `GroupedCrops` resamples `view` (for a size x size crop)
   together with others: a small RGB array that is rescaled, and that Pillow
   resamples along rows first."""
   image = view.image
