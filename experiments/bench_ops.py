@@ -1,9 +1,10 @@
-"""Times XLA's two CPU slow paths against their replacements in vgg_jax.cpu_ops.
+"""Times XLA's CPU convolutions and pooling against their replacements in vgg_jax.cpu_ops.
 
     python -m experiments.bench_ops [--repeats=5]
 
-Prints one JSON line per operation (batch 64, float32, the shapes VGG has at
-32x32 input): milliseconds for XLA's own operation and for cpu_ops', each the
+Prints one JSON line per operation (float32, shapes VGG has at 32x32 input, at
+width 1/8 and width 1): milliseconds for XLA's own operation and for cpu_ops' (oneDNN's
+convolutions where `vgg_jax.onednn` is built), each the
 best of `repeats` calls after one untimed call that compiles. Each is compiled
 with the train step's options (`cpu_ops.compiler_options`: no YNNPACK
 fusions). The numbers in experiments/PERFORMANCE.md ("What changed") come
@@ -64,7 +65,15 @@ def cases():
   small = (normal(0, 64, 2, 2, 512), normal(1, 3, 3, 512, 512))
   small_grad = (*small, normal(2, 64, 2, 2, 512))
   pool = (normal(5, 64, 32, 32, 64), normal(6, 64, 16, 16, 64))
-  return [
+  thin = (normal(7, 128, 32, 32, 8), normal(8, 3, 3, 8, 8))
+  wide = (normal(10, 64, 16, 16, 128), normal(11, 3, 3, 128, 128))
+  conv_cases = [
+      (f'conv {make.__name__.replace("_", " ")}', shape, make, args[:2] if make is forward
+       else args, lax.conv_general_dilated, cpu_ops.conv_general_dilated)
+      for shape, args in (('128x32x32x8 -> 8, 3x3', (*thin, normal(9, 128, 32, 32, 8))),
+                          ('64x16x16x128 -> 128, 3x3', (*wide, normal(12, 64, 16, 16, 128))))
+      for make in (forward, forward_and_backward)]
+  return conv_cases + [
       ('conv forward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',
        forward, small, lax.conv_general_dilated, cpu_ops.conv_general_dilated),
       ('conv backward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',

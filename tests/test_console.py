@@ -9,7 +9,7 @@ import sys
 import pytest
 from absl import logging
 
-from vgg_jax import console
+from vgg_jax import console, onednn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, cli_args  # pylint: disable=wrong-import-position
@@ -75,6 +75,7 @@ def test_a_run_prints_setup_progress_evaluations_checkpoints_and_result(tmp_path
   text = proc.stderr
   for expected in (r'dataset vgg_shapes: 300 training images, 10 classes',
                    r'model VGG-A at width 0\.0625: [\d,]+ parameters',
+                   'convolutions by ' + ('oneDNN' if onednn.available() else 'XLA'),
                    r'step 4/8  loss [\d.]+  top-1 error [\d.]+  \d+ img/s  ETA',
                    r'step 8  eval top-1 error [\d.]+  top-5 error [\d.]+  NLL [\d.]+  \(100 examples\)',
                    r'checkpoint at step 4 ', r'checkpoint at step 8 ',

@@ -1,13 +1,20 @@
 """The CPU fast paths equal XLA's plain convolution and pooling: values and gradients."""
 
+import platform
+import shutil
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
 from vgg_jax import cpu_ops
 from vgg_jax import model as vgg
+from vgg_jax import onednn
 
 LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
@@ -46,13 +53,79 @@ def test_map_smaller_than_the_kernel(side, kernel, padding):
 
 
 @pytest.mark.parametrize('side, kernel, padding', [
-    (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (3, 3, ((2, 0), (1, 3)))])
-def test_map_at_least_the_kernel_is_xlas_own_convolution(side, kernel, padding):
+    (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (3, 3, ((2, 0), (1, 3))),
+    (7, 7, 'VALID'), (5, 1, 'SAME')])
+def test_map_at_least_the_kernel_is_onednns_convolution(side, kernel, padding):
   x, w = normal(2, side, side, 5), normal(kernel, kernel, 5, 4)
   fast = jax.jit(lambda x, w: cpu_ops.conv_general_dilated(x, w, (1, 1), padding,
                                                            dimension_numbers=LAYOUT))
-  assert 'dot_general' not in str(jax.make_jaxpr(fast)(x, w))  # no patches
+  jaxpr = str(jax.make_jaxpr(fast)(x, w))
+  assert 'dot_general' not in jaxpr  # no patches
+  assert ('custom_partitioning' in jaxpr) == onednn.available()
   assert_same_as_plain((2, side, side, 5), kernel, padding)
+
+
+def test_onednn_is_built_wherever_its_parts_are_installed():
+  # CI and every Linux x86-64 install have them: a failed build must fail here,
+  # not quietly fall back to the slower convolution.
+  if sys.platform.startswith('linux') and platform.machine() == 'x86_64' and shutil.which(
+      'g++'):
+    assert onednn.available(), onednn.unavailable_reason()
+    assert onednn.implementations(8, 8, 8, 8).count(',') == 2  # three passes
+
+
+def test_bfloat16_and_negative_pads_take_xlas_convolution():
+  x, w = normal(2, 8, 8, 3), normal(3, 3, 3, 4)
+  for args in ((x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 'SAME'),
+               (x, w, ((-1, 1), (1, 1)))):
+    jaxpr = str(jax.make_jaxpr(lambda a, b, p=args[2]: cpu_ops.conv_general_dilated(
+        a, b, (1, 1), p, dimension_numbers=LAYOUT))(*args[:2]))
+    assert 'custom_partitioning' not in jaxpr and 'conv_general_dilated' in jaxpr
+
+
+def test_onednn_can_be_turned_off(monkeypatch):
+  monkeypatch.setenv(onednn.SWITCH_ENV, '0')
+  onednn.unavailable_reason.cache_clear()
+  try:
+    assert onednn.unavailable_reason() == f'{onednn.SWITCH_ENV}=0'
+    assert not onednn.available()
+  finally:
+    monkeypatch.undo()
+    onednn.unavailable_reason.cache_clear()
+
+
+def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
+  if not onednn.available():
+    pytest.skip(f'oneDNN is not installed here: {onednn.unavailable_reason()}')
+  monkeypatch.setenv(onednn.BUILD_DIR_ENV, str(tmp_path))
+  monkeypatch.setenv('CXX', 'false')
+  with pytest.raises(RuntimeError, match='false .* failed'):
+    onednn.build()
+  assert not list(tmp_path.glob('*.so'))  # nothing half-built left to load
+
+
+@pytest.mark.skipif(not onednn.available(), reason='oneDNN not installed')
+def test_onednn_splits_the_batch_over_devices_like_xla():
+  # Eight CPU devices (conftest): each convolves its share of the batch, the
+  # kernel gradient is summed over them; no device gathers the batch.
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  x, w = normal(16, 8, 8, 5), normal(3, 3, 5, 6)
+  pads = ((1, 1), (1, 1))
+
+  def loss_and_grads(conv):
+    return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), (0, 1)))
+
+  plain = loss_and_grads(lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), pads, dimension_numbers=LAYOUT))(x, w)
+  sharded = (jax.device_put(x, NamedSharding(mesh, P('data'))),
+             jax.device_put(w, NamedSharding(mesh, P())))
+  fast = loss_and_grads(lambda x, w: onednn.conv(x, w, pads))
+  assert 'all-gather' not in fast.lower(*sharded).compile().as_text()
+  loss, (dx, dw) = fast(*sharded)
+  assert dx.sharding.spec == P('data')
+  np.testing.assert_allclose(loss, plain[0], rtol=1e-5)
+  for f, p in zip((dx, dw), plain[1]):
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
 
 @pytest.mark.parametrize('kwargs', [dict(rhs_dilation=(2, 2)), dict(feature_group_count=5)])

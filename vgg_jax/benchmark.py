@@ -52,7 +52,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import config_schema, console, cpu_ops, data, optim, parallel, train
+from vgg_jax import config_schema, console, cpu_ops, data, onednn, optim, parallel, train
 from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
 
@@ -130,6 +130,16 @@ def build_model(f) -> VGG:
              dropout_rate=0.5, weight_init='glorot', dtype=jnp.dtype(f.dtype),
              conv_fn=jax.lax.conv_general_dilated if plain else None,
              pool_fn=cpu_ops.flax_max_pool_2x2 if plain else None)
+
+
+def convolutions(f) -> dict:
+  """Whose convolutions the benchmarked step runs ('onednn' or 'xla'), and for
+  oneDNN the kernels it picks on this CPU (for a 3x3 conv of 16 channels on 8x8
+  maps: the instruction set shows). XLA's FLOP count (`xla_flops_per_step`)
+  leaves out the convolutions it does not compile itself."""
+  if f.ops == 'plain' or not cpu_ops.on_cpu() or f.dtype != 'float32' or not onednn.available():
+    return {'convolutions': 'xla'}
+  return {'convolutions': 'onednn', 'onednn_kernels': onednn.implementations(8, 8, 16, 16)}
 
 
 def model_train_flops(model: VGG, batch: int) -> float:
@@ -491,7 +501,7 @@ def main(argv):
           'batch_norm', 'dtype', 'ops', 'steps', 'windows')},
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
                   'devices': len(devices), 'cpu_cores': os.cpu_count(),
-                  'jax': jax.__version__},
+                  'jax': jax.__version__, **convolutions(f)},
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size

@@ -24,6 +24,7 @@ restores and verifies, moves damaged newer ones aside to
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging as std_logging
 import os
 from typing import Any, Optional
@@ -256,6 +257,10 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
       damaged.append((step, _reason(e)))
       continue
     _move_aside(mngr, damaged, resumed_from=step)
+    if damaged:
+      # orbax's abandoned reads of the damaged steps end here, not at some later
+      # collection (their exceptions go to `console`'s hook; printed, a page each).
+      gc.collect()
     return state
   raise errors.CheckpointError(
       f'no good checkpoint in {directory}: '

@@ -10,6 +10,10 @@ it has parsed its flags:
   always pass, whoever logs them.
 * TFDS's progress bars (shown while a dataset is prepared) are off at the
   default verbosity too.
+* Exceptions Python cannot raise that come from orbax (its abandoned reads of
+  a damaged checkpoint, which the run reports in one line of its own) are not
+  printed at the default verbosity: each was a page of TensorStore spec, at
+  whatever moment the garbage collector ran, often after the run's last line.
 
 TensorFlow's C++ core prints its own notices (CPU-dependent, one or two lines
 when it is imported); TF_CPP_MIN_LOG_LEVEL=1 silences them.
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
+import traceback
 
 from absl import logging
 
@@ -43,11 +49,23 @@ class LibraryFilter(std_logging.Filter):
 _FILTER = LibraryFilter()
 
 
+def _from_orbax(unraisable) -> bool:
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  return any(f'{os.sep}orbax{os.sep}' in frame.filename for frame in frames)
+
+
+def _unraisable_hook(unraisable) -> None:
+  if logging.get_verbosity() >= 1 or not _from_orbax(unraisable):
+    sys.__unraisablehook__(unraisable)
+
+
 def quiet_libraries() -> None:
-  """Installs the filter on absl's handler (idempotent)."""
+  """Installs the filter on absl's handler and the hook for orbax's unraisable
+  exceptions (idempotent)."""
   handler = logging.get_absl_handler()
   if _FILTER not in handler.filters:
     handler.addFilter(_FILTER)
+  sys.unraisablehook = _unraisable_hook
   if logging.get_verbosity() < 1:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()

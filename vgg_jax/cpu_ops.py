@@ -1,30 +1,28 @@
 """VGG's convolution and pooling without XLA CPU's slow paths.
 
-Measured on a 2-core AMD EPYC with AVX-512 (jax 0.10.2, fp32; per layer by
-`python -m experiments.bench_ops`, whole steps by `python -m vgg_jax.benchmark`,
-experiments/PERFORMANCE.md), XLA's CPU backend, compiled without its YNNPACK
-fusions (`compiler_options`), runs VGG's convolutions and both their
-gradients at least as fast as any rewrite tried here, with two exceptions:
+Three routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
 
 * a kernel larger than the feature map (a 3x3 conv on the 2x2 last stage of a
-  32x32 input): 997 ms forward for 64x2x2x512 -> 512, where patches and one
-  matmul take 14 ms (963 against 41 ms for both gradients);
-* the gradient of 2x2 max pooling (XLA's select-and-scatter): 79 ms forward
-  and backward for 64x32x32x64, where a max over a reshaped array takes 7 ms.
+  32x32 input): image patches and one matmul. XLA took 997 ms forward for
+  64x2x2x512 -> 512 where patches take 14 ms (963 against 41 ms for both
+  gradients);
+* every other float32 convolution: oneDNN's (`vgg_jax.onednn`), where it is
+  built. XLA computes each weight gradient as transposes around an Eigen
+  convolution; oneDNN reads NHWC as it is and runs thin convolutions two to
+  four times as fast (the gradients of 128x32x32x8 -> 8: 3.1 against 11.2 ms;
+  of 64x16x16x128 -> 128: 42 against 59 ms);
+* the rest (bfloat16, negative pads, or no oneDNN): XLA's own, which beat
+  every rewrite in jax tried here (shifted matmuls, patches, custom VJPs:
+  experiments/PERFORMANCE.md).
 
-(`python -m experiments.bench_ops`, 2026-12-01, with other jobs on the machine.)
+`max_pool_2x2` pools by reshaping: the gradient of XLA's 2x2 max pooling
+(select-and-scatter) took 79 ms forward and backward for 64x32x32x64, a max
+over a reshaped array 7 ms.
 
-`conv_general_dilated` below routes exactly the first case to image patches
-and everything else to XLA; `max_pool_2x2` pools by reshaping. The results
-equal the plain operations to float rounding (tests/test_cpu_ops.py checks
-values and gradients). `vgg_jax.model` uses them on the CPU backend only.
-
-An earlier version also computed every weight gradient as a sum of shifted
-matmuls: a win while the step compiled with YNNPACK's fusions, 1.3-2.2x slower
-than XLA's own once they were off (forward and backward of one conv, measured
-2026-12-01 by a one-off script with other jobs on the machine: 166 against
-75 ms for 64x32x32x64 -> 64, 19 against 11 ms for 128x32x32x8 -> 8), so it
-went; the whole VGG-D step at width 1/8 got 1.4x faster.
+(Per layer by `python -m experiments.bench_ops` and one-off scripts on a
+2-core AMD EPYC with AVX-512, 2026-12-01 and 2026-12-04.) The results equal
+the plain operations to float rounding (tests/test_cpu_ops.py checks values
+and gradients). `vgg_jax.model` uses them on the CPU backend only.
 """
 
 from __future__ import annotations
@@ -36,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from vgg_jax import onednn
 
 # Set to 1, the train step keeps XLA's default CPU options (YNNPACK fusions on);
 # see compiler_options.
@@ -98,8 +98,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     return plain()
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
+  pads = _pads(padding, (height, width), kernel_hw)
   if height < kernel_hw[0] or width < kernel_hw[1]:
-    return patches_conv(lhs, rhs, _pads(padding, (height, width), kernel_hw), precision)
+    return patches_conv(lhs, rhs, pads, precision)
+  if (lhs.dtype == rhs.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
+      and onednn.available()):
+    return onednn.conv(lhs, rhs, pads)
   return plain()
 
 
@@ -143,6 +147,13 @@ def compiler_options() -> dict:
   if not on_cpu() or os.environ.get(KEEP_XLA_DEFAULTS_ENV, '0') not in ('', '0'):
     return {}
   return {'xla_cpu_experimental_ynn_fusion_type': ''}
+
+
+def convolution_library(dtype=jnp.float32) -> str:
+  """Whose convolutions a model of this dtype runs on the current backend (for the logs)."""
+  if on_cpu() and jnp.dtype(dtype) == jnp.float32 and onednn.available():
+    return 'oneDNN'
+  return 'XLA'
 
 
 def default_pool_fn():

@@ -34,8 +34,8 @@ from ml_collections import config_flags
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 
-from vgg_jax import (checkpoints, cli, config_schema, console, data, errors, evaluation,
-                     faults, optim, parallel, resume, summary, warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, console, cpu_ops, data, errors,
+                     evaluation, faults, optim, parallel, resume, summary, warm_start)
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
@@ -364,8 +364,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                          process_count=jax.process_count()),
       mesh, size=config.prefetch_to_device)
   profile = profile_window(config, workdir, start_step, num_steps)
-  logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d',
-               start_step, num_steps, epoch_steps, jax.device_count(), config.batch_size)
+  logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d, '
+               'convolutions by %s', start_step, num_steps, epoch_steps, jax.device_count(),
+               config.batch_size, cpu_ops.convolution_library(jnp.dtype(config.model.dtype)))
 
   pending, result = [], None
   timer_step, timer = start_step, time.perf_counter()

@@ -1,0 +1,264 @@
+"""oneDNN's convolutions inside XLA's CPU programs, through `jax.ffi`.
+
+Why: XLA's CPU backend computes each convolution's weight gradient as
+transposes of the activation and the output gradient around an Eigen
+convolution, and its thin convolutions (8-64 channels) run at a third to a
+half of oneDNN's, which reads NHWC activations as they are (PyTorch's CPU
+path). The gradients of one layer on a 2-core AMD EPYC with AVX-512
+(`python -m experiments.bench_ops`, 2026-12-04): 128x32x32x8 -> 8 in 3.1
+against 11.2 ms, 64x16x16x128 -> 128 in 42 against 59 ms
+(experiments/PERFORMANCE.md has the whole steps).
+
+oneDNN comes from PyPI (`onednn-devel-cpu-gomp`, its headers and library
+under the environment's prefix) and the FFI headers from jaxlib; the C++
+file beside this one is compiled on first use with the machine's C++
+compiler and cached per source and version (a wheel per platform would need
+a build farm this project does not have). Where any of it is missing,
+`available()` says why once and the caller keeps XLA's own convolution.
+
+`conv` is batch-parallel: under `jax.jit` over a mesh each device convolves
+its share of the batch (`custom_partitioning`), and the weight gradient is
+summed over the batch's mesh axes, as XLA's own convolution is partitioned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+from absl import logging
+import jax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+# Set to 0, the CPU convolutions stay XLA's own (for comparisons).
+SWITCH_ENV = 'VGG_JAX_ONEDNN'
+# Where the compiled library is kept (default: $XDG_CACHE_HOME or ~/.cache, then vgg_jax/native).
+BUILD_DIR_ENV = 'VGG_JAX_NATIVE_DIR'
+SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
+_LIBRARY = 'libdnnl.so.3'
+_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp')
+_TARGETS = {'forward': 'VggJaxConvForward', 'backward_data': 'VggJaxConvBackwardData',
+            'backward_weights': 'VggJaxConvBackwardWeights'}
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _prefixes() -> list[pathlib.Path]:
+  # pip installs a wheel's data files (onednn's lib/ and include/) under the
+  # scheme's prefix: the environment's, or the user's for `pip install --user`.
+  return [pathlib.Path(p) for p in dict.fromkeys((sys.prefix, site.USER_BASE or ''))
+          if p]
+
+
+def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
+  for prefix in _prefixes():
+    library, include = prefix / 'lib' / _LIBRARY, prefix / 'include'
+    if library.exists() and (include / 'oneapi' / 'dnnl' / 'dnnl.hpp').exists():
+      return library, include
+  raise FileNotFoundError('no oneDNN under ' + ', '.join(map(str, _prefixes())) +
+                          ': pip install onednn-devel-cpu-gomp')
+
+
+def _build_dir() -> pathlib.Path:
+  if os.environ.get(BUILD_DIR_ENV):
+    return pathlib.Path(os.environ[BUILD_DIR_ENV])
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return pathlib.Path(base) / 'vgg_jax' / 'native'
+
+
+def _compile(output: pathlib.Path, library: pathlib.Path, include: pathlib.Path) -> None:
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not compiler:
+    raise FileNotFoundError('no C++ compiler (g++ or $CXX) on PATH')
+  with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
+    built = pathlib.Path(scratch) / output.name
+    command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', f'-I{include}', str(SOURCE),
+               str(library), f'-Wl,-rpath,{library.parent}', '-o', str(built)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+      raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
+    os.replace(built, output)  # whole or absent: other processes may load it now
+
+
+def build() -> pathlib.Path:
+  """The compiled library, built once per source, jaxlib and oneDNN (a file lock
+  keeps concurrent processes from building it twice)."""
+  library, include = _find_onednn()
+  key = hashlib.sha256(b'\0'.join([
+      SOURCE.read_bytes(), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
+      str(library.resolve()).encode(), str(library.stat().st_size).encode()])).hexdigest()[:16]
+  directory = _build_dir()
+  directory.mkdir(parents=True, exist_ok=True)
+  output = directory / f'onednn_conv-{key}.so'
+  if not output.exists():
+    with open(directory / f'onednn_conv-{key}.lock', 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not output.exists():
+        _compile(output, library, include)
+  return output
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+  lib = ctypes.CDLL(str(build()))
+  for target in _TARGETS.values():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
+                                platform='cpu')
+  lib.VggJaxConvImplementations.restype = ctypes.c_char_p
+  return lib
+
+
+@functools.cache
+def unavailable_reason() -> Optional[str]:
+  """None where oneDNN's convolutions can run in this process, else why not."""
+  if os.environ.get(SWITCH_ENV, '1') in ('0', ''):
+    return f'{SWITCH_ENV}=0'
+  if not sys.platform.startswith('linux'):
+    return f'built for Linux only, not {sys.platform}'
+  try:
+    _library()
+  except (OSError, RuntimeError, AttributeError) as e:
+    logging.warning('oneDNN convolutions unavailable, XLA\'s own are used (slower on thin '
+                    'nets): %s', e)
+    return str(e)
+  return None
+
+
+def available() -> bool:
+  return unavailable_reason() is None
+
+
+def implementations(batch: int, side: int, channels_in: int, channels_out: int) -> str:
+  """oneDNN's kernels for a 3x3 SAME convolution of this shape, e.g. 'brgconv:avx512_core'."""
+  return _library().VggJaxConvImplementations(batch, side, side, channels_in,
+                                              channels_out).decode()
+
+
+def _attributes(pads: Pads, threads: int) -> dict:
+  (top, bottom), (left, right) = pads
+  return dict(pad_top=np.int64(top), pad_bottom=np.int64(bottom), pad_left=np.int64(left),
+              pad_right=np.int64(right), threads=np.int64(threads))
+
+
+def _output_shape(x_shape, kernel_shape, pads: Pads):
+  n, h, w, _ = x_shape
+  kh, kw, _, out = kernel_shape
+  (top, bottom), (left, right) = pads
+  return (n, h + top + bottom - kh + 1, w + left + right - kw + 1, out)
+
+
+def _call(target: str, shape, a, b, pads: Pads, threads: int):
+  return jax.ffi.ffi_call(_TARGETS[target], jax.ShapeDtypeStruct(shape, a.dtype))(
+      a, b, **_attributes(pads, threads))
+
+
+def _threads_per_device(mesh) -> int:
+  """oneDNN's threads for each of this process's devices in `mesh` (0: OpenMP's default)."""
+  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  return 0 if local <= 1 else max(1, len(os.sched_getaffinity(0)) // local)
+
+
+# --------------------------------------------------------------------------
+# Partitioning: over the batch only (the first axis of the first operand).
+# --------------------------------------------------------------------------
+
+
+def _batch_axes(shape) -> object:
+  spec = shape.sharding.spec
+  return spec[0] if len(spec) else None
+
+
+def _batch_partitioned(single, rule: str, kernel_out: bool):
+  """`single(a, b, pads)` split over the batch of `a`; `kernel_out`: its result
+  is a kernel gradient, summed over the batch's shards."""
+  def whole(a, b, pads):  # unpartitioned (one device): OpenMP's default threads
+    return single(a, b, pads, 0)
+
+  op = custom_partitioning(whole, static_argnums=(2,))
+
+  def shardings(mesh, arg_shapes):
+    batch = _batch_axes(arg_shapes[0])
+    by_batch = NamedSharding(mesh, P(batch))
+    second = by_batch if kernel_out else NamedSharding(mesh, P())
+    result = NamedSharding(mesh, P()) if kernel_out else by_batch
+    return batch, (by_batch, second), result
+
+  def infer(pads, mesh, arg_shapes, result_shape):
+    del pads, result_shape
+    return shardings(mesh, arg_shapes)[2]
+
+  def partition(pads, mesh, arg_shapes, result_shape):
+    del result_shape
+    batch, args, result = shardings(mesh, arg_shapes)
+
+    threads = _threads_per_device(mesh)
+
+    def lowered(a, b):
+      out = single(a, b, pads, threads)
+      return jax.lax.psum(out, batch) if kernel_out and batch is not None else out
+
+    return mesh, lowered, result, args
+
+  # Every factor but the batch stays whole, listed in order of appearance (Shardy's rule).
+  factors = rule.replace('->', ' ').replace(',', ' ').split()
+  others = tuple(f for f in dict.fromkeys(factors) if f != 'n')
+  op.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                   sharding_rule=rule, need_replication_factors=others,
+                   reduction_factors=('n',) if kernel_out else ())
+  return op
+
+
+def _forward_single(x, kernel, pads, threads):
+  return _call('forward', _output_shape(x.shape, kernel.shape, pads), x, kernel, pads, threads)
+
+
+def _backward_data_single(dy, kernel, pads, threads):
+  n, oh, ow, _ = dy.shape
+  kh, kw, cin, _ = kernel.shape
+  (top, bottom), (left, right) = pads
+  shape = (n, oh - top - bottom + kh - 1, ow - left - right + kw - 1, cin)
+  return _call('backward_data', shape, dy, kernel, pads, threads)
+
+
+def _backward_weights_single(x, dy, pads, threads):
+  kh = x.shape[1] + sum(pads[0]) - dy.shape[1] + 1
+  kw = x.shape[2] + sum(pads[1]) - dy.shape[2] + 1
+  return _call('backward_weights', (kh, kw, x.shape[3], dy.shape[3]), x, dy, pads, threads)
+
+
+_forward = _batch_partitioned(_forward_single, 'n h w c, a b c o -> n p q o', False)
+_backward_data = _batch_partitioned(_backward_data_single, 'n p q o, a b c o -> n h w c',
+                                    False)
+_backward_weights = _batch_partitioned(_backward_weights_single,
+                                       'n h w c, n p q o -> a b c o', True)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv(x, kernel, pads: Pads):
+  """`lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=('NHWC',
+  'HWIO', 'NHWC'))` for float32 and non-negative pads, by oneDNN."""
+  return _forward(x, kernel, pads)
+
+
+def _conv_forward(x, kernel, pads):
+  return _forward(x, kernel, pads), (x, kernel)
+
+
+def _conv_backward(pads, residuals, dy):
+  x, kernel = residuals
+  return _backward_data(dy, kernel, pads), _backward_weights(x, dy, pads)
+
+
+conv.defvjp(_conv_forward, _conv_backward)
