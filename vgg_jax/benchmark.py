@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -371,32 +372,28 @@ TORCH_MEMORY_FORMATS = ('contiguous', 'channels_last')
 
 def prepare_torch(model: VGG, batch_size: int, steps: int,
                   memory_format: str = 'contiguous') -> Callable[[], None]:
-  """A timed window of `steps` PyTorch train steps of the same network and optimizer."""
+  """A window of `steps` PyTorch train steps of the same network and optimizer,
+  run in a process of its own (`vgg_jax.torch_windows` says why)."""
   try:
-    import torch
+    import torch  # pylint: disable=unused-import
   except ImportError:
     sys.exit('vgg_jax.benchmark: error: --compare=torch needs PyTorch: '
              'pip install torch --index-url https://download.pytorch.org/whl/cpu')
-  fmt = {'contiguous': torch.contiguous_format, 'channels_last': torch.channels_last}[memory_format]
-  torch.manual_seed(0)
-  net = torch_model(model).train().to(memory_format=fmt)
-  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-  loss_fn = torch.nn.CrossEntropyLoss()
-  size = model.image_size
-  images = (torch.randn(batch_size, 3, size, size) * 60).to(memory_format=fmt)
-  labels = torch.randint(0, model.num_classes, (batch_size,))
-  autocast = (torch.autocast('cpu', dtype=torch.bfloat16) if model.dtype == jnp.bfloat16
-              else contextlib.nullcontext())
+  from vgg_jax import torch_windows  # pylint: disable=g-import-not-at-top
+  # spawn: forking a process that runs XLA's threads is unsafe.
+  context = multiprocessing.get_context('spawn')
+  conn, child_conn = context.Pipe()
+  context.Process(target=torch_windows.serve, daemon=True, args=(
+      child_conn, torch_model(model), batch_size, model.image_size, model.num_classes, steps,
+      memory_format, model.dtype == jnp.bfloat16)).start()
+  if conn.recv() != torch_windows.READY:
+    raise RuntimeError('the PyTorch process did not start')
 
-  def step():
-    opt.zero_grad(set_to_none=True)
-    with autocast:
-      loss = loss_fn(net(images), labels)
-    loss.backward()
-    opt.step()
+  def window():
+    conn.send(torch_windows.RUN)
+    conn.recv()
 
-  step()
-  return lambda: [step() for _ in range(steps)]
+  return window
 
 
 def torch_info() -> dict:
