@@ -19,6 +19,10 @@ a build farm this project does not have). Where any of it is missing,
 `conv` is batch-parallel: under `jax.jit` over a mesh each device convolves
 its share of the batch (`custom_partitioning`), and the weight gradient is
 summed over the batch's mesh axes, as XLA's own convolution is partitioned.
+On one device the partitioning is inlined; on several CPU devices (the tests'
+eight, `jax.distributed` on CPUs) JAX keys its persistent compilation cache by
+the partitioner's Python object too, so such programs compile anew in every
+process.
 """
 
 from __future__ import annotations
