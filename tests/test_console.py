@@ -39,6 +39,34 @@ def test_library_info_passes_only_at_verbosity_1(verbosity):
   assert console.LibraryFilter().filter(library)
 
 
+def unraisable_from(filename):
+  """What Python hands sys.unraisablehook for an exception raised in `filename`
+  where no one can catch it (a finaliser)."""
+  namespace, caught = {}, []
+  source = 'class Reader:\n  def __del__(self):\n    raise RuntimeError("read failed")\n'
+  exec(compile(source, filename, 'exec'), namespace)  # pylint: disable=exec-used
+  hook, sys.unraisablehook = sys.unraisablehook, caught.append
+  try:
+    namespace['Reader']()  # collected at once
+  finally:
+    sys.unraisablehook = hook
+  return caught[0]
+
+
+def test_orbax_unraisable_exceptions_print_only_at_verbosity_1(verbosity, capsys):
+  # An abandoned orbax read printed a page of TensorStore spec at garbage collection.
+  orbax = unraisable_from('/site-packages/orbax/checkpoint/_src/serialization/serialization.py')
+  other = unraisable_from(os.path.join(REPO, 'vgg_jax', 'train.py'))
+  verbosity(logging.INFO)
+  console._unraisable_hook(orbax)
+  assert capsys.readouterr().err == ''
+  console._unraisable_hook(other)  # anyone else's are printed as Python prints them
+  assert 'read failed' in capsys.readouterr().err
+  verbosity(logging.DEBUG)  # --v=1
+  console._unraisable_hook(orbax)
+  assert 'read failed' in capsys.readouterr().err
+
+
 INFO_LINE = re.compile(r'I\d{4} [\d:.]+\s+\d+ (\S+?):\d+\] ')
 
 
