@@ -138,7 +138,7 @@ def convolutions(f) -> dict:
   oneDNN the kernels it picks on this CPU (for a 3x3 conv of 16 channels on 8x8
   maps: the instruction set shows). XLA's FLOP count (`xla_flops_per_step`)
   leaves out the convolutions it does not compile itself."""
-  if f.ops == 'plain' or not cpu_ops.on_cpu() or f.dtype != 'float32' or not onednn.available():
+  if f.ops == 'plain' or cpu_ops.convolution_library(f.dtype) != 'oneDNN':
     return {'convolutions': 'xla'}
   return {'convolutions': 'onednn', 'onednn_kernels': onednn.implementations(8, 8, 16, 16)}
 

@@ -166,7 +166,7 @@ ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kern
 ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                ffi::ResultBuffer<ffi::F32> dkernel, int64_t pad_top,
                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
-                            int64_t threads) {
+                               int64_t threads) {
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), dkernel->dimensions(), pad_top, pad_bottom,
                                     pad_left, pad_right));
