@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
 
-from vgg_jax import cpu_ops
+from vgg_jax import cpu_ops, pooling
 
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
@@ -80,7 +80,7 @@ def cases():
        forward_and_backward, small_grad, lax.conv_general_dilated,
        cpu_ops.conv_general_dilated),
       ('2x2 max pool, forward and backward', '64x32x32x64',
-       pool_forward_backward, pool, cpu_ops.flax_max_pool_2x2, cpu_ops.max_pool_2x2),
+       pool_forward_backward, pool, pooling.window_max_pool_2x2, pooling.max_pool_2x2),
   ]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vgg_jax import cpu_ops
+from vgg_jax import cpu_ops, pooling
 from vgg_jax import model as vgg
 from vgg_jax import onednn
 
@@ -152,38 +152,17 @@ def test_flax_conv_reaches_the_fast_path():
   assert calls and all(calls)
 
 
-@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (1, 7, 9, 2)])
-def test_max_pool_equals_flax_with_its_gradient(shape):
-  x = normal(*shape)
-  out, vjp = jax.vjp(cpu_ops.max_pool_2x2, x)
-  ref, ref_vjp = jax.vjp(cpu_ops.flax_max_pool_2x2, x)
-  np.testing.assert_array_equal(out, ref)
-  cotangent = normal(*out.shape, seed=1)
-  np.testing.assert_array_equal(vjp(cotangent)[0], ref_vjp(cotangent)[0])
-
-
-def test_max_pool_ties_after_relu_give_the_same_gradient():
-  # A ReLU's zeros tie within a window; the ReLU's zero gradient there makes
-  # sharing (reshape) and picking one (select-and-scatter) agree.
-  x = normal(2, 8, 8, 4) - 0.5
-  cotangent = normal(2, 4, 4, 4, seed=1)
-  grads = [jax.vjp(lambda x: pool(jax.nn.relu(x)), x)[1](cotangent)[0]
-           for pool in (cpu_ops.max_pool_2x2, cpu_ops.flax_max_pool_2x2)]
-  np.testing.assert_array_equal(*grads)
-
-
 def test_whole_model_gradients_equal_the_plain_convolution():
   # 32x32 input: maps from 32x32 (XLA's convolution) down to 2x2 (patches).
   model = vgg.VGG(variant='B', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
                   dropout_rate=0.0)
   plain = model.clone(conv_fn=jax.lax.conv_general_dilated,
-                      pool_fn=cpu_ops.flax_max_pool_2x2)
+                      pool_fn=pooling.window_max_pool_2x2)
   x = normal(4, 32, 32, 3)
   # Init's random code compiles slowly at full LLVM optimisation; the values are the same.
   params = jax.jit(model.init, compiler_options={'xla_backend_optimization_level': 0})(
       jax.random.key(0), x)
   assert vgg.default_conv_fn() is cpu_ops.conv_general_dilated
-  assert vgg.default_pool_fn() is cpu_ops.max_pool_2x2
 
   def loss_and_grad(m, **options):
     return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)),

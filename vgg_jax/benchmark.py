@@ -53,7 +53,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import config_schema, console, cpu_ops, data, onednn, optim, parallel, train
+from vgg_jax import (config_schema, console, cpu_ops, data, onednn, optim, parallel,
+                     pooling, train)
 from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
 
@@ -101,9 +102,12 @@ def side_by_side(ours: list, theirs: list) -> dict:
 def matmul_peak(dtype, device, size: Optional[int] = None, steps: int = 5) -> dict:
   """FLOP/s of a square matmul on one device: the denominator of MFU."""
   size = size or (2048 if device.platform == 'cpu' else 8192)
-  a = jax.device_put(jnp.ones((size, size), dtype), device)
+  # Random operands: constant ones or zeros can run faster than real data (GPUs
+  # switch fewer bits); scaled by 1/sqrt(size) so the chain's values stay near 1.
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32) / np.sqrt(size)
+  a = jax.device_put(a.astype(dtype), device)
   # A chain of dependent matmuls, so one call is long enough to time well.
-  chain = jax.jit(lambda a: jax.lax.fori_loop(0, steps, lambda _, x: (x @ a) * 1e-3, a))
+  chain = jax.jit(lambda a: jax.lax.fori_loop(0, steps, lambda _, x: x @ a, a))
   compiled = chain.lower(a).compile()
   jax.block_until_ready(compiled(a))
   # The best window: a peak is what the hardware can do, not what it did under load.
@@ -130,7 +134,7 @@ def build_model(f) -> VGG:
              width=f.width, fc_width=f.fc_width, head=f.head, batch_norm=f.batch_norm,
              dropout_rate=0.5, weight_init='glorot', dtype=jnp.dtype(f.dtype),
              conv_fn=jax.lax.conv_general_dilated if plain else None,
-             pool_fn=cpu_ops.flax_max_pool_2x2 if plain else None)
+             pool_fn=pooling.window_max_pool_2x2 if plain else None)
 
 
 def convolutions(f) -> dict:
@@ -435,8 +439,8 @@ def _define_flags():
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
       'Compute dtype; parameters and optimizer state stay float32.')
   flags.DEFINE_enum('ops', 'auto', ['auto', 'plain'],
-      "'auto': the model's backend-specific convolution and pooling "
-      "(vgg_jax.cpu_ops on the CPU); 'plain': lax.conv_general_dilated "
+      "'auto': the model's own convolution (vgg_jax.cpu_ops on the CPU) and "
+      "pooling (vgg_jax.pooling); 'plain': lax.conv_general_dilated "
       'and nn.max_pool everywhere, as a plain Flax VGG has them.')
   flags.DEFINE_integer('steps', 10, 'Calls per timed window.')
   flags.DEFINE_integer('windows', 3, 'Timed windows; rates are their median.')

@@ -1,4 +1,4 @@
-"""VGG's convolution and pooling without XLA CPU's slow paths.
+"""VGG's convolution without XLA CPU's slow paths (pooling: `vgg_jax.pooling`).
 
 Three routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
 
@@ -15,14 +15,10 @@ Three routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
   every rewrite in jax tried here (shifted matmuls, patches, custom VJPs:
   experiments/PERFORMANCE.md).
 
-`max_pool_2x2` pools by reshaping: the gradient of XLA's 2x2 max pooling
-(select-and-scatter) took 79 ms forward and backward for 64x32x32x64, a max
-over a reshaped array 7 ms.
-
 (Per layer by `python -m experiments.bench_ops` and one-off scripts on a
 2-core AMD EPYC with AVX-512, 2026-12-01 and 2026-12-04.) The results equal
-the plain operations to float rounding (tests/test_cpu_ops.py checks values
-and gradients). `vgg_jax.model` uses them on the CPU backend only.
+XLA's convolution to float rounding (tests/test_cpu_ops.py checks values and
+gradients). `vgg_jax.model` uses them on the CPU backend only.
 """
 
 from __future__ import annotations
@@ -107,22 +103,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   return plain()
 
 
-def max_pool_2x2(x):
-  """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of an NHWC array, by reshaping.
-
-  The gradient goes to the maximum of each window; where several entries tie
-  it is shared among them, where XLA's pooling gives it to one. In VGG ties are
-  the zeros of a ReLU, whose gradient is zero either way.
-  """
-  n, h, w, c = x.shape
-  x = x[:, :h - h % 2, :w - w % 2, :]
-  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
-
-
-def flax_max_pool_2x2(x):
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
-
-
 def on_cpu() -> bool:
   return jax.default_backend() == 'cpu'
 
@@ -154,8 +134,3 @@ def convolution_library(dtype=jnp.float32) -> str:
   if on_cpu() and jnp.dtype(dtype) == jnp.float32 and onednn.available():
     return 'oneDNN'
   return 'XLA'
-
-
-def default_pool_fn():
-  """2x2 max pooling for the current backend: by reshaping on the CPU only."""
-  return max_pool_2x2 if on_cpu() else flax_max_pool_2x2

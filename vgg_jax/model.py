@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from vgg_jax.batch_norm import default_batch_norm
-from vgg_jax.cpu_ops import default_conv_fn, default_pool_fn
+from vgg_jax.cpu_ops import default_conv_fn
+from vgg_jax.pooling import max_pool_2x2
 
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
 # Widths are fixed across the family (64, 128, 256, 512, 512); depth is what varies.
@@ -171,8 +172,8 @@ class VGG(nn.Module):
     dtype: compute dtype; parameters stay float32.
     conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
       None picks the fastest known for the backend (`cpu_ops.default_conv_fn`).
-    pool_fn: 2x2 max pooling of an NHWC array; None picks the fastest known
-      for the backend (`cpu_ops.default_pool_fn`).
+    pool_fn: 2x2 max pooling of an NHWC array; None: `pooling.max_pool_2x2`,
+      the fastest on the CPU and the GPU.
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -240,7 +241,7 @@ class VGG(nn.Module):
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
     conv_kwargs['conv_general_dilated'] = self.conv_fn or default_conv_fn()
-    pool = self.pool_fn or default_pool_fn()
+    pool = self.pool_fn or max_pool_2x2
 
     x = x.astype(self.dtype)
     stage = 1

@@ -270,7 +270,9 @@ def iterate_batches(batches: grain.MapDataset, cfg) -> Iterator[dict]:
   prefetch = max(1, int(cfg.prefetch_batches))
   workers = worker_count(cfg)
   if workers == 0:
-    read = grain.ReadOptions(num_threads=decode_threads(cfg), prefetch_buffer_size=prefetch)
+    # grain reads at most prefetch_buffer_size batches at once: one per thread at least.
+    threads = decode_threads(cfg)
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads))
     return iter(batches.to_iter_dataset(read))
   # grain's workers read absl flags; outside an absl app nobody parsed them.
   if not flags.FLAGS.is_parsed():
