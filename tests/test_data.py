@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 
 import grain
 import jax
@@ -40,7 +41,7 @@ def make_cfg(**overrides):
       name='vgg_shapes', folder=None, data_dir=None, builder_config='tiny',
       image_size=32, train_scale=(32, 64), test_scale=48, color_shift=0.1,
       mean_rgb=(70.0, 70.0, 70.0), train_split='train', eval_split='test',
-      shuffle=True, num_threads=2, prefetch_batches=2, num_workers=0))
+      shuffle=True, num_threads=2, prefetch_batches=2, num_workers=0, niceness=-1))
   cfg.update(overrides)
   return cfg
 
@@ -808,6 +809,36 @@ def test_batches_built_in_worker_processes_equal_the_threads_and_resume_exactly(
 def test_worker_count_defaults_to_none_on_the_cpu(cfg):
   assert pipeline.worker_count(_with(cfg, num_workers=-1)) == 0  # the tests run on the CPU
   assert pipeline.worker_count(_with(cfg, num_workers=3)) == 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='niceness per thread: Linux')
+def test_pipeline_threads_yield_to_the_step_and_the_main_thread_does_not(cfg):
+  assert pipeline.pipeline_niceness(_with(cfg, niceness=-1)) == 19  # the tests run on the CPU
+  assert pipeline.pipeline_niceness(_with(cfg, niceness=0)) == 0
+  main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+  pipeline.yield_to_the_step(7)
+  assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+  seen = {}
+
+  def in_a_thread(niceness):
+    tid = threading.get_native_id()
+    pipeline.yield_to_the_step(niceness)
+    seen[niceness] = os.getpriority(os.PRIO_PROCESS, tid)
+    pipeline.yield_to_the_step(niceness + 5)  # once per thread
+    seen[niceness, 'again'] = os.getpriority(os.PRIO_PROCESS, tid)
+
+  for niceness in (0, 7):
+    thread = threading.Thread(target=in_a_thread, args=(niceness,))
+    thread.start()
+    thread.join()
+  assert seen == {0: main_before, (0, 'again'): max(main_before, 5),
+                  7: max(main_before, 7), (7, 'again'): max(main_before, 7)}
+  # Batches are the same whatever the threads' priority.
+  plain = take(data.train_batches(_with(cfg, niceness=0), global_batch_size=8, seed=1), 2)
+  yielding = take(data.train_batches(_with(cfg, niceness=19), global_batch_size=8, seed=1), 2)
+  for want, got in zip(plain, yielding):
+    for key in ('image', 'offset', 'label'):
+      np.testing.assert_array_equal(want[key], got[key])
 
 
 def test_small_decoded_images_are_kept_and_the_stream_stays_the_same(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ EXPERIMENT_GROUPS = ('model.', 'data.', 'optimizer.')
 EXPERIMENT_FIELDS = ('batch_size', 'seed')
 # ... except where the data lives and how fast it is read.
 FREE_DATA_FIELDS = ('data.data_dir', 'data.num_threads', 'data.num_workers',
-                    'data.prefetch_batches')
+                    'data.prefetch_batches', 'data.niceness')
 
 
 def check_writable(workdir: str) -> None:

@@ -23,8 +23,10 @@ main process only receives them; both preserve order.
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import sys
+import threading
 from typing import Iterator
 
 from absl import flags
@@ -194,6 +196,36 @@ class KeptDecodes:
     return image, label
 
 
+_PRIORITY = threading.local()  # per thread: its niceness was set
+
+
+def yield_to_the_step(niceness: int) -> None:
+  """Gives the calling pipeline thread (or worker process's thread) `niceness`,
+  once, on Linux, where niceness is per thread. Never the main process's main
+  thread, which runs the step; never lower than the thread already has (that
+  needs privileges)."""
+  if (niceness <= 0 or getattr(_PRIORITY, 'set', False)
+      or not sys.platform.startswith('linux')
+      or (threading.current_thread() is threading.main_thread()
+          and multiprocessing.parent_process() is None)):
+    return
+  _PRIORITY.set = True
+  thread = threading.get_native_id()
+  try:
+    os.setpriority(os.PRIO_PROCESS, thread,
+                   max(niceness, os.getpriority(os.PRIO_PROCESS, thread)))
+  except OSError:  # a sandbox that forbids it: decoding just keeps its priority
+    pass
+
+
+def pipeline_niceness(cfg) -> int:
+  """`data.niceness`, with -1 resolved: 19 when JAX computes on the CPU, else 0."""
+  if int(cfg.niceness) >= 0:
+    return int(cfg.niceness)
+  import jax  # pylint: disable=g-import-not-at-top  (the data package needs no jax otherwise)
+  return 19 if jax.default_backend() == 'cpu' else 0
+
+
 class _TrainBatch:
   """Batch number b of this process's stream -> dict(image, offset, label), built
   whole: each row's example and augmentation come from its stream position g as
@@ -213,6 +245,7 @@ class _TrainBatch:
     self.color_shift = float(cfg.color_shift)
     self.mean_rgb = np.asarray(cfg.mean_rgb, np.float32)
     self.local = global_batch_size // process_count
+    self.niceness = pipeline_niceness(cfg)  # resolved here: workers need no jax
     self.decoded = KeptDecodes(source, self.scale_range[0], kept_bytes)
     self.position = functools.partial(
         train_position, start_step=start_step, global_batch_size=global_batch_size,
@@ -224,6 +257,7 @@ class _TrainBatch:
     return range(first, first + self.local)
 
   def __call__(self, batch: int) -> dict:
+    yield_to_the_step(self.niceness)
     size = self.image_size
     images = np.empty((self.local, size, size, 3), np.uint8)
     offsets = np.empty((self.local, 3), np.float32)
