@@ -1,5 +1,6 @@
 """The CPU fast paths equal XLA's plain convolution and pooling: values and gradients."""
 
+import os
 import platform
 import shutil
 import sys
@@ -72,6 +73,20 @@ def test_onednn_is_built_wherever_its_parts_are_installed():
       'g++'):
     assert onednn.available(), onednn.unavailable_reason()
     assert onednn.implementations(8, 8, 8, 8).count(',') == 2  # three passes
+
+
+@pytest.mark.parametrize('users', [None, 'active'])
+def test_openmp_sleeps_between_convolutions_unless_the_user_said_otherwise(monkeypatch, users):
+  # The library loaded (in this process, once): its wait policy is set unless the user's was.
+  if not onednn.available():
+    pytest.skip(f'oneDNN is not installed here: {onednn.unavailable_reason()}')
+  assert os.environ[onednn.WAIT_POLICY_ENV] == (onednn._USERS_WAIT_POLICY or 'passive')
+  # Processes started inside users_openmp_environment (PyTorch's) get the user's.
+  monkeypatch.setattr(onednn, '_USERS_WAIT_POLICY', users)
+  monkeypatch.setenv(onednn.WAIT_POLICY_ENV, 'passive')
+  with onednn.users_openmp_environment():
+    assert os.environ.get(onednn.WAIT_POLICY_ENV) == users
+  assert os.environ[onednn.WAIT_POLICY_ENV] == 'passive'
 
 
 def test_bfloat16_and_negative_pads_take_xlas_convolution():

@@ -387,9 +387,10 @@ def prepare_torch(model: VGG, batch_size: int, steps: int,
   # spawn: forking a process that runs XLA's threads is unsafe.
   context = multiprocessing.get_context('spawn')
   conn, child_conn = context.Pipe()
-  context.Process(target=torch_windows.serve, daemon=True, args=(
-      child_conn, torch_model(model), batch_size, model.image_size, model.num_classes, steps,
-      memory_format, model.dtype == jnp.bfloat16)).start()
+  with onednn.users_openmp_environment():  # PyTorch's OpenMP as in a script of its own
+    context.Process(target=torch_windows.serve, daemon=True, args=(
+        child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
+        steps, memory_format, model.dtype == jnp.bfloat16)).start()
   if conn.recv() != torch_windows.READY:
     raise RuntimeError('the PyTorch process did not start')
 

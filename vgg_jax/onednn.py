@@ -27,6 +27,7 @@ process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import functools
@@ -50,6 +51,13 @@ import numpy as np
 SWITCH_ENV = 'VGG_JAX_ONEDNN'
 # Where the compiled library is kept (default: $XDG_CACHE_HOME or ~/.cache, then vgg_jax/native).
 BUILD_DIR_ENV = 'VGG_JAX_NATIVE_DIR'
+# oneDNN's OpenMP threads share the cores with XLA's own thread pool. Spinning
+# after each convolution, libgomp's default, takes the cores from the XLA ops
+# between convolutions: VGG-A's step ran 4-7 % faster with them asleep, its FC
+# matmuls twice as fast (2-core AMD EPYC, 2026-12-04). libgomp reads this when
+# it loads, so it is set, unless the user set it, just before the library loads.
+WAIT_POLICY_ENV = 'OMP_WAIT_POLICY'
+_USERS_WAIT_POLICY = os.environ.get(WAIT_POLICY_ENV)
 SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
 _LIBRARY = 'libdnnl.so.3'
 _FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp')
@@ -116,7 +124,9 @@ def build() -> pathlib.Path:
 
 @functools.cache
 def _library() -> ctypes.CDLL:
-  lib = ctypes.CDLL(str(build()))
+  path = build()
+  os.environ.setdefault(WAIT_POLICY_ENV, 'passive')
+  lib = ctypes.CDLL(str(path))
   for target in _TARGETS.values():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
                                 platform='cpu')
@@ -142,6 +152,25 @@ def unavailable_reason() -> Optional[str]:
 
 def available() -> bool:
   return unavailable_reason() is None
+
+
+@contextlib.contextmanager
+def users_openmp_environment():
+  """`os.environ` with OMP_WAIT_POLICY as the user left it, for the processes
+  started inside: another program's OpenMP (PyTorch's, in the benchmark) owns
+  its cores and should spin as by default."""
+  ours = os.environ.get(WAIT_POLICY_ENV)
+  if _USERS_WAIT_POLICY is None:
+    os.environ.pop(WAIT_POLICY_ENV, None)
+  else:
+    os.environ[WAIT_POLICY_ENV] = _USERS_WAIT_POLICY
+  try:
+    yield
+  finally:
+    if ours is None:
+      os.environ.pop(WAIT_POLICY_ENV, None)
+    else:
+      os.environ[WAIT_POLICY_ENV] = ours
 
 
 def implementations(batch: int, side: int, channels_in: int, channels_out: int) -> str:
