@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from experiments import profile_summary
 from vgg_jax import benchmark
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
@@ -84,7 +85,10 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
                report['end_to_end'], report['pipeline']['workers']):
     assert rate['img_per_sec'] > 0
   assert report['pipeline']['workers']['workers'] == 1
-  assert any(files for _, _, files in os.walk(tmp_path / 'profile'))  # a trace was written
+  # The trace was written, and its ops sum up: the CPU's convolutions among them.
+  ops = profile_summary.summarize(str(tmp_path / 'profile'), top=1000)['devices']['/host:CPU']
+  assert ops['summed_line'] == 'xla ops' and ops['total_ms'] > 0
+  assert any(op['name'].startswith(('ffi_call', 'convolution')) for op in ops['ops'])
   assert report['end_to_end']['fraction_of_step_alone'] == pytest.approx(
       report['end_to_end']['img_per_sec'] / train['img_per_sec'])
   assert report['end_to_end']['epoch'] == 2
