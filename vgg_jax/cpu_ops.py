@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax

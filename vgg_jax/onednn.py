@@ -160,17 +160,18 @@ def users_openmp_environment():
   started inside: another program's OpenMP (PyTorch's, in the benchmark) owns
   its cores and should spin as by default."""
   ours = os.environ.get(WAIT_POLICY_ENV)
-  if _USERS_WAIT_POLICY is None:
-    os.environ.pop(WAIT_POLICY_ENV, None)
-  else:
-    os.environ[WAIT_POLICY_ENV] = _USERS_WAIT_POLICY
+  _set_wait_policy(_USERS_WAIT_POLICY)
   try:
     yield
   finally:
-    if ours is None:
-      os.environ.pop(WAIT_POLICY_ENV, None)
-    else:
-      os.environ[WAIT_POLICY_ENV] = ours
+    _set_wait_policy(ours)
+
+
+def _set_wait_policy(value: Optional[str]) -> None:
+  if value is None:
+    os.environ.pop(WAIT_POLICY_ENV, None)
+  else:
+    os.environ[WAIT_POLICY_ENV] = value
 
 
 def implementations(batch: int, side: int, channels_in: int, channels_out: int) -> str:

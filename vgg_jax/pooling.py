@@ -28,5 +28,6 @@ def max_pool_2x2(x):
 
 
 def window_max_pool_2x2(x):
-  """Flax's reduce-window pooling: the reference `max_pool_2x2` is tested against."""
+  """Flax's reduce-window pooling: `max_pool_2x2`'s reference in the tests, and
+  the benchmark's `--ops=plain`."""
   return nn.max_pool(x, (2, 2), strides=(2, 2))

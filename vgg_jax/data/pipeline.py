@@ -218,12 +218,16 @@ def yield_to_the_step(niceness: int) -> None:
     pass
 
 
+def _step_runs_on_cpu() -> bool:
+  import jax  # pylint: disable=g-import-not-at-top  (the data package needs no jax otherwise)
+  return jax.default_backend() == 'cpu'
+
+
 def pipeline_niceness(cfg) -> int:
   """`data.niceness`, with -1 resolved: 19 when JAX computes on the CPU, else 0."""
   if int(cfg.niceness) >= 0:
     return int(cfg.niceness)
-  import jax  # pylint: disable=g-import-not-at-top  (the data package needs no jax otherwise)
-  return 19 if jax.default_backend() == 'cpu' else 0
+  return 19 if _step_runs_on_cpu() else 0
 
 
 class _TrainBatch:
@@ -290,10 +294,7 @@ def worker_count(cfg) -> int:
   training step needs."""
   if int(cfg.num_workers) >= 0:
     return int(cfg.num_workers)
-  import jax  # pylint: disable=g-import-not-at-top  (the data package needs no jax otherwise)
-  if jax.default_backend() == 'cpu':
-    return 0
-  return max(0, (os.cpu_count() or 1) - 2)
+  return 0 if _step_runs_on_cpu() else max(0, (os.cpu_count() or 1) - 2)
 
 
 def iterate_batches(batches: grain.MapDataset, cfg) -> Iterator[dict]:
