@@ -1,10 +1,11 @@
-"""Times XLA's CPU convolutions and pooling against their replacements in vgg_jax.cpu_ops.
+"""Times XLA's CPU convolutions, pooling and batch-norm sums against vgg_jax's replacements.
 
     python -m experiments.bench_ops [--repeats=5]
 
 Prints one JSON line per operation (float32, shapes VGG has at 32x32 input, at
-width 1/8 and width 1): milliseconds for XLA's own operation and for cpu_ops' (oneDNN's
-convolutions where `vgg_jax.onednn` is built), each the
+width 1/8 and width 1): milliseconds for XLA's own operation (for batch norm's
+sums: the staged XLA sums) and for vgg_jax's (oneDNN's convolutions and the
+native sums where `vgg_jax.onednn` is built), each the
 best of `repeats` calls after one untimed call that compiles. Each is compiled
 with the train step's options (`cpu_ops.compiler_options`: no YNNPACK
 fusions). The numbers in experiments/PERFORMANCE.md ("What changed") come
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
 
-from vgg_jax import cpu_ops, pooling
+from vgg_jax import batch_norm, cpu_ops, pooling
 
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
@@ -67,6 +68,8 @@ def cases():
   pool = (normal(5, 64, 32, 32, 64), normal(6, 64, 16, 16, 64))
   thin = (normal(7, 128, 32, 32, 8), normal(8, 3, 3, 8, 8))
   wide = (normal(10, 64, 16, 16, 128), normal(11, 3, 3, 128, 128))
+  bn = normal(13, 128, 32, 32, 16)
+  bn_grad = (normal(14, 128, 32, 32, 16), bn, jnp.mean(bn, axis=(0, 1, 2)))
   conv_cases = [
       (f'conv {make.__name__.replace("_", " ")}', shape, make, args[:2] if make is forward
        else args, lax.conv_general_dilated, cpu_ops.conv_general_dilated)
@@ -81,6 +84,10 @@ def cases():
        cpu_ops.conv_general_dilated),
       ('2x2 max pool, forward and backward', '64x32x32x64',
        pool_forward_backward, pool, pooling.window_max_pool_2x2, pooling.max_pool_2x2),
+      ('batch norm sums, forward: x and x * x', '128x32x32x16', jit, (bn,),
+       batch_norm.staged_moments, batch_norm.moments),
+      ('batch norm sums, backward: g and g * (x - mean)', '128x32x32x16', jit, bn_grad,
+       batch_norm.staged_gradient_sums, batch_norm.gradient_sums),
   ]
 
 
@@ -97,8 +104,8 @@ def main(argv, command: types.SimpleNamespace):
   for name, shape, make, args, plain_op, fast_op in cases():
     plain_ms = best_ms(make(plain_op), *args, repeats=repeats)
     fast_ms = best_ms(make(fast_op), *args, repeats=repeats)
-    print(json.dumps({'operation': name, 'shape': shape, 'xla_ms': round(plain_ms, 1),
-                      'cpu_ops_ms': round(fast_ms, 1),
+    print(json.dumps({'operation': name, 'shape': shape, 'xla_ms': round(plain_ms, 2),
+                      'cpu_ops_ms': round(fast_ms, 2),
                       'speedup': round(plain_ms / fast_ms, 1)}), flush=True)
 
 

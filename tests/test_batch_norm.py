@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vgg_jax import batch_norm, cpu_ops
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vgg_jax import batch_norm, cpu_ops, onednn
 
 SHAPE = (64, 32, 32, 16)  # the size at which XLA CPU's plain sums lose 30x
 
@@ -52,9 +54,12 @@ def test_same_variables_and_values_as_flax():
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
   a, b = ours.init(jax.random.key(0), x), flax_bn.init(jax.random.key(0), x)
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  for got, want in zip(loss_and_grads(ours, x), loss_and_grads(flax_bn, x, {})):
-    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-      assert rel(g, np.asarray(w, np.float64)) < 1e-5  # float32 rounding, both ways
+  (got_loss, *got), (want_loss, *want) = loss_and_grads(ours, x), loss_and_grads(flax_bn, x, {})
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    assert rel(g, np.asarray(w, np.float64)) < 1e-5  # float32 rounding, both ways
+  # The loss sums a million sines that cancel down to 93: a few 1e-7 of relative
+  # difference in y (sums in double against Flax's float32) grows ~100 times.
+  assert rel(got_loss, np.float64(want_loss)) < 1e-4
   # Evaluation mode normalises with the running statistics, like Flax's.
   variables = {'params': a['params'],
                'batch_stats': {'mean': np.full(16, 0.5, np.float32),
@@ -92,3 +97,33 @@ def test_low_precision_compute_keeps_float32_statistics(dtype):
       batch_norm.BatchNorm(dtype=dtype).init(jax.random.key(0), x), x.astype(dtype),
       mutable=['batch_stats'])
   assert y.dtype == dtype and updated['batch_stats']['mean'].dtype == jnp.float32
+
+
+@pytest.mark.skipif(not onednn.available(), reason='the native library is not built here')
+def test_native_sums_are_the_exact_sums_rounded_and_split_over_devices():
+  x = batch()
+  g = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+  mean = x.mean((0, 1, 2)).astype(np.float32)
+  x64, g64 = x.astype(np.float64), g.astype(np.float64)
+  exact = [x64.sum((0, 1, 2)), (x64 * x64).sum((0, 1, 2)), g64.sum((0, 1, 2)),
+           (g64 * (x64 - mean)).sum((0, 1, 2))]
+  one = [*jax.jit(onednn.channel_moments)(x),
+         *jax.jit(onednn.channel_gradient_sums)(g, x, mean)]
+  for got, want in zip(one, exact):
+    assert rel(got, want) < 1e-7  # float32's rounding of the exact sum, nothing more
+  # Eight devices (conftest), the batch split: each sums its share, then a psum.
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  by_batch = NamedSharding(mesh, P('data'))
+  xs, gs = jax.device_put(x, by_batch), jax.device_put(g, by_batch)
+  moments = jax.jit(onednn.channel_moments)
+  assert 'all-gather' not in moments.lower(xs).compile().as_text()
+  eight = [*moments(xs), *jax.jit(onednn.channel_gradient_sums)(gs, xs, mean)]
+  for got, want in zip(eight, exact):
+    assert rel(got, want) < 1e-6  # eight float32 partial sums added
+  # The CPU's batch norm takes them, forward and backward.
+  module = batch_norm.BatchNorm()
+  variables = module.init(jax.random.key(0), x[:2])
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda v, x: jnp.sum(module.apply(
+      v, x, mutable=['batch_stats'])[0]), argnums=1))(variables, x))
+  assert jaxpr.count('custom_partitioning') == 2
+

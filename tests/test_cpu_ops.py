@@ -50,6 +50,12 @@ def assert_same_as_plain(shape, kernel, padding, cout=12, **kwargs):
     (2, 3, 'SAME'), (1, 3, 'SAME'), (3, 5, 'SAME'), (2, 7, 'SAME'), (2, 3, ((2, 0), (0, 1))),
     (2, 3, ((3, 0), (1, 1)))])  # asymmetric pads, the last one wider than k - 1
 def test_map_smaller_than_the_kernel(side, kernel, padding):
+  x, w = normal(3, side, side, 10), normal(kernel, kernel, 10, 12)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
+  # oneDNN's where it is built (faster than patches here too), else patches.
+  assert ('custom_partitioning' in jaxpr) == onednn.available()
+  assert ('dot_general' in jaxpr) != onednn.available()
   assert_same_as_plain((3, side, side, 10), kernel, padding)
 
 
@@ -143,6 +149,55 @@ def test_onednn_splits_the_batch_over_devices_like_xla():
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
 
+def conv_bias_relu_and_grads(fn, x, w, b, cotangent):
+  out, vjp = jax.vjp(fn, x, w, b)
+  return (out, *vjp(cotangent))
+
+
+@pytest.mark.parametrize('side, kernel, padding', [
+    (8, 3, 'SAME'), (2, 3, 'SAME'), (1, 3, 'SAME'), (7, 7, 'VALID'), (5, 1, 'SAME'),
+    (3, 3, ((2, 0), (1, 3)))])
+def test_conv_bias_relu_equals_the_plain_convolution_bias_and_relu(side, kernel, padding):
+  x, w, b = normal(3, side, side, 5), normal(kernel, kernel, 5, 6), normal(6, seed=2)
+  plain = lambda x, w, b: jax.nn.relu(jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=LAYOUT) + b)
+  fast = lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, padding)
+  jaxpr = str(jax.make_jaxpr(fast)(x, w, b))
+  assert jaxpr.count('custom_partitioning') == onednn.available()  # one call, bias inside
+  cotangent = normal(*jax.eval_shape(plain, x, w, b).shape, seed=3)
+  options = cpu_ops.compiler_options()
+  got = jax.jit(lambda *a: conv_bias_relu_and_grads(fast, *a), compiler_options=options)(
+      x, w, b, cotangent)
+  want = jax.jit(lambda *a: conv_bias_relu_and_grads(plain, *a))(x, w, b, cotangent)
+  assert float(jnp.mean(want[0] > 0)) > 0.2  # the ReLU passes some, masks some
+  for name, f, p in zip(('output', 'input grad', 'kernel grad', 'bias grad'), got, want):
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))),
+                               err_msg=name)
+
+
+@pytest.mark.skipif(not onednn.available(), reason='oneDNN not installed')
+def test_conv_bias_relu_splits_the_batch_over_devices():
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  x, w, b = normal(16, 8, 8, 5), normal(3, 3, 5, 6), normal(6, seed=1)
+  pads = ((1, 1), (1, 1))
+
+  def loss_and_grads(fn):
+    return jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), (0, 1, 2)))
+
+  plain = loss_and_grads(lambda x, w, b: jax.nn.relu(jax.lax.conv_general_dilated(
+      x, w, (1, 1), pads, dimension_numbers=LAYOUT) + b))(x, w, b)
+  replicated = NamedSharding(mesh, P())
+  sharded = (jax.device_put(x, NamedSharding(mesh, P('data'))), jax.device_put(w, replicated),
+             jax.device_put(b, replicated))
+  fast = loss_and_grads(lambda x, w, b: onednn.conv_bias_relu(x, w, b, pads))
+  assert 'all-gather' not in fast.lower(*sharded).compile().as_text()
+  loss, grads = fast(*sharded)
+  assert grads[0].sharding.spec == P('data')
+  np.testing.assert_allclose(loss, plain[0], rtol=1e-5)
+  for f, p in zip(grads, plain[1]):
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
+
+
 @pytest.mark.parametrize('kwargs', [dict(rhs_dilation=(2, 2)), dict(feature_group_count=5)])
 def test_unusual_convolutions_take_the_plain_path(kwargs):
   # Grouped kernels have in_channels / groups input features.
@@ -168,16 +223,20 @@ def test_flax_conv_reaches_the_fast_path():
 
 
 def test_whole_model_gradients_equal_the_plain_convolution():
-  # 32x32 input: maps from 32x32 (XLA's convolution) down to 2x2 (patches).
+  # 32x32 input: maps from 32x32 down to 2x2, all oneDNN's where it is built.
   model = vgg.VGG(variant='B', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
                   dropout_rate=0.0)
   plain = model.clone(conv_fn=jax.lax.conv_general_dilated,
                       pool_fn=pooling.window_max_pool_2x2)
   x = normal(4, 32, 32, 3)
   # Init's random code compiles slowly at full LLVM optimisation; the values are the same.
-  params = jax.jit(model.init, compiler_options={'xla_backend_optimization_level': 0})(
+  init = lambda m: jax.jit(m.init, compiler_options={'xla_backend_optimization_level': 0})(
       jax.random.key(0), x)
-  assert vgg.default_conv_fn() is cpu_ops.conv_general_dilated
+  params = init(model)
+  assert cpu_ops.default_conv_fn() is cpu_ops.conv_general_dilated
+  # Convs and their ReLUs as one operation: nn.Conv's parameters all the same.
+  assert model.fuse_conv_relu and not plain.fuse_conv_relu
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, init(plain))
 
   def loss_and_grad(m, **options):
     return jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)),

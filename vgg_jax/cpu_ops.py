@@ -2,15 +2,16 @@
 
 Three routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
 
-* a kernel larger than the feature map (a 3x3 conv on the 2x2 last stage of a
-  32x32 input): image patches and one matmul. XLA took 997 ms forward for
-  64x2x2x512 -> 512 where patches take 14 ms (963 against 41 ms for both
-  gradients);
-* every other float32 convolution: oneDNN's (`vgg_jax.onednn`), where it is
+* float32 with non-negative pads: oneDNN's (`vgg_jax.onednn`), where it is
   built. XLA computes each weight gradient as transposes around an Eigen
   convolution; oneDNN reads NHWC as it is and runs thin convolutions two to
   four times as fast (the gradients of 128x32x32x8 -> 8: 3.1 against 11.2 ms;
-  of 64x16x16x128 -> 128: 42 against 59 ms);
+  of 64x16x16x128 -> 128: 42 against 59 ms), and maps smaller than the kernel
+  (the 2x2 last stage of a 32x32 input) faster than patches (the gradients of
+  128x2x2x128 -> 128: 2.0 against 2.9 ms; 64x2x2x512 -> 512: 16 against 23 ms);
+* elsewhere, a kernel larger than the feature map: image patches and one
+  matmul. XLA took 997 ms forward for 64x2x2x512 -> 512 where patches take
+  14 ms (963 against 41 ms for both gradients);
 * the rest (bfloat16, negative pads, or no oneDNN): XLA's own, which beat
   every rewrite in jax tried here (shifted matmuls, patches, custom VJPs:
   experiments/PERFORMANCE.md).
@@ -94,12 +95,25 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
   pads = _pads(padding, (height, width), kernel_hw)
-  if height < kernel_hw[0] or width < kernel_hw[1]:
-    return patches_conv(lhs, rhs, pads, precision)
   if (lhs.dtype == rhs.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
       and onednn.available()):
     return onednn.conv(lhs, rhs, pads)
+  if height < kernel_hw[0] or width < kernel_hw[1]:
+    return patches_conv(lhs, rhs, pads, precision)
   return plain()
+
+
+def conv_bias_relu(lhs, rhs, bias, padding):
+  """relu(conv(lhs, rhs) + bias), NHWC and HWIO, stride 1 (a VGG layer without
+  batch norm): where `conv_general_dilated` would take oneDNN's convolution, one
+  oneDNN call each way (`onednn.conv_bias_relu`, two passes over the
+  activations fewer), else `conv_general_dilated`, the bias and the ReLU."""
+  pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2])
+  if (lhs.dtype == rhs.dtype == bias.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
+      and onednn.available()):
+    return onednn.conv_bias_relu(lhs, rhs, bias, pads)
+  out = conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT)
+  return jax.nn.relu(out + bias)
 
 
 def on_cpu() -> bool:

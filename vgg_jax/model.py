@@ -25,8 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from vgg_jax import cpu_ops
 from vgg_jax.batch_norm import default_batch_norm
-from vgg_jax.cpu_ops import default_conv_fn
 from vgg_jax.pooling import max_pool_2x2
 
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
@@ -126,6 +126,28 @@ class LocalResponseNorm(nn.Module):
     return (x32 * lax.pow(self.bias + self.alpha * sum_sq, -self.beta)).astype(x.dtype)
 
 
+class ConvReLU(nn.Module):
+  """`nn.Conv` (stride 1, float32, with a bias) then a ReLU, as one operation.
+
+  The parameters are nn.Conv's (names, shapes, initialisation), so checkpoints
+  and imported weights do not tell them apart. On the CPU one oneDNN call each
+  way (`cpu_ops.conv_bias_relu`): the bias and the ReLU cost no pass of their own.
+  """
+  features: int
+  kernel_size: int
+  padding: str
+  kernel_init: Callable[..., Any]
+  bias_init: Callable[..., Any]
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    return cpu_ops.conv_bias_relu(x, kernel, bias, self.padding)
+
+
 def _initializers(init: str):
   if init == 'paper':
     # §3.1: zero-mean normal with std 1e-2 (the reference code's reading of
@@ -212,6 +234,13 @@ class VGG(nn.Module):
     return self.image_size // 2**NUM_POOLS
 
   @property
+  def fuse_conv_relu(self) -> bool:
+    """Whether each conv and its ReLU run as one operation (`ConvReLU`): float32
+    with the CPU's convolutions (the default `conv_fn` on the CPU)."""
+    return (self.conv_fn is None and cpu_ops.on_cpu()
+            and jnp.dtype(self.dtype) == jnp.float32)
+
+  @property
   def use_lrn(self) -> bool:
     """Whether LRN follows conv1_1: `lrn` if set, else the variant's (A-LRN)."""
     return CONFIGS[self.variant]['lrn'] if self.lrn is None else self.lrn
@@ -240,7 +269,7 @@ class VGG(nn.Module):
     kernel_init, bias_init = _initializers(self.weight_init)
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
-    conv_kwargs['conv_general_dilated'] = self.conv_fn or default_conv_fn()
+    conv_kwargs['conv_general_dilated'] = self.conv_fn or cpu_ops.default_conv_fn()
     pool = self.pool_fn or max_pool_2x2
 
     x = x.astype(self.dtype)
@@ -249,13 +278,17 @@ class VGG(nn.Module):
       if spec.stage != stage:
         x = pool(x)
         stage = spec.stage
-      x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
-                  use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
-      if self.batch_norm:
-        x = default_batch_norm()(use_running_average=not train, momentum=0.9,
-                                 epsilon=1e-5, dtype=self.dtype,
-                                 name=spec.name.replace('conv', 'bn'))(x)
-      x = nn.relu(x)
+      if self.fuse_conv_relu and not self.batch_norm:
+        x = ConvReLU(spec.features, spec.kernel_size, 'SAME', kernel_init, bias_init,
+                     name=spec.name)(x)
+      else:
+        x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
+                    use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
+        if self.batch_norm:
+          x = default_batch_norm()(use_running_average=not train, momentum=0.9,
+                                   epsilon=1e-5, dtype=self.dtype,
+                                   name=spec.name.replace('conv', 'bn'))(x)
+        x = nn.relu(x)
       if self.use_lrn and spec.name == 'conv1_1':
         x = LocalResponseNorm(name='lrn')(x)
     x = pool(x)
@@ -272,9 +305,13 @@ class VGG(nn.Module):
     # FC1 as a VALID conv: a single output position at the training crop, a
     # score map on larger images (dense evaluation, §3.2).
     w = self.fc1_window
-    x = nn.Conv(self.fc_width, (w, w), padding='VALID', name='fc1',
-                **{**conv_kwargs, 'kernel_init': _fc1_kernel_init(self.weight_init)})(x)
-    x = dropout(nn.relu(x))
+    if self.fuse_conv_relu:
+      x = ConvReLU(self.fc_width, w, 'VALID', _fc1_kernel_init(self.weight_init), bias_init,
+                   name='fc1')(x)
+    else:
+      x = nn.relu(nn.Conv(self.fc_width, (w, w), padding='VALID', name='fc1',
+                          **{**conv_kwargs, 'kernel_init': _fc1_kernel_init(self.weight_init)})(x))
+    x = dropout(x)
     # Dense layers act on the channel axis, i.e. as 1x1 convs on the score map.
     x = dropout(nn.relu(dense(self.fc_width, name='fc2')(x)))
     x = dense(self.num_classes, name='fc3')(x)

@@ -1,4 +1,5 @@
-"""oneDNN's convolutions inside XLA's CPU programs, through `jax.ffi`.
+"""oneDNN's convolutions, and batch norm's channel sums, inside XLA's CPU programs,
+through `jax.ffi`.
 
 Why: XLA's CPU backend computes each convolution's weight gradient as
 transposes of the activation and the output gradient around an Eigen
@@ -9,9 +10,15 @@ path). The gradients of one layer on a 2-core AMD EPYC with AVX-512
 against 11.2 ms, 64x16x16x128 -> 128 in 42 against 59 ms
 (experiments/PERFORMANCE.md has the whole steps).
 
+The channel sums (`channel_sums.cc`, plain C++ on the same OpenMP threads)
+read the activations once per pass where XLA's reductions read them once per
+sum, stride across channels and add in float32 one value after another
+(`vgg_jax.batch_norm` says why that is inaccurate); here each pass's two sums
+accumulate in double, vectorised over the channels.
+
 oneDNN comes from PyPI (`onednn-devel-cpu-gomp`, its headers and library
 under the environment's prefix) and the FFI headers from jaxlib; the C++
-file beside this one is compiled on first use with the machine's C++
+files beside this one are compiled on first use with the machine's C++
 compiler and cached per source and version (a wheel per platform would need
 a build farm this project does not have). Where any of it is missing,
 `available()` says why once and the caller keeps XLA's own convolution.
@@ -43,6 +50,7 @@ from typing import Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
@@ -58,11 +66,16 @@ BUILD_DIR_ENV = 'VGG_JAX_NATIVE_DIR'
 # it loads, so it is set, unless the user set it, just before the library loads.
 WAIT_POLICY_ENV = 'OMP_WAIT_POLICY'
 _USERS_WAIT_POLICY = os.environ.get(WAIT_POLICY_ENV)
-SOURCE = pathlib.Path(__file__).with_name('onednn_conv.cc')
+# The library's sources: oneDNN's convolutions and batch norm's channel sums.
+SOURCES = tuple(pathlib.Path(__file__).with_name(name)
+                for name in ('onednn_conv.cc', 'channel_sums.cc'))
 _LIBRARY = 'libdnnl.so.3'
-_FLAGS = ('-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp')
+_FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-fopenmp')
 _TARGETS = {'forward': 'VggJaxConvForward', 'backward_data': 'VggJaxConvBackwardData',
-            'backward_weights': 'VggJaxConvBackwardWeights'}
+            'backward_weights': 'VggJaxConvBackwardWeights',
+            'forward_bias_relu': 'VggJaxConvBiasReluForward',
+            'backward_weights_bias': 'VggJaxConvBackwardWeightsBias',
+            'moments': 'VggJaxChannelMoments', 'gradient_sums': 'VggJaxChannelGradientSums'}
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -96,8 +109,9 @@ def _compile(output: pathlib.Path, library: pathlib.Path, include: pathlib.Path)
     raise FileNotFoundError('no C++ compiler (g++ or $CXX) on PATH')
   with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
     built = pathlib.Path(scratch) / output.name
-    command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', f'-I{include}', str(SOURCE),
-               str(library), f'-Wl,-rpath,{library.parent}', '-o', str(built)]
+    command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', f'-I{include}',
+               *map(str, SOURCES), str(library), f'-Wl,-rpath,{library.parent}', '-o',
+               str(built)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
       raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
@@ -109,7 +123,7 @@ def build() -> pathlib.Path:
   keeps concurrent processes from building it twice)."""
   library, include = _find_onednn()
   key = hashlib.sha256(b'\0'.join([
-      SOURCE.read_bytes(), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
+      *(source.read_bytes() for source in SOURCES), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
       str(library.resolve()).encode(), str(library.stat().st_size).encode()])).hexdigest()[:16]
   directory = _build_dir()
   directory.mkdir(parents=True, exist_ok=True)
@@ -193,9 +207,12 @@ def _output_shape(x_shape, kernel_shape, pads: Pads):
   return (n, h + top + bottom - kh + 1, w + left + right - kw + 1, out)
 
 
-def _call(target: str, shape, a, b, pads: Pads, threads: int):
-  return jax.ffi.ffi_call(_TARGETS[target], jax.ShapeDtypeStruct(shape, a.dtype))(
-      a, b, **_attributes(pads, threads))
+def _call(target: str, shapes, operands, pads: Pads, threads: int):
+  """`target` on `operands`; `shapes`: its result's shape, or a list of its results'."""
+  dtype = operands[0].dtype
+  results = ([jax.ShapeDtypeStruct(shape, dtype) for shape in shapes]
+             if isinstance(shapes, list) else jax.ShapeDtypeStruct(shapes, dtype))
+  return jax.ffi.ffi_call(_TARGETS[target], results)(*operands, **_attributes(pads, threads))
 
 
 def _threads_per_device(mesh) -> int:
@@ -214,20 +231,27 @@ def _batch_axes(shape) -> object:
   return spec[0] if len(spec) else None
 
 
-def _batch_partitioned(single, rule: str, kernel_out: bool):
-  """`single(a, b, pads)` split over the batch of `a`; `kernel_out`: its result
-  is a kernel gradient, summed over the batch's shards."""
-  def whole(a, b, pads):  # unpartitioned (one device): OpenMP's default threads
-    return single(a, b, pads, 0)
+def _batch_partitioned(single, rule: str, batched: tuple[bool, ...], summed: bool):
+  """`single(*operands, pads, threads)` split over the batch of the first operand.
 
-  op = custom_partitioning(whole, static_argnums=(2,))
+  The operands marked in `batched` are split by their first axis, the others
+  are whole on every device; the results are split by the batch too, or, if
+  `summed` (kernel and bias gradients), summed over the batch's shards.
+  """
+  results = rule.split('->')[1].count(',') + 1
+
+  def whole(*args):  # unpartitioned (one device): OpenMP's default threads
+    *operands, pads = args
+    return single(*operands, pads, 0)
+
+  op = custom_partitioning(whole, static_argnums=(len(batched),))
 
   def shardings(mesh, arg_shapes):
     batch = _batch_axes(arg_shapes[0])
-    by_batch = NamedSharding(mesh, P(batch))
-    second = by_batch if kernel_out else NamedSharding(mesh, P())
-    result = NamedSharding(mesh, P()) if kernel_out else by_batch
-    return batch, (by_batch, second), result
+    by_batch, replicated = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P())
+    args = tuple(by_batch if split else replicated for split in batched)
+    result = replicated if summed else by_batch
+    return batch, args, result if results == 1 else (result,) * results
 
   def infer(pads, mesh, arg_shapes, result_shape):
     del pads, result_shape
@@ -236,12 +260,13 @@ def _batch_partitioned(single, rule: str, kernel_out: bool):
   def partition(pads, mesh, arg_shapes, result_shape):
     del result_shape
     batch, args, result = shardings(mesh, arg_shapes)
-
     threads = _threads_per_device(mesh)
 
-    def lowered(a, b):
-      out = single(a, b, pads, threads)
-      return jax.lax.psum(out, batch) if kernel_out and batch is not None else out
+    def lowered(*operands):
+      out = single(*operands, pads, threads)
+      if summed and batch is not None:
+        return jax.tree_util.tree_map(lambda o: jax.lax.psum(o, batch), out)
+      return out
 
     return mesh, lowered, result, args
 
@@ -250,12 +275,24 @@ def _batch_partitioned(single, rule: str, kernel_out: bool):
   others = tuple(f for f in dict.fromkeys(factors) if f != 'n')
   op.def_partition(partition=partition, infer_sharding_from_operands=infer,
                    sharding_rule=rule, need_replication_factors=others,
-                   reduction_factors=('n',) if kernel_out else ())
+                   reduction_factors=('n',) if summed else ())
   return op
 
 
+def _kernel_shape(x_shape, dy_shape, pads: Pads):
+  kh = x_shape[1] + sum(pads[0]) - dy_shape[1] + 1
+  kw = x_shape[2] + sum(pads[1]) - dy_shape[2] + 1
+  return (kh, kw, x_shape[3], dy_shape[3])
+
+
 def _forward_single(x, kernel, pads, threads):
-  return _call('forward', _output_shape(x.shape, kernel.shape, pads), x, kernel, pads, threads)
+  return _call('forward', _output_shape(x.shape, kernel.shape, pads), (x, kernel), pads,
+               threads)
+
+
+def _forward_bias_relu_single(x, kernel, bias, pads, threads):
+  return _call('forward_bias_relu', _output_shape(x.shape, kernel.shape, pads),
+               (x, kernel, bias), pads, threads)
 
 
 def _backward_data_single(dy, kernel, pads, threads):
@@ -263,20 +300,33 @@ def _backward_data_single(dy, kernel, pads, threads):
   kh, kw, cin, _ = kernel.shape
   (top, bottom), (left, right) = pads
   shape = (n, oh - top - bottom + kh - 1, ow - left - right + kw - 1, cin)
-  return _call('backward_data', shape, dy, kernel, pads, threads)
+  return _call('backward_data', shape, (dy, kernel), pads, threads)
 
 
 def _backward_weights_single(x, dy, pads, threads):
-  kh = x.shape[1] + sum(pads[0]) - dy.shape[1] + 1
-  kw = x.shape[2] + sum(pads[1]) - dy.shape[2] + 1
-  return _call('backward_weights', (kh, kw, x.shape[3], dy.shape[3]), x, dy, pads, threads)
+  return _call('backward_weights', _kernel_shape(x.shape, dy.shape, pads), (x, dy), pads,
+               threads)
 
 
-_forward = _batch_partitioned(_forward_single, 'n h w c, a b c o -> n p q o', False)
+def _backward_weights_bias_single(x, dy, pads, threads):
+  return tuple(_call('backward_weights_bias',
+                     [_kernel_shape(x.shape, dy.shape, pads), (dy.shape[3],)], (x, dy), pads,
+                     threads))
+
+
+_forward = _batch_partitioned(_forward_single, 'n h w c, a b c o -> n p q o',
+                              (True, False), summed=False)
+_forward_bias_relu = _batch_partitioned(_forward_bias_relu_single,
+                                        'n h w c, a b c o, o -> n p q o',
+                                        (True, False, False), summed=False)
 _backward_data = _batch_partitioned(_backward_data_single, 'n p q o, a b c o -> n h w c',
-                                    False)
+                                    (True, False), summed=False)
 _backward_weights = _batch_partitioned(_backward_weights_single,
-                                       'n h w c, n p q o -> a b c o', True)
+                                       'n h w c, n p q o -> a b c o', (True, True),
+                                       summed=True)
+_backward_weights_bias = _batch_partitioned(_backward_weights_bias_single,
+                                            'n h w c, n p q o -> a b c o, o', (True, True),
+                                            summed=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -296,3 +346,107 @@ def _conv_backward(pads, residuals, dy):
 
 
 conv.defvjp(_conv_forward, _conv_backward)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv_bias_relu(x, kernel, bias, pads: Pads):
+  """relu(`conv(x, kernel, pads)` + bias), by one oneDNN call each way: the bias
+  and the ReLU applied as the convolution writes its output, the bias's
+  gradient summed as the kernel gradient reads the output gradient."""
+  return _forward_bias_relu(x, kernel, bias, pads)
+
+
+def _conv_bias_relu_forward(x, kernel, bias, pads):
+  y = _forward_bias_relu(x, kernel, bias, pads)
+  return y, (x, kernel, y)
+
+
+def _conv_bias_relu_backward(pads, residuals, dy):
+  x, kernel, y = residuals
+  dz = jnp.where(y > 0, dy, 0)  # the ReLU's gradient, as jax.nn.relu's
+  d_kernel, d_bias = _backward_weights_bias(x, dz, pads)
+  return _backward_data(dz, kernel, pads), d_kernel, d_bias
+
+
+conv_bias_relu.defvjp(_conv_bias_relu_forward, _conv_bias_relu_backward)
+
+
+# --------------------------------------------------------------------------
+# Batch norm's channel sums (channel_sums.cc), split over the batch and
+# summed over its shards like the kernel gradient.
+# --------------------------------------------------------------------------
+
+
+def _sums_single(target: str, operands, threads: int):
+  channels = jax.ShapeDtypeStruct((operands[0].shape[-1],), operands[0].dtype)
+  return tuple(jax.ffi.ffi_call(_TARGETS[target], (channels, channels))(
+      *operands, threads=np.int64(threads)))
+
+
+def _batch_summed(target: str, arrays: int, vectors: int):
+  """`target`'s two per-channel sums of its `arrays` N...C operands (and the
+  `vectors` per-channel operands after them), each device summing its share of
+  the batch, the shares psum'd."""
+
+  def whole(*operands):  # unpartitioned (one device): OpenMP's default threads
+    return _sums_single(target, operands, 0)
+
+  def shardings(mesh, arg_shapes):
+    batch = _batch_axes(arg_shapes[0])
+    by_batch, replicated = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P())
+    return batch, (by_batch,) * arrays + (replicated,) * vectors, (replicated, replicated)
+
+  def infer(mesh, arg_shapes, result_shape):
+    del result_shape
+    return shardings(mesh, arg_shapes)[2]
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    batch, args, results = shardings(mesh, arg_shapes)
+    threads = _threads_per_device(mesh)
+
+    def lowered(*operands):
+      sums = _sums_single(target, operands, threads)
+      return tuple(jax.lax.psum(s, batch) for s in sums) if batch is not None else sums
+
+    return mesh, lowered, results, args
+
+  @functools.cache
+  def for_rank(rank: int):
+    middle = tuple('hwxyz'[:rank - 2])  # the axes between the batch and the channels
+    array = ' '.join(('n', *middle, 'c'))
+    op = custom_partitioning(whole)
+    op.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                     sharding_rule=', '.join([array] * arrays + ['c'] * vectors) + ' -> c, c',
+                     need_replication_factors=(*middle, 'c'), reduction_factors=('n',))
+    return op
+
+  return lambda *operands: for_rank(operands[0].ndim)(*operands)
+
+
+_moments = _batch_summed('moments', arrays=1, vectors=0)
+_gradient_sums = _batch_summed('gradient_sums', arrays=2, vectors=1)
+
+
+@jax.custom_vjp
+def channel_moments(x):
+  """(sum of x, sum of x*x) over every axis but the last, accumulated in double."""
+  return _moments(x)
+
+
+def _moments_forward(x):
+  return _moments(x), x
+
+
+def _moments_backward(x, grads):
+  g_sum, g_sum_squares = grads
+  return (g_sum + 2 * x * g_sum_squares,)
+
+
+channel_moments.defvjp(_moments_forward, _moments_backward)
+
+
+def channel_gradient_sums(g, x, mean):
+  """(sum of g, sum of g * (x - mean)) over every axis but the last, in double:
+  batch norm's bias and scale gradients (not differentiable)."""
+  return _gradient_sums(g, x, mean)

@@ -3,7 +3,11 @@
 // file on first use and calls it from jitted code (cpu_ops.conv_general_dilated).
 //
 // Three handlers, one per pass, so that XLA drops the input gradient where no
-// one uses it (the first layer's) and schedules the passes like its own ops.
+// one uses it (the first layer's) and schedules the passes like its own ops;
+// and for a convolution with a bias and a ReLU (the unnormalised VGGs), a
+// forward pass that adds the bias and applies the ReLU as the convolution
+// writes its output, and a kernel gradient that sums the bias's gradient as
+// it reads the output gradient: two passes over the activations fewer.
 // Activations stay in the caller's layout (oneDNN's kernels read NHWC as it
 // is); kernels are reordered to the layout oneDNN picks, as PyTorch does.
 
@@ -13,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include <omp.h>
 
@@ -51,40 +56,95 @@ struct Convolution {
   memory::desc hwio;  // the kernel as the caller holds it
 };
 
-std::unique_ptr<Convolution> Make(const Geometry& g) {
+// A geometry's memory descriptors and window, as oneDNN's constructors take them.
+struct Shapes {
+  memory::desc src, dst, kernel, hwio;
+  memory::dims strides, pad_l, pad_r;
+};
+
+Shapes ShapesOf(const Geometry& g) {
   auto [n, h, w, in, out, kh, kw, top, bottom, left, right] = g;
   const int64_t oh = h + top + bottom - kh + 1, ow = w + left + right - kw + 1;
-  const memory::desc src({n, in, h, w}, Type::f32, Tag::nhwc);
-  const memory::desc dst({n, out, oh, ow}, Type::f32, Tag::nhwc);
-  const memory::desc kernel({out, in, kh, kw}, Type::f32, Tag::any);
-  const memory::dims strides{1, 1}, pad_l{top, left}, pad_r{bottom, right};
-  const auto direct = dnnl::algorithm::convolution_direct;
-  // Each call brings its own scratchpad: XLA runs one program's shards (one
-  // per device) on several threads at once, through the same primitives.
+  return {memory::desc({n, in, h, w}, Type::f32, Tag::nhwc),
+          memory::desc({n, out, oh, ow}, Type::f32, Tag::nhwc),
+          memory::desc({out, in, kh, kw}, Type::f32, Tag::any),  // oneDNN's choice
+          memory::desc({out, in, kh, kw}, Type::f32, Tag::hwio),
+          {1, 1}, {top, left}, {bottom, right}};
+}
+
+// Each call brings its own scratchpad: XLA runs one program's shards (one per
+// device) on several threads at once, through the same primitives.
+dnnl::primitive_attr OwnScratchpad() {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+constexpr auto kDirect = dnnl::algorithm::convolution_direct;
+
+std::unique_ptr<Convolution> Make(const Geometry& g) {
+  const Shapes s = ShapesOf(g);
   auto c = std::make_unique<Convolution>();
-  c->hwio = memory::desc({out, in, kh, kw}, Type::f32, Tag::hwio);
+  c->hwio = s.hwio;
   c->forward_pd = dnnl::convolution_forward::primitive_desc(
-      Engine(), dnnl::prop_kind::forward_training, direct, src, kernel, dst, strides, pad_l,
-      pad_r, attr);
+      Engine(), dnnl::prop_kind::forward_training, kDirect, s.src, s.kernel, s.dst, s.strides,
+      s.pad_l, s.pad_r, OwnScratchpad());
   c->forward = dnnl::convolution_forward(c->forward_pd);
   c->backward_data_pd = dnnl::convolution_backward_data::primitive_desc(
-      Engine(), direct, src, kernel, dst, strides, pad_l, pad_r, c->forward_pd, attr);
+      Engine(), kDirect, s.src, s.kernel, s.dst, s.strides, s.pad_l, s.pad_r, c->forward_pd,
+      OwnScratchpad());
   c->backward_data = dnnl::convolution_backward_data(c->backward_data_pd);
   c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), direct, src, kernel, dst, strides, pad_l, pad_r, c->forward_pd, attr);
+      Engine(), kDirect, s.src, s.kernel, s.dst, s.strides, s.pad_l, s.pad_r, c->forward_pd,
+      OwnScratchpad());
   c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
   return c;
 }
 
-Convolution& Get(const Geometry& g) {
+// The passes that differ for relu(conv(x) + bias): the input gradient is the
+// plain convolution's, of the output gradient masked by the ReLU.
+struct BiasedConvolution {
+  dnnl::convolution_forward::primitive_desc forward_pd;  // + bias, then ReLU
+  dnnl::convolution_forward forward;
+  dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;  // + bias's
+  dnnl::convolution_backward_weights backward_weights;
+  memory::desc hwio;
+};
+
+std::unique_ptr<BiasedConvolution> MakeBiased(const Geometry& g) {
+  const Shapes s = ShapesOf(g);
+  const memory::desc bias({s.dst.get_dims()[1]}, Type::f32, Tag::a);
+  dnnl::primitive_attr with_relu = OwnScratchpad();
+  dnnl::post_ops relu;
+  relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  with_relu.set_post_ops(relu);
+  auto c = std::make_unique<BiasedConvolution>();
+  c->hwio = s.hwio;
+  c->forward_pd = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, kDirect, s.src, s.kernel, bias, s.dst,
+      s.strides, s.pad_l, s.pad_r, with_relu);
+  c->forward = dnnl::convolution_forward(c->forward_pd);
+  c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), kDirect, s.src, s.kernel, bias, s.dst, s.strides, s.pad_l, s.pad_r,
+      c->forward_pd, OwnScratchpad());
+  c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
+  return c;
+}
+
+template <typename Made, std::unique_ptr<Made> (*make)(const Geometry&)>
+Made& Cached(const Geometry& g) {
   static std::mutex mu;
-  static std::map<Geometry, std::unique_ptr<Convolution>> made;
+  static std::map<Geometry, std::unique_ptr<Made>> made;
   std::lock_guard<std::mutex> lock(mu);
   auto& slot = made[g];
-  if (!slot) slot = Make(g);
+  if (!slot) slot = make(g);
   return *slot;
+}
+
+Convolution& Get(const Geometry& g) { return Cached<Convolution, Make>(g); }
+
+BiasedConvolution& GetBiased(const Geometry& g) {
+  return Cached<BiasedConvolution, MakeBiased>(g);
 }
 
 Geometry GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> hwio, int64_t top,
@@ -116,13 +176,46 @@ ffi::Error Run(int64_t threads, Pass pass) {
 }
 
 // The kernel in the layout `wanted`: a reorder into `scratch` unless it is HWIO already.
-memory KernelAs(const memory::desc& wanted, const Convolution& c, void* hwio,
+memory KernelAs(const memory::desc& wanted, const memory::desc& hwio_desc, void* hwio,
                 memory* scratch) {
-  memory given(c.hwio, Engine(), hwio);
-  if (wanted == c.hwio) return given;
+  memory given(hwio_desc, Engine(), hwio);
+  if (wanted == hwio_desc) return given;
   *scratch = memory(wanted, Engine());
   dnnl::reorder(given, *scratch).execute(Stream(), given, *scratch);
   return *scratch;
+}
+
+// A forward pass; without a bias where `bias` is null.
+void Forward(const dnnl::convolution_forward::primitive_desc& pd,
+             const dnnl::convolution_forward& primitive, const memory::desc& hwio, float* x,
+             float* kernel, float* bias, float* y) {
+  memory scratch;
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, memory(pd.src_desc(), Engine(), x)},
+      {DNNL_ARG_WEIGHTS, KernelAs(pd.weights_desc(), hwio, kernel, &scratch)},
+      {DNNL_ARG_DST, memory(pd.dst_desc(), Engine(), y)},
+      {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())}};
+  if (bias) args[DNNL_ARG_BIAS] = memory(pd.bias_desc(), Engine(), bias);
+  primitive.execute(Stream(), args);
+}
+
+// A kernel-gradient pass, written as HWIO; the bias's gradient too unless `dbias` is null.
+void BackwardWeights(const dnnl::convolution_backward_weights::primitive_desc& pd,
+                     const dnnl::convolution_backward_weights& primitive,
+                     const memory::desc& hwio_desc, float* x, float* dy, float* dkernel,
+                     float* dbias) {
+  memory hwio(hwio_desc, Engine(), dkernel);
+  const memory::desc wanted = pd.diff_weights_desc();
+  const bool direct = wanted == hwio_desc;
+  memory diff_weights = direct ? hwio : memory(wanted, Engine());
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, memory(pd.src_desc(), Engine(), x)},
+      {DNNL_ARG_DIFF_DST, memory(pd.diff_dst_desc(), Engine(), dy)},
+      {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+      {DNNL_ARG_SCRATCHPAD, memory(pd.scratchpad_desc(), Engine())}};
+  if (dbias) args[DNNL_ARG_DIFF_BIAS] = memory(pd.diff_bias_desc(), Engine(), dbias);
+  primitive.execute(Stream(), args);
+  if (!direct) dnnl::reorder(diff_weights, hwio).execute(Stream(), diff_weights, hwio);
 }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
@@ -131,15 +224,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), kernel.dimensions(), pad_top, pad_bottom,
                                     pad_left, pad_right));
-    memory src(c.forward_pd.src_desc(), Engine(), x.typed_data());
-    memory dst(c.forward_pd.dst_desc(), Engine(), y->typed_data());
-    memory scratch;
-    memory weights = KernelAs(c.forward_pd.weights_desc(), c, kernel.typed_data(), &scratch);
-    memory scratchpad(c.forward_pd.scratchpad_desc(), Engine());
-    c.forward.execute(Stream(), {{DNNL_ARG_SRC, src},
-                                 {DNNL_ARG_WEIGHTS, weights},
-                                 {DNNL_ARG_DST, dst},
-                                 {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    Forward(c.forward_pd, c.forward, c.hwio, x.typed_data(), kernel.typed_data(), nullptr,
+            y->typed_data());
   });
 }
 
@@ -154,7 +240,7 @@ ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kern
     memory diff_src(c.backward_data_pd.diff_src_desc(), Engine(), dx->typed_data());
     memory scratch;
     memory weights =
-        KernelAs(c.backward_data_pd.weights_desc(), c, kernel.typed_data(), &scratch);
+        KernelAs(c.backward_data_pd.weights_desc(), c.hwio, kernel.typed_data(), &scratch);
     memory scratchpad(c.backward_data_pd.scratchpad_desc(), Engine());
     c.backward_data.execute(Stream(), {{DNNL_ARG_DIFF_DST, diff_dst},
                                        {DNNL_ARG_WEIGHTS, weights},
@@ -170,18 +256,33 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), dkernel->dimensions(), pad_top, pad_bottom,
                                     pad_left, pad_right));
-    memory src(c.backward_weights_pd.src_desc(), Engine(), x.typed_data());
-    memory diff_dst(c.backward_weights_pd.diff_dst_desc(), Engine(), dy.typed_data());
-    memory hwio(c.hwio, Engine(), dkernel->typed_data());
-    const memory::desc wanted = c.backward_weights_pd.diff_weights_desc();
-    const bool direct = wanted == c.hwio;
-    memory diff_weights = direct ? hwio : memory(wanted, Engine());
-    memory scratchpad(c.backward_weights_pd.scratchpad_desc(), Engine());
-    c.backward_weights.execute(Stream(), {{DNNL_ARG_SRC, src},
-                                          {DNNL_ARG_DIFF_DST, diff_dst},
-                                          {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
-                                          {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    if (!direct) dnnl::reorder(diff_weights, hwio).execute(Stream(), diff_weights, hwio);
+    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.typed_data(),
+                    dy.typed_data(), dkernel->typed_data(), nullptr);
+  });
+}
+
+ffi::Error ForwardBiasReluImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                               ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+                               int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                               int64_t pad_right, int64_t threads) {
+  return Run(threads, [&] {
+    BiasedConvolution& c = GetBiased(GeometryOf(x.dimensions(), kernel.dimensions(), pad_top,
+                                                pad_bottom, pad_left, pad_right));
+    Forward(c.forward_pd, c.forward, c.hwio, x.typed_data(), kernel.typed_data(),
+            bias.typed_data(), y->typed_data());
+  });
+}
+
+ffi::Error BackwardWeightsBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                                   ffi::ResultBuffer<ffi::F32> dkernel,
+                                   ffi::ResultBuffer<ffi::F32> dbias, int64_t pad_top,
+                                   int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
+                                   int64_t threads) {
+  return Run(threads, [&] {
+    BiasedConvolution& c = GetBiased(GeometryOf(x.dimensions(), dkernel->dimensions(),
+                                                pad_top, pad_bottom, pad_left, pad_right));
+    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.typed_data(),
+                    dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
   });
 }
 
@@ -201,6 +302,20 @@ ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy
 VGG_JAX_HANDLER(VggJaxConvForward, ForwardImpl);
 VGG_JAX_HANDLER(VggJaxConvBackwardData, BackwardDataImpl);
 VGG_JAX_HANDLER(VggJaxConvBackwardWeights, BackwardWeightsImpl);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBiasReluForward, ForwardBiasReluImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeightsBias, BackwardWeightsBiasImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
 
 // The implementations oneDNN chose for a 3x3 SAME convolution (for logs and
 // benchmarks): e.g. "brgconv:avx512_core".
