@@ -8,8 +8,9 @@ with the fusions on, and the step's gradients about 3x less accurate. Here
 every per-channel sum runs in three short stages (over W, then H, then N), kept
 apart by optimisation barriers so that XLA cannot merge them back into one long
 sum: 1.3e-7 at the same cost. (Measured 2026-12-01 by a one-off script against
-float64 numpy, the setup of tests/test_batch_norm.py, which asserts < 5e-7.) The same holds for the sums of the backward pass
-(the scale's and bias's gradients), through a custom VJP of the normalisation.
+float64 numpy, the setup of tests/test_batch_norm.py, which asserts < 5e-7.) The
+same holds for the sums of the backward pass (the scale's and bias's gradients),
+through a custom VJP of the normalisation.
 
 Where `vgg_jax.onednn`'s library is built (float32 on the CPU), the two sums of
 each pass come from one read of the activations, accumulated in double and

@@ -123,7 +123,8 @@ def build() -> pathlib.Path:
   keeps concurrent processes from building it twice)."""
   library, include = _find_onednn()
   key = hashlib.sha256(b'\0'.join([
-      *(source.read_bytes() for source in SOURCES), ' '.join(_FLAGS).encode(), jax.__version__.encode(),
+      *(source.read_bytes() for source in SOURCES), ' '.join(_FLAGS).encode(),
+      jax.__version__.encode(),
       str(library.resolve()).encode(), str(library.stat().st_size).encode()])).hexdigest()[:16]
   directory = _build_dir()
   directory.mkdir(parents=True, exist_ok=True)
