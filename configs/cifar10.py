@@ -29,7 +29,8 @@ Sizes:
             60 epochs. Expected result and wall time: not yet measured (it
             needs a GPU run).
   twocore   the size of the CIFAR-10 sweeps (experiments/continue_sweeps.py):
-            VGG-D trains in about 15 minutes on a free 2-core CPU. Width 1/4
+            VGG-D trained in about 15 minutes on a free 2-core CPU, 7 min 36 s
+            since 2026-12-04's CPU kernels (experiments/results/retrain/). Width 1/4
             (16..128 channels), FC 128, no dropout, batch 128, 10 epochs,
             SGD with Nesterov momentum 0.9 from 0.1 (one warm-up epoch, then
             cosine), weight decay 5e-4, label smoothing 0.1; evaluations
@@ -46,7 +47,8 @@ Sizes:
             reach: 20 % more epochs (18 min) bought 0.3-1 point, three
             times the epochs (30, 27 min on a 2-core Intel Xeon) 14.8 %
             (experiments/results/pilot_budget/), and the wider net the
-            target needs trains slower still on 2 cores.
+            target needs trains slower still on 2 cores. With the faster
+            kernels 20 epochs fit 15 min (`epochs=20`): 15.7 % (same folder).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured

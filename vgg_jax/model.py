@@ -193,7 +193,9 @@ class VGG(nn.Module):
     weight_init: 'paper' (normal, std 0.01) or 'glorot'.
     dtype: compute dtype; parameters stay float32.
     conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
-      None picks the fastest known for the backend (`cpu_ops.default_conv_fn`).
+      None picks the fastest known for the backend (`cpu_ops.default_conv_fn`; on
+      the CPU in float32, without batch norm, each conv and its ReLU run as one
+      operation, `ConvReLU`). One given is used as it is, with no fusion.
     pool_fn: 2x2 max pooling of an NHWC array; None: `pooling.max_pool_2x2`,
       the fastest on the CPU and the GPU.
   """

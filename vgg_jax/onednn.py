@@ -237,7 +237,7 @@ def _batch_partitioned(single, rule: str, batched: tuple[bool, ...], summed: boo
 
   The operands marked in `batched` are split by their first axis, the others
   are whole on every device; the results are split by the batch too, or, if
-  `summed` (kernel and bias gradients), summed over the batch's shards.
+  `summed` (kernel and bias gradients, channel sums), summed over the batch's shards.
   """
   results = rule.split('->')[1].count(',') + 1
 
@@ -374,59 +374,34 @@ conv_bias_relu.defvjp(_conv_bias_relu_forward, _conv_bias_relu_backward)
 
 # --------------------------------------------------------------------------
 # Batch norm's channel sums (channel_sums.cc), split over the batch and
-# summed over its shards like the kernel gradient.
+# summed over its shards like the kernel gradient (the static `pads` is None).
 # --------------------------------------------------------------------------
 
 
-def _sums_single(target: str, operands, threads: int):
+def _sums_single(target: str, *args):
+  *operands, _, threads = args  # no pads
   channels = jax.ShapeDtypeStruct((operands[0].shape[-1],), operands[0].dtype)
   return tuple(jax.ffi.ffi_call(_TARGETS[target], (channels, channels))(
       *operands, threads=np.int64(threads)))
 
 
-def _batch_summed(target: str, arrays: int, vectors: int):
-  """`target`'s two per-channel sums of its `arrays` N...C operands (and the
-  `vectors` per-channel operands after them), each device summing its share of
-  the batch, the shares psum'd."""
-
-  def whole(*operands):  # unpartitioned (one device): OpenMP's default threads
-    return _sums_single(target, operands, 0)
-
-  def shardings(mesh, arg_shapes):
-    batch = _batch_axes(arg_shapes[0])
-    by_batch, replicated = NamedSharding(mesh, P(batch)), NamedSharding(mesh, P())
-    return batch, (by_batch,) * arrays + (replicated,) * vectors, (replicated, replicated)
-
-  def infer(mesh, arg_shapes, result_shape):
-    del result_shape
-    return shardings(mesh, arg_shapes)[2]
-
-  def partition(mesh, arg_shapes, result_shape):
-    del result_shape
-    batch, args, results = shardings(mesh, arg_shapes)
-    threads = _threads_per_device(mesh)
-
-    def lowered(*operands):
-      sums = _sums_single(target, operands, threads)
-      return tuple(jax.lax.psum(s, batch) for s in sums) if batch is not None else sums
-
-    return mesh, lowered, results, args
-
-  @functools.cache
-  def for_rank(rank: int):
-    middle = tuple('hwxyz'[:rank - 2])  # the axes between the batch and the channels
-    array = ' '.join(('n', *middle, 'c'))
-    op = custom_partitioning(whole)
-    op.def_partition(partition=partition, infer_sharding_from_operands=infer,
-                     sharding_rule=', '.join([array] * arrays + ['c'] * vectors) + ' -> c, c',
-                     need_replication_factors=(*middle, 'c'), reduction_factors=('n',))
-    return op
-
-  return lambda *operands: for_rank(operands[0].ndim)(*operands)
+@functools.cache
+def _batch_summed(target: str, rank: int, arrays: int, vectors: int):
+  """`target`'s two per-channel sums of its `arrays` operands of rank `rank`
+  (N...C), and the `vectors` per-channel operands after them, each device
+  summing its share of the batch, the shares psum'd."""
+  array = ' '.join(('n', *'hwxyz'[:rank - 2], 'c'))
+  rule = ', '.join([array] * arrays + ['c'] * vectors) + ' -> c, c'
+  return _batch_partitioned(functools.partial(_sums_single, target), rule,
+                            (True,) * arrays + (False,) * vectors, summed=True)
 
 
-_moments = _batch_summed('moments', arrays=1, vectors=0)
-_gradient_sums = _batch_summed('gradient_sums', arrays=2, vectors=1)
+def _moments(x):
+  return _batch_summed('moments', x.ndim, 1, 0)(x, None)
+
+
+def _gradient_sums(g, x, mean):
+  return _batch_summed('gradient_sums', x.ndim, 2, 1)(g, x, mean, None)
 
 
 @jax.custom_vjp
