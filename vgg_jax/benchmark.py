@@ -11,8 +11,8 @@ before its clock starts. A rate is the median of `--windows` timed windows of
 windows take turns, so both see the same background load.
 
 * train: the real training step (`train.compile_train_step`: SGD with momentum
-  and weight decay, donated state, the batch split across `--devices`) on a
-  batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
+  and weight decay, the state donated on accelerators, the batch split across
+  `--devices`) on a batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
   compiled step, and the model's own count (3 x the forward pass's 2 x MACs,
   from `summary.layer_table`), which is what MFU uses.
 * peak: a square matmul in the compute dtype on one device, measured in the same
