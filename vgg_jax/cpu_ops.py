@@ -75,6 +75,12 @@ def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
   return given == canonical
 
 
+def _onednn_takes(pads, *operands) -> bool:
+  """Whether oneDNN convolves these: float32, non-negative pads, the library built."""
+  return (all(a.dtype == jnp.float32 for a in operands) and min(min(p) for p in pads) >= 0
+          and onednn.available())
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1, precision=None,
@@ -95,8 +101,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
   pads = _pads(padding, (height, width), kernel_hw)
-  if (lhs.dtype == rhs.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
-      and onednn.available()):
+  if _onednn_takes(pads, lhs, rhs):
     return onednn.conv(lhs, rhs, pads)
   if height < kernel_hw[0] or width < kernel_hw[1]:
     return patches_conv(lhs, rhs, pads, precision)
@@ -109,8 +114,7 @@ def conv_bias_relu(lhs, rhs, bias, padding):
   oneDNN call each way (`onednn.conv_bias_relu`, two passes over the
   activations fewer), else `conv_general_dilated`, the bias and the ReLU."""
   pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2])
-  if (lhs.dtype == rhs.dtype == bias.dtype == jnp.float32 and min(min(p) for p in pads) >= 0
-      and onednn.available()):
+  if _onednn_takes(pads, lhs, rhs, bias):
     return onednn.conv_bias_relu(lhs, rhs, bias, pads)
   out = conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT)
   return jax.nn.relu(out + bias)
