@@ -4,8 +4,10 @@ Everything runs on the 'tiny' vgg_shapes config (built once per session in a
 temporary directory) and on small image folders the tests write themselves.
 """
 
+import collections
 import concurrent.futures
 import hashlib
+import math
 import os
 import pathlib
 import subprocess
@@ -141,8 +143,14 @@ def random_image(h, w, seed=0):
 # checked against; the library itself never takes them separately.
 
 
-def random_crop(image, size, rng):
-  top, left = transforms.random_crop_offsets(*image.shape[:2], size, rng)
+def uniforms(seed, n=None):
+  shape = (transforms.UNIFORMS_PER_VIEW,) if n is None else (n, transforms.UNIFORMS_PER_VIEW)
+  return np.random.default_rng(seed).random(shape)
+
+
+def random_crop(image, size, u_top, u_left):
+  h, w = image.shape[:2]
+  top, left = transforms.draw_crop(h, w, min(h, w), size, u_top, u_left)
   return transforms.crop(image, top, left, size)
 
 
@@ -187,20 +195,27 @@ def test_crops():
   image = random_image(40, 60)
   np.testing.assert_array_equal(transforms.crop(image, 3, 5, 32), image[3:35, 5:37])
   np.testing.assert_array_equal(transforms.centre_crop(image, 32), image[4:36, 14:46])
-  for seed in range(20):
-    out = random_crop(image, 32, np.random.default_rng(seed))
+  for u in uniforms(0, 20):
+    out = random_crop(image, 32, u[transforms.TOP], u[transforms.LEFT])
     assert out.shape == (32, 32, 3)
+  # The extremes of [0, 1): the first and the last offset.
+  np.testing.assert_array_equal(random_crop(image, 32, 0.0, 0.0), image[:32, :32])
+  np.testing.assert_array_equal(random_crop(image, 32, 1 - 2**-53, 1 - 2**-53), image[8:, 28:])
   with pytest.raises(ValueError, match='does not fit'):
     transforms.crop(image, 10, 0, 32)
   with pytest.raises(ValueError, match='scale must be at least the crop size'):
-    random_crop(image, 41, np.random.default_rng(0))
+    random_crop(image, 41, 0.5, 0.5)
 
 
 def test_random_crop_reaches_every_offset():
   image = np.arange(6 * 6).reshape(6, 6, 1).repeat(3, -1).astype(np.uint8)
-  rng = np.random.default_rng(0)
-  corners = {int(random_crop(image, 4, rng)[0, 0, 0]) for _ in range(300)}
-  assert corners == {r * 6 + c for r in range(3) for c in range(3)}
+  corners = [int(random_crop(image, 4, *u[1:3])[0, 0, 0]) for u in uniforms(0, 900)]
+  counts = collections.Counter(corners)
+  assert set(counts) == {r * 6 + c for r in range(3) for c in range(3)}
+  assert min(counts.values()) > 70  # 100 expected for each of 9
+  # Uniform over the integers: the bins of [0, 1) have equal widths.
+  np.testing.assert_array_equal(transforms.uniform_integers(np.arange(12) / 12, 3),
+                                [0] * 4 + [1] * 4 + [2] * 4)
 
 
 def test_flip_is_an_exact_mirror():
@@ -299,11 +314,27 @@ def test_subtract_mean():
 
 
 def test_scale_sampling():
-  rng = np.random.default_rng(0)
-  assert transforms.sample_scale(256, rng) == 256
-  assert transforms.sample_scale((384, 384), rng) == 384
-  draws = {transforms.sample_scale((32, 35), rng) for _ in range(200)}
-  assert draws == {32, 33, 34, 35}
+  u = uniforms(0, 200)[:, transforms.SCALE]
+  assert set(transforms.draw_scales(256, u).tolist()) == {256}
+  assert set(transforms.draw_scales((384, 384), u).tolist()) == {384}
+  assert set(transforms.draw_scales((32, 35), u).tolist()) == {32, 33, 34, 35}
+  np.testing.assert_array_equal(transforms.draw_scales((256, 512), [0.0, 0.5, 1 - 2**-53]),
+                                [256, 384, 512])
+
+
+def test_normals_are_standard_and_independent():
+  normals = transforms.standard_normals(uniforms(3, 50_000)[:, :4])
+  assert normals.shape == (50_000, 4)
+  # 50,000 draws: the mean's standard error is 0.0045, the variance's 0.0063.
+  np.testing.assert_allclose(normals.mean(0), 0, atol=0.02)
+  np.testing.assert_allclose(normals.var(0), 1, atol=0.03)
+  np.testing.assert_allclose(np.corrcoef(normals.T), np.eye(4), atol=0.02)
+  assert np.mean(np.abs(normals) > 1.96) == pytest.approx(0.05, abs=0.004)
+  alphas = transforms.draw_alphas(uniforms(4, 20_000)[:, transforms.ALPHAS], 0.1)
+  assert alphas.shape == (20_000, 3)
+  np.testing.assert_allclose(alphas.std(0), 0.1, rtol=0.03)
+  np.testing.assert_array_equal(transforms.draw_alphas(uniforms(4, 5)[:, 4:], 0.0),
+                                np.zeros((5, 3)))
 
 
 def test_train_view_without_geometry_is_image_or_mirror_minus_mean():
@@ -312,7 +343,7 @@ def test_train_view_without_geometry_is_image_or_mirror_minus_mean():
   mean = (10.0, 20.0, 30.0)
   seen = set()
   for seed in range(20):
-    crop, offset = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+    crop, offset = transforms.train_view(image, uniforms(seed), image_size=32,
                                          scale=32, color_shift=0.0, mean_rgb=mean)
     assert crop.dtype == np.uint8 and crop.shape == (32, 32, 3)
     np.testing.assert_array_equal(offset, -np.float32(mean))
@@ -323,12 +354,12 @@ def test_train_view_without_geometry_is_image_or_mirror_minus_mean():
   assert seen == {True, False}
 
 
-def test_train_view_is_determined_by_the_generator():
+def test_train_view_is_determined_by_the_uniforms():
   image = random_image(64, 80)
   kw = dict(image_size=32, scale=48, color_shift=0.1, mean_rgb=(0, 0, 0))
-  a = transforms.train_view(image, np.random.default_rng(5), **kw)
-  b = transforms.train_view(image, np.random.default_rng(5), **kw)
-  c = transforms.train_view(image, np.random.default_rng(6), **kw)
+  a = transforms.train_view(image, uniforms(5), **kw)
+  b = transforms.train_view(image, uniforms(5), **kw)
+  c = transforms.train_view(image, uniforms(6), **kw)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a[0], c[0]) or not np.array_equal(a[1], c[1])
@@ -345,14 +376,19 @@ def test_train_view_is_the_composition_of_the_paper_steps():
   mean = (120.0, 110.0, 100.0)
   # Down- and upsampling, and no resampling at all (S = 70 is the image's side).
   for seed, scale in zip(range(6), (40, 40, 70, 100, 100, 33)):
-    crop, offset = transforms.train_view(image, np.random.default_rng(seed), image_size=32,
-                                         scale=scale, color_shift=0.1, mean_rgb=mean)
+    u = uniforms(seed)
+    crop, offset = transforms.train_view(image, u, image_size=32, scale=scale,
+                                         color_shift=0.1, mean_rgb=mean)
     out = crop.astype(np.float32) + offset
-    rng = np.random.default_rng(seed)
-    expected = random_crop(transforms.rescale(image, scale), 32, rng)
-    if rng.random() < 0.5:
+    expected = random_crop(transforms.rescale(image, scale), 32, u[1], u[2])
+    if u[3] < 0.5:
       expected = transforms.flip(expected)
-    expected = pca_colour_shift(expected.astype(np.float32), rng.normal(0.0, 0.1, 3))
+    # Box-Muller by hand: radius from the first of each pair, angle from the second.
+    radius = [math.sqrt(-2 * math.log(1 - u[i])) for i in (4, 6)]
+    normals = [radius[0] * math.cos(2 * math.pi * u[5]),
+               radius[0] * math.sin(2 * math.pi * u[5]),
+               radius[1] * math.cos(2 * math.pi * u[7])]
+    expected = pca_colour_shift(expected.astype(np.float32), 0.1 * np.array(normals))
     expected = subtract_mean(expected, mean)
     assert_within_one_grey_level(out, expected)
 
@@ -395,7 +431,7 @@ def test_train_view_of_the_decoded_pillow_image_equals_that_of_the_array(tmp_pat
     img.save(tmp_path / name)
     for seed, scale in enumerate((32, 40, 48, 70)):
       path = str(tmp_path / name)
-      views = [transforms.train_view(image, np.random.default_rng(seed), image_size=32,
+      views = [transforms.train_view(image, uniforms(seed), image_size=32,
                                      scale=scale, color_shift=0.1, mean_rgb=(1, 2, 3))
                for image in (transforms.decode(path, min_side=scale),
                              np.asarray(transforms.decode_view(path, min_side=scale)),
@@ -512,8 +548,8 @@ def test_the_step_makes_the_float_pixels_the_host_made_before_bit_for_bit(cfg):
 
 def test_each_row_is_its_positions_example_and_augmentation(cfg):
   """The stream as the module defines it, row by row: the example at position g
-  (`example_at`) seen through `transforms.train_view` with the generator
-  `default_rng([seed, 1, g])`, which the pipeline seeds for a whole batch at once."""
+  (`example_at`) seen through `transforms.train_view` with position g's uniforms,
+  which the pipeline draws for a whole batch at once."""
   source = data.open_split(cfg, 'train')
   for start_step, process_index in ((0, 0), (9, 1)):
     batch = next(data.train_batches(cfg, global_batch_size=16, seed=7, start_step=start_step,
@@ -522,9 +558,9 @@ def test_each_row_is_its_positions_example_and_augmentation(cfg):
       g = pipeline.train_position(row, start_step=start_step, global_batch_size=16,
                                   process_index=process_index, process_count=2)
       encoded, label = source[pipeline.example_at(g, seed=7, num_examples=TINY_TRAIN)]
-      rng = np.random.default_rng([7, 1, g])
-      scale = transforms.sample_scale(cfg.train_scale, rng)
-      crop, offset = transforms.train_view(transforms.decode(encoded, min_side=scale), rng,
+      u = pipeline.augmentation_uniforms(7, range(g, g + 1))[0]
+      scale = int(transforms.draw_scales(cfg.train_scale, u[transforms.SCALE]))
+      crop, offset = transforms.train_view(transforms.decode(encoded, min_side=scale), u,
                                            image_size=32, scale=scale,
                                            color_shift=cfg.color_shift, mean_rgb=cfg.mean_rgb)
       np.testing.assert_array_equal(batch['image'][row], crop)
@@ -532,16 +568,29 @@ def test_each_row_is_its_positions_example_and_augmentation(cfg):
       assert batch['label'][row] == label
 
 
-@pytest.mark.parametrize('seed, first', [(0, 0), (12345, 987654), (2**32 - 1, 2**32 - 5),
-                                         (3, 2**32 - 2), (2**32, 0)])
-def test_batch_seeded_generators_are_numpys(seed, first):
-  """Past 32 bits (the last two cases) numpy's own seeding is used."""
-  positions = range(first, first + 4)
-  for g, rng in zip(positions, pipeline.augmentation_rngs(seed, positions)):
-    want = np.random.default_rng([seed, 1, g])
-    assert rng.bit_generator.state == want.bit_generator.state
-    assert rng.integers(0, 1000, 3).tolist() == want.integers(0, 1000, 3).tolist()
-    assert rng.normal(0.0, 1.0, 3).tolist() == want.normal(0.0, 1.0, 3).tolist()
+def test_splitmix64_is_the_published_generator():
+  """Vigna's splitmix64.c seeded with 1234567 (the sequence Rosetta Code lists),
+  and any output reached directly."""
+  first = [6457827717110365317, 3203168211198807973, 9817491932198370423,
+           4593380528125082431, 16408922859458223821]
+  assert pipeline.splitmix64(1234567, np.arange(5, dtype=np.uint64)).tolist() == first
+  assert pipeline.splitmix64(1234567, np.array([3, 1], np.uint64)).tolist() == first[3:0:-2]
+
+
+def test_augmentation_uniforms_depend_on_seed_and_position_alone():
+  whole = pipeline.augmentation_uniforms(5, range(100, 164))
+  assert whole.shape == (64, transforms.UNIFORMS_PER_VIEW) and whole.dtype == np.float64
+  assert 0 <= whole.min() and whole.max() < 1
+  # The same rows however the positions are split (batches, processes, a resume).
+  np.testing.assert_array_equal(pipeline.augmentation_uniforms(5, range(130, 140)),
+                                whole[30:40])
+  # Another seed, another stream; the uniforms are uniform.
+  other = pipeline.augmentation_uniforms(6, range(100, 164))
+  assert not np.any(whole == other)
+  many = pipeline.augmentation_uniforms(0, range(0, 20_000)).ravel()
+  assert np.histogram(many, bins=10, range=(0, 1))[0].min() > 15_000  # 16,000 each expected
+  with pytest.raises(ValueError, match='seed=-1 must be in'):
+    pipeline.augmentation_uniforms(-1, range(0, 4))
 
 
 def test_same_seed_same_stream_other_seed_other_stream(cfg):

@@ -5,7 +5,8 @@ The training stream is defined by arithmetic, not by the state of a reader:
   * global example position g = step * global_batch_size + row;
   * epoch e = g // N and slot g % N; the example at that slot is entry g % N of
     a fresh permutation of the N training examples seeded by (seed, e);
-  * its augmentation (scale, crop, flip, lighting) is seeded by (seed, g);
+  * its augmentation (scale, crop, flip, lighting) comes from eight uniforms,
+    outputs 8g .. 8g+7 of a counter-based generator keyed by the seed;
   * process p of P receives rows [p*B/P, (p+1)*B/P) of each global batch.
 
 So the global batch at step t is a pure function of (seed, t, cfg), the
@@ -64,83 +65,57 @@ def train_position(k: int, *, start_step: int, global_batch_size: int,
   return (start_step + step) * global_batch_size + process_index * local + row
 
 
+def examples_at(positions: range, *, seed: int, num_examples: int,
+                shuffle: bool = True) -> np.ndarray:
+  """Indices of the training examples at global stream positions `positions`."""
+  epochs, slots = np.divmod(np.arange(positions.start, positions.stop, dtype=np.int64),
+                            num_examples)
+  if not shuffle:
+    return slots
+  indices = np.empty_like(slots)
+  for epoch in np.unique(epochs).tolist():  # a batch spans one epoch or two
+    here = epochs == epoch
+    indices[here] = epoch_permutation(seed, epoch, num_examples)[slots[here]]
+  return indices
+
+
 def example_at(g: int, *, seed: int, num_examples: int, shuffle: bool = True) -> int:
   """Index of the training example at global stream position g."""
-  epoch, slot = divmod(g, num_examples)
-  if not shuffle:
-    return slot
-  return int(epoch_permutation(seed, epoch, num_examples)[slot])
+  return int(examples_at(range(g, g + 1), seed=seed, num_examples=num_examples,
+                         shuffle=shuffle)[0])
 
 
-def augmentation_rngs(seed: int, positions: range) -> Iterator[np.random.Generator]:
-  """For each position g, a generator in the state of
-  `np.random.default_rng([seed, _AUGMENTATION, g])`, valid until the next is drawn
-  (it is one generator, re-seeded).
+# SplitMix64 (Steele, Lea and Flood 2014; Vigna's splitmix64.c): output n of the
+# stream seeded with x is mix(x + (n + 1) * _GAMMA), any n at once.
+_GAMMA = 0x9E3779B97F4A7C15
 
-  Constructing a generator costs 8 us, a tenth of a CIFAR-10 image's pipeline;
-  numpy's seeding arithmetic (SeedSequence, then PCG64's), done here for the
-  whole batch at once, gives the same states in 2 (tests/test_data.py compares
-  them). Numbers past 32 bits, which SeedSequence reads as several words, take
-  numpy's own path.
+
+def splitmix64(seed: int, outputs: np.ndarray) -> np.ndarray:
+  """uint64: outputs number `outputs` (uint64 array) of SplitMix64 seeded with `seed`."""
+  with np.errstate(over='ignore'):  # uint64 arithmetic wraps, as in C
+    z = np.uint64(seed) + (outputs + np.uint64(1)) * np.uint64(_GAMMA)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def augmentation_uniforms(seed: int, positions: range) -> np.ndarray:
+  """float64 [len(positions), UNIFORMS_PER_VIEW] in [0, 1): the uniforms that
+  `transforms.train_view` turns into position g's augmentation.
+
+  Counter-based, so a batch's come in a few array operations (a numpy generator
+  seeded per position cost ~20 us of a CIFAR-10 image's ~75): row g holds
+  outputs 8g .. 8g+7 of the SplitMix64 stream whose seed is the first output of
+  SplitMix64 seeded with `seed` + the augmentation tag, each output's top 53 bits
+  as a fraction.
   """
-  if not (0 <= seed < 2**32 and 0 <= positions.start and positions.stop <= 2**32):
-    for g in positions:
-      yield np.random.default_rng([seed, _AUGMENTATION, g])
-    return
-  words = np.empty((len(positions), 3), np.uint32)
-  words[:] = seed, _AUGMENTATION, 0
-  words[:, 2] = positions
-  bit_generator = np.random.PCG64(0)
-  rng = np.random.Generator(bit_generator)
-  for state, inc in _pcg64_states(words):
-    bit_generator.state = {'bit_generator': 'PCG64', 'state': {'state': state, 'inc': inc},
-                           'has_uint32': 0, 'uinteger': 0}
-    yield rng
-
-
-# numpy's constants (numpy/random/bit_generator.pyx, pcg64.h).
-_MASK32 = 0xFFFFFFFF
-_INIT_A, _MULT_A, _INIT_B, _MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_MIX_MULT_L, _MIX_MULT_R = 0xCA01F9DD, 0x4973F715
-_PCG64_MULT = 0x2360ED051FC65DA44385DF649FCCF645
-_MASK128 = (1 << 128) - 1
-
-
-def _pcg64_states(words: np.ndarray) -> list[tuple[int, int]]:
-  """(state, inc) of PCG64(SeedSequence(row)) for each row of uint32 [n, 3] words:
-  SeedSequence's pool of 4 words (mix_entropy), 8 words of generate_state, and
-  PCG64's srandom, vectorised over the rows."""
-  hash_a = _INIT_A
-
-  def hashmix(value):
-    nonlocal hash_a
-    value = value ^ np.uint32(hash_a)
-    hash_a = (hash_a * _MULT_A) & _MASK32
-    value = value * np.uint32(hash_a)
-    return value ^ (value >> np.uint32(16))
-
-  with np.errstate(over='ignore'):  # uint32 arithmetic wraps, as in C
-    pool = [hashmix(words[:, i]) for i in range(3)]
-    pool.append(hashmix(np.zeros(len(words), np.uint32)))
-    for src in range(4):
-      for dst in range(4):
-        if src != dst:
-          mixed = np.uint32(_MIX_MULT_L) * pool[dst] - np.uint32(_MIX_MULT_R) * hashmix(pool[src])
-          pool[dst] = mixed ^ (mixed >> np.uint32(16))
-    hash_b, state_words = _INIT_B, []
-    for i in range(8):
-      value = pool[i % 4] ^ np.uint32(hash_b)
-      hash_b = (hash_b * _MULT_B) & _MASK32
-      value = value * np.uint32(hash_b)
-      state_words.append((value ^ (value >> np.uint32(16))).astype(np.uint64))
-  seed_hi, seed_lo, inc_hi, inc_lo = (
-      (state_words[2 * j] | (state_words[2 * j + 1] << np.uint64(32))).tolist() for j in range(4))
-  states = []
-  for a, b, c, d in zip(seed_hi, seed_lo, inc_hi, inc_lo):
-    # pcg_setseq_128_srandom_r: state 0, step, add the seed, step.
-    inc = ((((c << 64) | d) << 1) | 1) & _MASK128
-    states.append((((((a << 64) | b) + inc) * _PCG64_MULT + inc) & _MASK128, inc))
-  return states
+  if not 0 <= seed < 2**63:
+    raise ValueError(f'seed={seed} must be in [0, 2**63): choose a seed in that range')
+  key = int(splitmix64((seed << 1) | _AUGMENTATION, np.zeros(1, np.uint64))[0])
+  width = transforms.UNIFORMS_PER_VIEW
+  outputs = np.arange(positions.start * width, positions.stop * width, dtype=np.uint64)
+  words = splitmix64(key, outputs).reshape(len(positions), width)
+  return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 # --------------------------------------------------------------------------
@@ -233,11 +208,11 @@ def pipeline_niceness(cfg) -> int:
 class _TrainBatch:
   """Batch number b of this process's stream -> dict(image, offset, label), built
   whole: each row's example and augmentation come from its stream position g as
-  `example_at` and `transforms.train_view` define them, written straight into the
-  batch's arrays, with the generators seeded for the batch at once and small
-  images' crops resampled in groups. On 32x32 images a per-example map with its
-  dict and stacking, a generator built per image and Pillow called per crop
-  cost more than the decoding (experiments/PERFORMANCE.md)."""
+  `examples_at`, `augmentation_uniforms` and `transforms.train_view` define them,
+  written straight into the batch's arrays, with the batch's random draws made at
+  once and small images' crops resampled in groups. On 32x32 images a per-example
+  map with its dict and stacking, a generator per image and Pillow called per
+  crop cost more than the decoding (experiments/PERFORMANCE.md)."""
 
   def __init__(self, source, cfg, *, seed, start_step, global_batch_size,
                process_index, process_count, kept_bytes=0):
@@ -264,23 +239,27 @@ class _TrainBatch:
     yield_to_the_step(self.niceness)
     size = self.image_size
     images = np.empty((self.local, size, size, 3), np.uint8)
-    offsets = np.empty((self.local, 3), np.float32)
     labels = np.empty(self.local, np.int32)
-    crops = transforms.GroupedCrops(images)
     positions = self.positions(batch)
-    rngs = augmentation_rngs(self.seed, positions)
-    for row, (g, rng) in enumerate(zip(positions, rngs)):
-      index = example_at(g, seed=self.seed, num_examples=self.num_examples,
-                         shuffle=self.shuffle)
-      scale = transforms.sample_scale(self.scale_range, rng)
+    uniforms = augmentation_uniforms(self.seed, positions)
+    indices = examples_at(positions, seed=self.seed, num_examples=self.num_examples,
+                          shuffle=self.shuffle)
+    scales = transforms.draw_scales(self.scale_range, uniforms[:, transforms.SCALE])
+    mirrored = uniforms[:, transforms.MIRROR] < 0.5
+    # Each image is decoded, placed and given to `crops` before the next is read:
+    # a batch's decoded photographs are never held at once.
+    crops = transforms.GroupedCrops(images)
+    for row, (index, scale, u_top, u_left, mirror) in enumerate(zip(
+        indices.tolist(), scales.tolist(), uniforms[:, transforms.TOP].tolist(),
+        uniforms[:, transforms.LEFT].tolist(), mirrored.tolist())):
       image, labels[row] = self.decoded(index, scale)
-      top, left, mirrored, alphas = transforms.train_draws(
-          *transforms.height_width(image), rng, image_size=size, scale=scale,
-          color_shift=self.color_shift)
-      offsets[row] = transforms.colour_offset(alphas, self.mean_rgb)
-      crops.add(row, transforms.CropView(image, scale, top, left, mirrored))
+      top, left = transforms.draw_crop(*transforms.height_width(image), scale, size,
+                                       u_top, u_left)
+      crops.add(row, transforms.CropView(image, scale, top, left, mirror))
     crops.finish()
-    return dict(image=images, offset=offsets, label=labels)
+    alphas = transforms.draw_alphas(uniforms[:, transforms.ALPHAS], self.color_shift)
+    return dict(image=images, offset=transforms.colour_offset(alphas, self.mean_rgb),
+                label=labels)
 
 
 def decode_threads(cfg) -> int:

@@ -9,9 +9,10 @@ multi-crop protocols reuse `rescale`, `crop` and `flip` on their own.
 Images are HxWx3 arrays (or, decoded for training, the Pillow image that
 `decode_view` may return): uint8 RGB in 0..255 until they are cast to float32 for
 the colour shift, then float32 in the same 0..255 units (the paper's pixels,
-hence its mean-RGB values). Every random choice comes from an explicit
-`np.random.Generator`, so a pipeline can make each example's augmentation a
-function of (seed, position in the stream).
+hence its mean-RGB values). Every random choice is made from explicit uniforms in
+[0, 1) (`UNIFORMS_PER_VIEW` per training view), so a pipeline can make each
+example's augmentation a function of (seed, position in the stream) and draw a
+whole batch's at once.
 """
 
 from __future__ import annotations
@@ -205,27 +206,9 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
   return crop(image, (h - size) // 2, (w - size) // 2, size)
 
 
-def random_crop_offsets(height: int, width: int, size: int,
-                        rng: np.random.Generator) -> tuple[int, int]:
-  """(top, left) of a uniformly random size x size window: top drawn first."""
-  if min(height, width) < size:
-    raise ValueError(f'cannot take a {size}x{size} crop of a {height}x{width} '
-                     'image: the scale must be at least the crop size')
-  top = int(rng.integers(0, height - size + 1))
-  left = int(rng.integers(0, width - size + 1))
-  return top, left
-
-
 def flip(image: np.ndarray) -> np.ndarray:
   """Horizontal (left-right) mirror image."""
   return image[:, ::-1]
-
-
-def sample_scale(scale_range: Union[int, Sequence[int]],
-                 rng: np.random.Generator) -> int:
-  """S for one image: fixed, or uniform over the integers in [S_min, S_max]."""
-  lo, hi = scale_bounds(scale_range)
-  return lo if lo == hi else int(rng.integers(lo, hi + 1))
 
 
 def scale_bounds(scale_range: Union[int, Sequence[int]]) -> tuple[int, int]:
@@ -239,18 +222,79 @@ def scale_bounds(scale_range: Union[int, Sequence[int]]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------
+# Random draws, from uniforms in [0, 1).
+# --------------------------------------------------------------------------
+
+# A training view's uniforms, by column: S, the crop's top and left, the mirror,
+# and four for the three lighting alphas (two Box-Muller pairs).
+UNIFORMS_PER_VIEW = 8
+SCALE, TOP, LEFT, MIRROR = 0, 1, 2, 3
+ALPHAS = slice(4, 8)
+
+
+def uniform_integers(u, count) -> np.ndarray:
+  """Integers uniform over [0, count) from uniforms u (arrays broadcast). In
+  float64, u < 1 gives u * count < count for every count below 2^52."""
+  return np.floor(np.asarray(u) * count).astype(np.int64)
+
+
+def draw_scales(scale_range: Union[int, Sequence[int]], u) -> np.ndarray:
+  """S per image from its uniform: fixed, or uniform over the integers in [S_min, S_max]."""
+  lo, hi = scale_bounds(scale_range)
+  return lo + uniform_integers(u, hi - lo + 1)
+
+
+def draw_crop(height: int, width: int, scale: int, size: int, u_top: float,
+              u_left: float) -> tuple[int, int]:
+  """(top, left) of a uniformly random size x size window of a height x width
+  image rescaled to S = `scale`."""
+  new_h, new_w = rescaled_size(height, width, scale)
+  if min(new_h, new_w) < size:
+    raise ValueError(f'cannot take a {size}x{size} crop of a {new_h}x{new_w} '
+                     'image: the scale must be at least the crop size')
+  return int(u_top * (new_h - size + 1)), int(u_left * (new_w - size + 1))
+
+
+def standard_normals(u: np.ndarray) -> np.ndarray:
+  """[..., 2k] uniforms -> [..., 2k] independent standard normals (Box-Muller,
+  pairs of columns). numpy's log and cos may round the last of float64's bits
+  differently on another CPU; float32 offsets almost never see it."""
+  u = np.asarray(u, np.float64)
+  radius = np.sqrt(-2.0 * np.log1p(-u[..., 0::2]))  # 1 - u > 0: never log(0)
+  angle = 2.0 * np.pi * u[..., 1::2]
+  normals = np.empty_like(u)
+  normals[..., 0::2] = radius * np.cos(angle)
+  normals[..., 1::2] = radius * np.sin(angle)
+  return normals
+
+
+def draw_alphas(u: np.ndarray, color_shift: float) -> np.ndarray:
+  """[..., 3] lighting alphas, normal with standard deviation `color_shift`, from
+  the [..., 4] uniforms of `ALPHAS`."""
+  if color_shift == 0:
+    return np.zeros(np.shape(u)[:-1] + (3,))
+  return standard_normals(u)[..., :3] * color_shift
+
+
+# --------------------------------------------------------------------------
 # Colour.
 # --------------------------------------------------------------------------
 
 
 def pca_colour_offset(alphas: np.ndarray, pixel_scale: float = 255.0) -> np.ndarray:
-  """The RGB offset of AlexNet's lighting noise: EIGVEC @ (alphas * EIGVAL).
+  """The RGB offset of AlexNet's lighting noise: EIGVEC @ (alphas * EIGVAL), for
+  [3] alphas or a batch of them.
 
   The eigen-decomposition is for pixels in [0, 1]; `pixel_scale` converts the
   offset to the image's units (255 for 0..255 pixels).
   """
-  alphas = np.asarray(alphas, np.float32)
-  return (EIGVEC @ (alphas * EIGVAL)) * np.float32(pixel_scale)
+  weights = np.asarray(alphas, np.float32) * EIGVAL  # [..., 3]
+  # Summed term by term, not by a matmul: a row's offset is the same bits in
+  # any batch (BLAS rounds by the batch's shape).
+  offset = weights[..., :1] * EIGVEC[:, 0]
+  offset = offset + weights[..., 1:2] * EIGVEC[:, 1]
+  offset = offset + weights[..., 2:3] * EIGVEC[:, 2]
+  return offset * np.float32(pixel_scale)
 
 
 # --------------------------------------------------------------------------
@@ -418,18 +462,7 @@ def _by(views, members, field):
   return groups
 
 
-def train_draws(height: int, width: int, rng: np.random.Generator, *, image_size: int,
-                scale: int, color_shift: float) -> tuple[int, int, bool, np.ndarray]:
-  """`train_view`'s random choices for a height x width image at scale S: the
-  crop's (top, left), whether it is mirrored, and the three lighting alphas,
-  drawn from `rng` in that order."""
-  top, left = random_crop_offsets(*rescaled_size(height, width, scale), image_size, rng)
-  mirrored = rng.random() < 0.5
-  alphas = rng.normal(0.0, color_shift, 3) if color_shift > 0 else np.zeros(3)
-  return top, left, mirrored, alphas
-
-
-def train_view(image: Union[np.ndarray, Image.Image], rng: np.random.Generator, *,
+def train_view(image: Union[np.ndarray, Image.Image], uniforms: np.ndarray, *,
                image_size: int, scale: int, color_shift: float,
                mean_rgb: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
   """One augmented training crop: uint8 [image_size, image_size, 3] pixels and the
@@ -441,16 +474,16 @@ def train_view(image: Union[np.ndarray, Image.Image], rng: np.random.Generator, 
   shift, the mean subtracted; tests/test_data.py composes them) to within one
   grey level (see `rescaled_crop`), without resampling the pixels outside the
   crop. Shipping uint8 takes a quarter of float32's bytes and no float work
-  on the host. `scale` is this image's S (from `sample_scale`, drawn first so
-  that decoding can use it); then `train_draws` draws the rest from `rng`.
+  on the host. `scale` is this image's S (`draw_scales` of `uniforms[SCALE]`,
+  drawn first so that decoding can use it); the other choices come from the
+  other columns of `uniforms` ([UNIFORMS_PER_VIEW]).
   """
-  top, left, mirrored, alphas = train_draws(*height_width(image), rng, image_size=image_size,
-                                            scale=scale, color_shift=color_shift)
-  crop = rescaled_crop(image, scale, top, left, image_size, mirrored)
-  return crop, colour_offset(alphas, mean_rgb)
+  top, left = draw_crop(*height_width(image), scale, image_size, uniforms[TOP], uniforms[LEFT])
+  crop = rescaled_crop(image, scale, top, left, image_size, uniforms[MIRROR] < 0.5)
+  return crop, colour_offset(draw_alphas(uniforms[ALPHAS], color_shift), mean_rgb)
 
 
 def colour_offset(alphas: np.ndarray, mean_rgb: Sequence[float]) -> np.ndarray:
-  """float32 [3]: the PCA colour shift of `alphas` minus the mean, both being
+  """float32 [..., 3]: the PCA colour shift of `alphas` minus the mean, both being
   per-channel offsets: one add on the device."""
   return pca_colour_offset(alphas) - np.asarray(mean_rgb, np.float32)
