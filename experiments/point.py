@@ -14,6 +14,10 @@ which does the same in every task of the job.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # first: a restart would repeat every import below
+  from vgg_jax import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import os
 import signal
 import sys

@@ -36,6 +36,10 @@ windows take turns, so both see the same background load.
 
 from __future__ import annotations
 
+if __name__ == '__main__':  # first: a restart would repeat every import below
+  from vgg_jax import huge_pages
+  huge_pages.restart_with_huge_pages()
+
 import contextlib
 import json
 import math
@@ -53,8 +57,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import (config_schema, console, cpu_ops, data, onednn, optim, parallel,
-                     pooling, train)
+from vgg_jax import (config_schema, console, cpu_ops, data, huge_pages, onednn, optim,
+                     parallel, pooling, train)
 from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
 
@@ -387,7 +391,8 @@ def prepare_torch(model: VGG, batch_size: int, steps: int,
   # spawn: forking a process that runs XLA's threads is unsafe.
   context = multiprocessing.get_context('spawn')
   conn, child_conn = context.Pipe()
-  with onednn.users_openmp_environment():  # PyTorch's OpenMP as in a script of its own
+  # PyTorch's OpenMP and malloc as in a script of its own.
+  with onednn.users_openmp_environment(), huge_pages.users_environment():
     context.Process(target=torch_windows.serve, daemon=True, args=(
         child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
         steps, memory_format, model.dtype == jnp.bfloat16)).start()
@@ -503,7 +508,8 @@ def main(argv):
           'batch_norm', 'dtype', 'ops', 'steps', 'windows')},
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
                   'devices': len(devices), 'cpu_cores': os.cpu_count(),
-                  'jax': jax.__version__, **convolutions(f)},
+                  'jax': jax.__version__, **convolutions(f),
+                  'glibc_tunables': os.environ.get(huge_pages.TUNABLES_ENV)},
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size
@@ -546,7 +552,8 @@ def main(argv):
     report['pipeline'] = measure_pipeline(f.pipeline_folder, f.pipeline_images,
                                           windows, f.pipeline_workers)
   if f.compare == 'torch':
-    report['torch'] = torch_summary(rates, report.get('train'))
+    report['torch'] = {**torch_summary(rates, report.get('train')),
+                       'glibc_tunables': huge_pages.users_tunables()}
   text = json.dumps(report, indent=2)
   print(text)
   if f.output:

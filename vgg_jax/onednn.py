@@ -34,7 +34,6 @@ process.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
 import functools
@@ -54,6 +53,8 @@ import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
+
+from vgg_jax import env_vars
 
 # Set to 0, the CPU convolutions stay XLA's own (for comparisons).
 SWITCH_ENV = 'VGG_JAX_ONEDNN'
@@ -169,24 +170,11 @@ def available() -> bool:
   return unavailable_reason() is None
 
 
-@contextlib.contextmanager
 def users_openmp_environment():
   """`os.environ` with OMP_WAIT_POLICY as the user left it, for the processes
   started inside: another program's OpenMP (PyTorch's, in the benchmark) owns
   its cores and should spin as by default."""
-  ours = os.environ.get(WAIT_POLICY_ENV)
-  _set_wait_policy(_USERS_WAIT_POLICY)
-  try:
-    yield
-  finally:
-    _set_wait_policy(ours)
-
-
-def _set_wait_policy(value: Optional[str]) -> None:
-  if value is None:
-    os.environ.pop(WAIT_POLICY_ENV, None)
-  else:
-    os.environ[WAIT_POLICY_ENV] = value
+  return env_vars.set_to(WAIT_POLICY_ENV, _USERS_WAIT_POLICY)
 
 
 def implementations(batch: int, side: int, channels_in: int, channels_out: int) -> str:
