@@ -867,21 +867,27 @@ def test_pipeline_threads_yield_to_the_step_and_the_main_thread_does_not(cfg):
   main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
   pipeline.yield_to_the_step(7)
   assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
-  seen = {}
+  main_policy = os.sched_getscheduler(threading.get_native_id())
+  seen, policies = {}, {}
 
   def in_a_thread(niceness):
     tid = threading.get_native_id()
     pipeline.yield_to_the_step(niceness)
     seen[niceness] = os.getpriority(os.PRIO_PROCESS, tid)
+    policies[niceness] = os.sched_getscheduler(tid)
     pipeline.yield_to_the_step(niceness + 5)  # once per thread
     seen[niceness, 'again'] = os.getpriority(os.PRIO_PROCESS, tid)
 
-  for niceness in (0, 7):
+  for niceness in (0, 7, 19):
     thread = threading.Thread(target=in_a_thread, args=(niceness,))
     thread.start()
     thread.join()
   assert seen == {0: main_before, (0, 'again'): max(main_before, 5),
-                  7: max(main_before, 7), (7, 'again'): max(main_before, 7)}
+                  7: max(main_before, 7), (7, 'again'): max(main_before, 7),
+                  19: 19, (19, 'again'): 19}
+  # The lowest niceness also idles: below every niceness.
+  assert policies == {0: main_policy, 7: main_policy, 19: os.SCHED_IDLE}
+  assert os.sched_getscheduler(threading.get_native_id()) == main_policy
   # Batches are the same whatever the threads' priority.
   plain = take(data.train_batches(_with(cfg, niceness=0), global_batch_size=8, seed=1), 2)
   yielding = take(data.train_batches(_with(cfg, niceness=19), global_batch_size=8, seed=1), 2)

@@ -82,11 +82,12 @@ def base_config() -> ml_collections.ConfigDict:
       num_workers=-1,
       # Training batches prepared ahead of the step that takes them.
       prefetch_batches=2,
-      # Linux niceness of the pipeline's threads and workers. On the CPU the step's
-      # oneDNN convolutions split their work in fixed shares over OpenMP threads:
-      # a decoding thread that preempts one stalls the rest at the barrier, so
-      # decoding yields to the step and runs on the cores it leaves. -1: 19 when
-      # the step runs on the CPU, 0 (the step's own) on an accelerator.
+      # Linux niceness of the pipeline's threads and workers; 19 also puts them in
+      # the SCHED_IDLE policy (they run only on cores nothing else wants). On the
+      # CPU the step's oneDNN convolutions split their work in fixed shares over
+      # OpenMP threads: a decoding thread that preempts one stalls the rest at the
+      # barrier, so decoding yields to the step and runs on the cores it leaves.
+      # -1: 19 when the step runs on the CPU, 0 (the step's own) on an accelerator.
       niceness=-1,
   ))
   config.optimizer = ml_collections.ConfigDict(dict(

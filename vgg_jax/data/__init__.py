@@ -30,9 +30,9 @@ every field its default):
                   large JPEG datasets when threads are GIL-bound); 0 = none,
                   -1 = CPUs - 2 on an accelerator, none on the CPU.
   prefetch_batches  batches prepared ahead.
-  niceness        Linux niceness of the pipeline's threads and workers; -1 = 19
-                  when the step runs on the CPU (decoding yields the cores to
-                  it), 0 on an accelerator.
+  niceness        Linux niceness of the pipeline's threads and workers (19 adds
+                  the SCHED_IDLE policy); -1 = 19 when the step runs on the CPU
+                  (decoding yields the cores to it), 0 on an accelerator.
 
 Modules: `builtin` (the vgg_shapes dataset), `transforms` (the paper's image
 operations), `sources` (random access to each kind of dataset), `pipeline`
