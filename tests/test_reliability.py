@@ -117,14 +117,11 @@ def free_port():
     return s.getsockname()[1]
 
 
-def assert_same_params(a, b, **tolerance):
+def assert_same_params(a, b):
   leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
-    if tolerance:
-      np.testing.assert_allclose(x, y, **tolerance)
-    else:
-      np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(x, y)
 
 
 def snapshot(root):
@@ -352,10 +349,18 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
   assert single.finish() == 0, single.stderr()[-3000:]
   assert f'resumed from the checkpoint at step {stopped_at}' in single.stderr()
   # Not bit for bit: gloo's all-reduce over two processes adds the four
-  # devices' gradients in another order than XLA's in-process one (the
-  # parameters differ by ~1 float32 ulp per step), so a relative tolerance.
-  assert_same_params(checkpoints.restore_params(str(reference)),
-                     checkpoints.restore_params(str(workdir)), rtol=2e-5, atol=2e-6)
+  # devices' gradients in another order than XLA's in-process one, about one
+  # float32 ulp per step, which training compounds (1e-4 relative after the
+  # pair's 12-13 steps; the faster the pair, the more steps it makes before its
+  # SIGTERM lands). So each parameter array must be far closer to the
+  # reference's than the reference's own last four steps moved it: 0.07 of that
+  # at most, measured; a step missed or repeated would move it about a quarter.
+  final, earlier = (jax.tree_util.tree_leaves(checkpoints.restore_params(str(reference), step))
+                    for step in (STEPS, STEPS - 4))
+  resumed = jax.tree_util.tree_leaves(checkpoints.restore_params(str(workdir)))
+  ratios = [np.abs(got - want).max() / np.abs(want - before).max()
+            for got, want, before in zip(resumed, final, earlier)]
+  assert len(resumed) == len(final) and max(ratios) < 0.2, ratios
   # The losses the pair logged (each the mean over the steps since the last
   # line; the resumed run's first line covers fewer steps than the reference's).
   losses, expected = ({line['step']: line['train/loss']
