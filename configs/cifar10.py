@@ -30,7 +30,8 @@ Sizes:
             needs a GPU run).
   twocore   the size of the CIFAR-10 sweeps (experiments/continue_sweeps.py):
             VGG-D trained in about 15 minutes on a free 2-core CPU, 7 min 36 s
-            since 2026-12-04's CPU kernels (experiments/results/retrain/). Width 1/4
+            since 2026-12-04's CPU kernels, 7 min 7 s since that night's
+            (experiments/results/retrain/). Width 1/4
             (16..128 channels), FC 128, no dropout, batch 128, 10 epochs,
             SGD with Nesterov momentum 0.9 from 0.1 (one warm-up epoch, then
             cosine), weight decay 5e-4, label smoothing 0.1; evaluations
