@@ -104,10 +104,10 @@ def augmentation_uniforms(seed: int, positions: range) -> np.ndarray:
   `transforms.train_view` turns into position g's augmentation.
 
   Counter-based, so a batch's come in a few array operations (a numpy generator
-  seeded per position cost ~20 us of a CIFAR-10 image's ~75): row g holds
-  outputs 8g .. 8g+7 of the SplitMix64 stream whose seed is the first output of
-  SplitMix64 seeded with `seed` + the augmentation tag, each output's top 53 bits
-  as a fraction.
+  seeded per position cost ~20 us of a CIFAR-10 image's ~75): position g's row
+  holds outputs 8g .. 8g+7 of the SplitMix64 stream whose seed is the first
+  output of SplitMix64 seeded with 2 * seed + the augmentation tag (1), each
+  output's top 53 bits as a fraction.
   """
   if not 0 <= seed < 2**63:
     raise ValueError(f'seed={seed} must be in [0, 2**63): choose a seed in that range')
@@ -250,7 +250,7 @@ class _TrainBatch:
     indices = examples_at(positions, seed=self.seed, num_examples=self.num_examples,
                           shuffle=self.shuffle)
     scales = transforms.draw_scales(self.scale_range, uniforms[:, transforms.SCALE])
-    mirrored = uniforms[:, transforms.MIRROR] < 0.5
+    mirrored = transforms.draw_mirrors(uniforms[:, transforms.MIRROR])
     # Each image is decoded, placed and given to `crops` before the next is read:
     # a batch's decoded photographs are never held at once.
     crops = transforms.GroupedCrops(images)

@@ -255,6 +255,11 @@ def draw_crop(height: int, width: int, scale: int, size: int, u_top: float,
   return int(u_top * (new_h - size + 1)), int(u_left * (new_w - size + 1))
 
 
+def draw_mirrors(u) -> np.ndarray:
+  """Whether each crop is flipped: with probability 1/2."""
+  return np.asarray(u) < 0.5
+
+
 def standard_normals(u: np.ndarray) -> np.ndarray:
   """[..., 2k] uniforms -> [..., 2k] independent standard normals (Box-Muller,
   pairs of columns). numpy's log and cos may round the last of float64's bits
@@ -479,7 +484,8 @@ def train_view(image: Union[np.ndarray, Image.Image], uniforms: np.ndarray, *,
   other columns of `uniforms` ([UNIFORMS_PER_VIEW]).
   """
   top, left = draw_crop(*height_width(image), scale, image_size, uniforms[TOP], uniforms[LEFT])
-  crop = rescaled_crop(image, scale, top, left, image_size, uniforms[MIRROR] < 0.5)
+  mirrored = bool(draw_mirrors(uniforms[MIRROR]))
+  crop = rescaled_crop(image, scale, top, left, image_size, mirrored)
   return crop, colour_offset(draw_alphas(uniforms[ALPHAS], color_shift), mean_rgb)
 
 
