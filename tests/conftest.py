@@ -62,3 +62,18 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.slow)
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
+
+
+@pytest.fixture(params=['compiled', 'pillow'])
+def resampler(request, monkeypatch):
+  """Training crops resampled by the compiled port of Pillow's resize, then by
+  Pillow itself (the fallback where no compiler is at hand): the same pixels."""
+  from vgg_jax.data import resample  # pylint: disable=import-outside-toplevel
+  if request.param == 'pillow':
+    monkeypatch.setenv(resample.SWITCH_ENV, '0')
+  resample.unavailable_reason.cache_clear()
+  if request.param == 'compiled' and not resample.available():
+    pytest.skip(f'compiled resampling unavailable: {resample.unavailable_reason()}')
+  yield request.param
+  monkeypatch.undo()
+  resample.unavailable_reason.cache_clear()

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vgg_jax import cpu_ops, pooling
 from vgg_jax import model as vgg
-from vgg_jax import onednn
+from vgg_jax import native, onednn
 
 LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
@@ -118,7 +118,7 @@ def test_onednn_can_be_turned_off(monkeypatch):
 def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
   if not onednn.available():
     pytest.skip(f'oneDNN is not installed here: {onednn.unavailable_reason()}')
-  monkeypatch.setenv(onednn.BUILD_DIR_ENV, str(tmp_path))
+  monkeypatch.setenv(native.BUILD_DIR_ENV, str(tmp_path))
   monkeypatch.setenv('CXX', 'false')
   with pytest.raises(RuntimeError, match='false .* failed'):
     onednn.build()

@@ -236,11 +236,13 @@ def test_mirrored_rescaled_crop_is_the_flipped_crop(scale):
     np.testing.assert_array_equal(mirrored, transforms.flip(plain))
 
 
-def test_crops_resampled_in_groups_equal_the_crops_one_by_one():
+def test_crops_resampled_in_groups_equal_the_crops_one_by_one(resampler):
   """Same-size images share Pillow calls (`GroupedCrops`); every crop must
   still be `rescaled_crop`'s, bit for bit: CIFAR-like squares at a fixed and a
   jittered S, images too tall for the grouping (Pillow goes down the columns
-  first), ones alone in their size, the unresampled S = side, Pillow images."""
+  first), ones alone in their size, the unresampled S = side, Pillow images;
+  by both resamplers."""
+  del resampler
   rng = np.random.default_rng(0)
   shapes = [(32, 32)] * 40 + [(37, 50)] * 12 + [(120, 40)] * 6 + [(90, 30)] * 4 + [(41, 29)]
   views = []

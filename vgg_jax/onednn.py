@@ -35,31 +35,23 @@ process.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import os
 import pathlib
-import shutil
 import site
-import subprocess
 import sys
-import tempfile
 from typing import Optional
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from vgg_jax import env_vars
+from vgg_jax import env_vars, native
 
 # Set to 0, the CPU convolutions stay XLA's own (for comparisons).
 SWITCH_ENV = 'VGG_JAX_ONEDNN'
-# Where the compiled library is kept (default: $XDG_CACHE_HOME or ~/.cache, then vgg_jax/native).
-BUILD_DIR_ENV = 'VGG_JAX_NATIVE_DIR'
 # oneDNN's OpenMP threads share the cores with XLA's own thread pool. Spinning
 # after each convolution, libgomp's default, takes the cores from the XLA ops
 # between convolutions: VGG-A's step ran 4-7 % faster with them asleep, its FC
@@ -97,45 +89,13 @@ def _find_onednn() -> tuple[pathlib.Path, pathlib.Path]:
                           ': pip install onednn-devel-cpu-gomp')
 
 
-def _build_dir() -> pathlib.Path:
-  if os.environ.get(BUILD_DIR_ENV):
-    return pathlib.Path(os.environ[BUILD_DIR_ENV])
-  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return pathlib.Path(base) / 'vgg_jax' / 'native'
-
-
-def _compile(output: pathlib.Path, library: pathlib.Path, include: pathlib.Path) -> None:
-  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
-  if not compiler:
-    raise FileNotFoundError('no C++ compiler (g++ or $CXX) on PATH')
-  with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
-    built = pathlib.Path(scratch) / output.name
-    command = [compiler, *_FLAGS, f'-I{jax.ffi.include_dir()}', f'-I{include}',
-               *map(str, SOURCES), str(library), f'-Wl,-rpath,{library.parent}', '-o',
-               str(built)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-      raise RuntimeError(f'{" ".join(command)} failed:\n{done.stderr[-2000:]}')
-    os.replace(built, output)  # whole or absent: other processes may load it now
-
-
 def build() -> pathlib.Path:
-  """The compiled library, built once per source, jaxlib and oneDNN (a file lock
-  keeps concurrent processes from building it twice)."""
+  """The compiled library, built once per source, jaxlib and oneDNN."""
   library, include = _find_onednn()
-  key = hashlib.sha256(b'\0'.join([
-      *(source.read_bytes() for source in SOURCES), ' '.join(_FLAGS).encode(),
-      jax.__version__.encode(),
-      str(library.resolve()).encode(), str(library.stat().st_size).encode()])).hexdigest()[:16]
-  directory = _build_dir()
-  directory.mkdir(parents=True, exist_ok=True)
-  output = directory / f'onednn_conv-{key}.so'
-  if not output.exists():
-    with open(directory / f'onednn_conv-{key}.lock', 'w') as lock:
-      fcntl.flock(lock, fcntl.LOCK_EX)
-      if not output.exists():
-        _compile(output, library, include)
-  return output
+  return native.build(
+      'onednn_conv', SOURCES, [*_FLAGS, f'-I{jax.ffi.include_dir()}', f'-I{include}'],
+      link=[str(library), f'-Wl,-rpath,{library.parent}'],
+      key_parts=[jax.__version__, str(library.resolve()), str(library.stat().st_size)])
 
 
 @functools.cache
@@ -153,17 +113,10 @@ def _library() -> ctypes.CDLL:
 @functools.cache
 def unavailable_reason() -> Optional[str]:
   """None where oneDNN's convolutions can run in this process, else why not."""
-  if os.environ.get(SWITCH_ENV, '1') in ('0', ''):
-    return f'{SWITCH_ENV}=0'
-  if not sys.platform.startswith('linux'):
-    return f'built for Linux only, not {sys.platform}'
-  try:
-    _library()
-  except (OSError, RuntimeError, AttributeError) as e:
-    logging.warning('oneDNN convolutions unavailable, XLA\'s own are used (slower on thin '
-                    'nets): %s', e)
-    return str(e)
-  return None
+  linux = sys.platform.startswith('linux')
+  return native.unavailable_reason(
+      SWITCH_ENV, _library, "oneDNN convolutions unavailable, XLA's own are used (slower "
+      'on thin nets)', None if linux else f'built for Linux only, not {sys.platform}')
 
 
 def available() -> bool:

@@ -16,9 +16,9 @@ batches an uninterrupted run would have produced. Nothing is cached beyond
 one permutation per live epoch and a bounded prefetch buffer.
 
 grain builds whole batches (read, decode, augment, written into the batch's
-arrays) in a pool of threads (Pillow's resampling releases the GIL) or, with
-worker processes (`num_workers`, `worker_count`), in the workers, so that the
-main process only receives them; both preserve order.
+arrays) in a pool of threads (the resampling, compiled or Pillow's, releases
+the GIL) or, with worker processes (`num_workers`, `worker_count`), in the
+workers, so that the main process only receives them; both preserve order.
 """
 
 from __future__ import annotations
