@@ -143,6 +143,17 @@ def test_crops_are_the_same_either_way(resampler):
           pillow_resize(image, (size, size), box, mirrored))
 
 
+def test_rescales_are_the_same_either_way(resampler):
+  """Whole images rescaled to Q (the test protocols, the store's max_side)."""
+  del resampler
+  rng = np.random.default_rng(5)
+  for h, w, scale in [(32, 32, 42), (375, 500, 256), (500, 375, 384), (40, 90, 20)]:
+    image = picture(rng, h, w)
+    new_h, new_w = transforms.rescaled_size(h, w, scale)
+    expected = np.asarray(Image.fromarray(image).resize((new_w, new_h), transforms.RESAMPLE))
+    np.testing.assert_array_equal(transforms.rescale(image, scale), expected)
+
+
 def test_the_switch_turns_it_off(monkeypatch):
   monkeypatch.setenv(resample.SWITCH_ENV, '0')
   resample.unavailable_reason.cache_clear()

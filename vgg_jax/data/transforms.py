@@ -178,8 +178,14 @@ def rescaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
 
 def rescale(image: np.ndarray, scale: int) -> np.ndarray:
   """Isotropic rescale of a uint8 image so that its smaller side is `scale`."""
-  if rescaled_size(*image.shape[:2], scale) == image.shape[:2]:
+  new_size = rescaled_size(*image.shape[:2], scale)
+  if new_size == image.shape[:2]:
     return image
+  if _is_rgb_array(image) and resample.available():
+    out = np.empty((*new_size, 3), np.uint8)
+    whole = (0, 0, image.shape[1], image.shape[0])  # Pillow's box when none is given
+    resample.resample_boxes([_with_contiguous_rows(image)], [whole], [False], [out])
+    return out
   return np.asarray(_rescaled_pil(image, scale))
 
 
