@@ -154,6 +154,16 @@ def test_rescales_are_the_same_either_way(resampler):
     np.testing.assert_array_equal(transforms.rescale(image, scale), expected)
 
 
+@needs_compiled
+def test_arrays_it_cannot_read_are_refused():
+  image, out = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
+  box = (0.0, 0.0, 8.0, 8.0)
+  for bad_image, bad_out in [(image[:, ::-1], out), (image.astype(np.float32), out),
+                             (image, out[:, ::2]), (image[..., :2], out)]:
+    with pytest.raises(ValueError, match='expected uint8 RGB with contiguous rows'):
+      resample.resample_boxes([bad_image], [box], [False], [bad_out])
+
+
 def test_the_switch_turns_it_off(monkeypatch):
   monkeypatch.setenv(resample.SWITCH_ENV, '0')
   resample.unavailable_reason.cache_clear()

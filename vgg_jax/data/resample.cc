@@ -284,21 +284,22 @@ void ResampleBox(const Plane &in, const float box[4], int out_width, int out_hei
 
 extern "C" {
 
-// For each of `count` images: images[i] (heights[i] x widths[i] x 3 uint8, rows
-// strides[i] bytes apart), its box boxes[4i .. 4i+3] (left, upper, right, lower
-// as Pillow's `resize(box=...)` takes them, in double; rounded to float as
-// Pillow rounds them), resampled to out_height x out_width x 3 contiguous at
-// outs[i], mirrored left-right where mirrored[i]. The caller checks the boxes
-// (inside the image, not empty).
-void VggJaxResampleBoxes(int64_t count, const uint8_t *const *images, const int32_t *heights,
-                         const int32_t *widths, const int64_t *strides, const double *boxes,
-                         const uint8_t *mirrored, int32_t out_height, int32_t out_width,
-                         uint8_t *const *outs) {
+// For each of `count` images, its row of `params` (int64: the address of its
+// pixels, height, width, bytes from one row to the next, whether to mirror it,
+// the address of its output) and its box boxes[4i .. 4i+3] (left, upper, right,
+// lower as Pillow's `resize(box=...)` takes them, in double; rounded to float as
+// Pillow rounds them): the box of the uint8 RGB image resampled to
+// out_height x out_width x 3, contiguous, at the output's address. The caller
+// checks the boxes (inside the image, not empty) and the arrays.
+void VggJaxResampleBoxes(int64_t count, const int64_t *params, const double *boxes,
+                         int32_t out_height, int32_t out_width) {
   for (int64_t i = 0; i < count; ++i) {
+    const int64_t *p = params + 6 * i;
     float box[4];
     for (int j = 0; j < 4; ++j) box[j] = static_cast<float>(boxes[4 * i + j]);
-    Plane in{images[i], heights[i], widths[i], strides[i], false};
-    ResampleBox(in, box, out_width, out_height, mirrored[i] != 0, outs[i]);
+    Plane in{reinterpret_cast<const uint8_t *>(p[0]), static_cast<int>(p[1]),
+             static_cast<int>(p[2]), p[3], false};
+    ResampleBox(in, box, out_width, out_height, p[4] != 0, reinterpret_cast<uint8_t *>(p[5]));
   }
 }
 

@@ -32,17 +32,13 @@ _FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-ffp-contract=off')
 # The Pillow whose algorithm resample.cc ports (13 changed the passes' order).
 PILLOW_MAJOR = '13'
 
-_pointers = ctypes.POINTER(ctypes.c_void_p)
-
 
 @functools.cache
 def _library() -> ctypes.CDLL:
   lib = ctypes.CDLL(str(native.build('resample', SOURCES, _FLAGS)))
   lib.VggJaxResampleBoxes.restype = None
-  lib.VggJaxResampleBoxes.argtypes = [ctypes.c_int64, _pointers, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                                      ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32,
-                                      _pointers]
+  lib.VggJaxResampleBoxes.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.c_int32, ctypes.c_int32]
   return lib
 
 
@@ -60,30 +56,32 @@ def available() -> bool:
   return unavailable_reason() is None
 
 
-def _addresses(arrays: Sequence[np.ndarray]) -> ctypes.Array:
-  return (ctypes.c_void_p * len(arrays))(
-      *[a.__array_interface__['data'][0] for a in arrays])
+def _address(array: np.ndarray) -> int:
+  return array.__array_interface__['data'][0]
 
 
-def resample_boxes(images: Sequence[np.ndarray], boxes: np.ndarray,
+def resample_boxes(images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]],
                    mirrored: Sequence[bool], outs: Sequence[np.ndarray]) -> None:
   """outs[i][...] = Pillow's `fromarray(images[i]).resize(outs[i]'s size, BICUBIC,
   box=boxes[i])`, mirrored left-right where mirrored[i].
 
   images[i]: uint8 [h, w, 3] with contiguous rows; outs[i]: uint8 [H, W, 3]
-  C-contiguous, all of one shape; boxes: [n, 4] (left, upper, right, lower)
-  within each image and not empty (unchecked, as the caller computed them).
+  C-contiguous, all of one shape; boxes[i]: (left, upper, right, lower) within
+  images[i] and not empty (unchecked: the caller computed them). The arguments
+  travel as two arrays, one call's conversions costing a few microseconds.
   """
-  count = len(images)
-  if not count:
+  if not images:
     return
-  heights = np.fromiter((a.shape[0] for a in images), np.int32, count)
-  widths = np.fromiter((a.shape[1] for a in images), np.int32, count)
-  strides = np.fromiter((a.strides[0] for a in images), np.int64, count)
-  boxes = np.ascontiguousarray(boxes, np.float64)
-  flags = np.asarray(mirrored, np.uint8)
-  out_height, out_width = outs[0].shape[:2]
-  _library().VggJaxResampleBoxes(
-      count, ctypes.cast(_addresses(images), _pointers), heights.ctypes.data,
-      widths.ctypes.data, strides.ctypes.data, boxes.ctypes.data, flags.ctypes.data,
-      out_height, out_width, ctypes.cast(_addresses(outs), _pointers))
+  shape = outs[0].shape
+  for image, out in zip(images, outs):
+    if not (image.dtype == np.uint8 and image.shape[2:] == (3,) and image.strides[1:] == (3, 1)
+            and out.dtype == np.uint8 and out.shape == shape and out.flags.c_contiguous):
+      raise ValueError(f'resample_boxes: a {image.dtype} {image.shape} image with strides '
+                       f'{image.strides} into a {out.dtype} {out.shape} output; expected '
+                       f'uint8 RGB with contiguous rows into uint8 {shape}, C-contiguous')
+  params = np.array([(_address(image), image.shape[0], image.shape[1], image.strides[0],
+                      flag, _address(out))
+                     for image, flag, out in zip(images, mirrored, outs)], np.int64)
+  boxes = np.array(boxes, np.float64)
+  _library().VggJaxResampleBoxes(len(params), params.ctypes.data, boxes.ctypes.data,
+                                 shape[0], shape[1])
