@@ -75,10 +75,33 @@ def test_random_boxes_equal_pillow():
       continue
     image, box, mirrored = picture(rng, h, w), (x0, y0, x1, y1), bool(rng.random() < 0.5)
     out = np.empty((out_h, out_w, 3), np.uint8)
-    resample.resample_boxes([image], [box], [mirrored], [out])
+    resample.resample_boxes([image], [box], [mirrored], out[None])
     np.testing.assert_array_equal(out, pillow_resize(image, (out_w, out_h), box, mirrored),
                                   err_msg=f'{h}x{w} box {box} -> {out_h}x{out_w}')
     cases += 1
+
+
+@needs_compiled
+def test_one_call_for_many_images_equals_pillow_image_by_image():
+  """A call computes each distinct (size, box edge) axis's taps once: boxes that
+  repeat, and more distinct ones than the call keeps (it starts afresh)."""
+  rng = np.random.default_rng(6)
+  images, boxes = [], []
+  for i in range(300):
+    h, w = (32, 32) if i % 2 else tuple(int(x) for x in rng.integers(20, 60, 2))
+    if i % 2:
+      top, left = (int(x) for x in rng.integers(0, 6, 2))
+      box = transforms.crop_box(h, w, 37, top, left, 16)
+    else:
+      x0, y0 = rng.uniform(0, w / 2), rng.uniform(0, h / 2)
+      box = (x0, y0, rng.uniform(x0 + 1, w), rng.uniform(y0 + 1, h))
+    images.append(picture(rng, h, w))
+    boxes.append(box)
+  flags = [bool(x) for x in rng.integers(0, 2, len(images))]
+  outs = np.empty((len(images), 16, 16, 3), np.uint8)
+  resample.resample_boxes(images, boxes, flags, outs)
+  for image, box, mirrored, out in zip(images, boxes, flags, outs):
+    np.testing.assert_array_equal(out, pillow_resize(image, (16, 16), box, mirrored))
 
 
 @needs_compiled
@@ -99,7 +122,7 @@ def test_training_crops_of_photographs_equal_pillow():
     flags.append(mirrored)
     expected.append(pillow_resize(image, (224, 224), box, mirrored))
   outs = np.empty((len(images), 224, 224, 3), np.uint8)
-  resample.resample_boxes(images, boxes, flags, list(outs))
+  resample.resample_boxes(images, boxes, flags, outs)
   np.testing.assert_array_equal(outs, np.stack(expected))
 
 
@@ -122,7 +145,7 @@ def test_reads_nothing_past_the_image():
   for box in [(w - 9.5, h - 9.5, float(w), float(h)),  # the bottom-right corner
               (0.0, h - 3.5, float(w), float(h))]:  # the last rows, whole
     out = np.empty((13, 13, 3), np.uint8)
-    resample.resample_boxes([view], [box], [False], [out])
+    resample.resample_boxes([view], [box], [False], out[None])
     np.testing.assert_array_equal(out, pillow_resize(image, (13, 13), box, False))
   libc.mprotect(ctypes.c_void_p(start + image.nbytes), page, 3)  # readable again
 
@@ -156,12 +179,14 @@ def test_rescales_are_the_same_either_way(resampler):
 
 @needs_compiled
 def test_arrays_it_cannot_read_are_refused():
-  image, out = np.zeros((8, 8, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
+  image, out = np.zeros((8, 8, 3), np.uint8), np.zeros((1, 4, 4, 3), np.uint8)
   box = (0.0, 0.0, 8.0, 8.0)
-  for bad_image, bad_out in [(image[:, ::-1], out), (image.astype(np.float32), out),
-                             (image, out[:, ::2]), (image[..., :2], out)]:
+  for bad_image in (image[:, ::-1], image.astype(np.float32), image[..., :2]):
     with pytest.raises(ValueError, match='expected uint8 RGB with contiguous rows'):
-      resample.resample_boxes([bad_image], [box], [False], [bad_out])
+      resample.resample_boxes([bad_image], [box], [False], out)
+  for bad_out, rows in [(out[:, :, ::2], None), (out[0], None), (out, [1])]:
+    with pytest.raises(ValueError, match=r'expected uint8 \[n, H, W, 3\]'):
+      resample.resample_boxes([image], [box], [False], bad_out, rows)
 
 
 def test_the_switch_turns_it_off(monkeypatch):

@@ -89,6 +89,39 @@ Taps ComputeTaps(int in_size, float in0, float in1, int out_size) {
   return t;
 }
 
+// A batch of small images shares few distinct boxes per axis (CIFAR-10's crops at
+// S = 37: six offsets each way), so one call computes each axis's taps once.
+// References stay valid until the next `MakeRoom` (no reallocation in between).
+class TapsCache {
+ public:
+  TapsCache() { entries_.reserve(kMaxEntries); }
+
+  // Room for an image's two axes.
+  void MakeRoom() {
+    if (entries_.size() + 2 > kMaxEntries) entries_.clear();
+  }
+
+  const Taps &Get(int in_size, float in0, float in1, int out_size) {
+    for (const Entry &e : entries_) {
+      if (e.in_size == in_size && e.in0 == in0 && e.in1 == in1 && e.out_size == out_size) {
+        return e.taps;
+      }
+    }
+    entries_.push_back({in_size, in0, in1, out_size, ComputeTaps(in_size, in0, in1, out_size)});
+    return entries_.back().taps;
+  }
+
+ private:
+  struct Entry {
+    int in_size;
+    float in0, in1;
+    int out_size;
+    Taps taps;
+  };
+  static constexpr size_t kMaxEntries = 64;
+  std::vector<Entry> entries_;
+};
+
 inline uint8_t Clip8(int32_t sum) {
   int32_t v = sum >> kPrecisionBits;
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
@@ -126,39 +159,74 @@ void RowPassScalar(const Plane &in, int first_row, int rows, const Taps &t, int 
 }
 
 #ifdef VGG_JAX_X86
-// A pixel's three channels (and the next pixel's red, unused) in four int32 lanes.
+// A pixel's three channels (and the next pixel's red, unused) in four int32
+// lanes; four rows at a time share each output's bounds and taps.
+__attribute__((target("sse4.1"))) inline __m128i LoadPixel(const uint8_t *p) {
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  return _mm_cvtepu8_epi32(_mm_cvtsi32_si128(four));
+}
+
+__attribute__((target("sse4.1"))) inline __m128i LoadLastPixel(const uint8_t *p) {
+  int32_t three = 0;
+  std::memcpy(&three, p, 3);
+  return _mm_cvtepu8_epi32(_mm_cvtsi32_si128(three));
+}
+
+__attribute__((target("sse4.1"))) inline void StorePixel(__m128i sum, uint8_t *o) {
+  __m128i v = _mm_srai_epi32(sum, kPrecisionBits);
+  v = _mm_packus_epi16(_mm_packs_epi32(v, v), v);  // saturates to 0..255 as Clip8
+  int32_t packed = _mm_cvtsi128_si32(v);
+  std::memcpy(o, &packed, 3);
+}
+
 __attribute__((target("sse4.1"))) void RowPassSse41(const Plane &in, int first_row, int rows,
                                                    const Taps &t, int out_width,
                                                    uint8_t *out) {
   const __m128i half = _mm_set1_epi32(kHalf);
-  for (int y = 0; y < rows; ++y) {
+  const int64_t out_row = static_cast<int64_t>(out_width) * 3;
+  // The last pixel of the data's last row has no fourth byte after it: that
+  // row goes alone, through the careful load.
+  const int careful_row = in.slack ? -1 : in.height - 1;
+  int y = 0;
+  for (; y + 4 <= rows && !(first_row + y <= careful_row && careful_row < first_row + y + 4);
+       y += 4) {
+    const uint8_t *l0 = in.data + (first_row + y) * in.stride;
+    const uint8_t *l1 = l0 + in.stride, *l2 = l1 + in.stride, *l3 = l2 + in.stride;
+    uint8_t *o = out + y * out_row;
+    for (int xx = 0; xx < out_width; ++xx) {
+      const int xmin = t.bounds[2 * xx], xmax = t.bounds[2 * xx + 1];
+      const int32_t *k = &t.taps[static_cast<size_t>(xx) * t.ksize];
+      __m128i s0 = half, s1 = half, s2 = half, s3 = half;
+      for (int x = 0; x < xmax; ++x) {
+        const int offset = (x + xmin) * 3;
+        const __m128i w = _mm_set1_epi32(k[x]);
+        s0 = _mm_add_epi32(s0, _mm_mullo_epi32(LoadPixel(l0 + offset), w));
+        s1 = _mm_add_epi32(s1, _mm_mullo_epi32(LoadPixel(l1 + offset), w));
+        s2 = _mm_add_epi32(s2, _mm_mullo_epi32(LoadPixel(l2 + offset), w));
+        s3 = _mm_add_epi32(s3, _mm_mullo_epi32(LoadPixel(l3 + offset), w));
+      }
+      StorePixel(s0, o + 3 * xx);
+      StorePixel(s1, o + out_row + 3 * xx);
+      StorePixel(s2, o + 2 * out_row + 3 * xx);
+      StorePixel(s3, o + 3 * out_row + 3 * xx);
+    }
+  }
+  for (; y < rows; ++y) {
     const int row = first_row + y;
     const uint8_t *line = in.data + row * in.stride;
-    // The last pixel of the data's last row has no fourth byte after it.
-    const int safe_end = (row == in.height - 1 && !in.slack) ? in.width - 1 : in.width;
-    uint8_t *o = out + static_cast<int64_t>(y) * out_width * 3;
+    const int safe_end = row == careful_row ? in.width - 1 : in.width;
+    uint8_t *o = out + y * out_row;
     for (int xx = 0; xx < out_width; ++xx) {
-      int xmin = t.bounds[2 * xx], xmax = t.bounds[2 * xx + 1];
+      const int xmin = t.bounds[2 * xx], xmax = t.bounds[2 * xx + 1];
       const int32_t *k = &t.taps[static_cast<size_t>(xx) * t.ksize];
       __m128i sum = half;
-      int x = 0;
-      const int vector_end = std::min(xmax, safe_end - xmin);
-      for (; x < vector_end; ++x) {
-        int32_t four;
-        std::memcpy(&four, line + (x + xmin) * 3, 4);
-        __m128i pixel = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(four));
+      for (int x = 0; x < xmax; ++x) {
+        const uint8_t *p = line + (x + xmin) * 3;
+        const __m128i pixel = x + xmin < safe_end ? LoadPixel(p) : LoadLastPixel(p);
         sum = _mm_add_epi32(sum, _mm_mullo_epi32(pixel, _mm_set1_epi32(k[x])));
       }
-      for (; x < xmax; ++x) {
-        int32_t three = 0;
-        std::memcpy(&three, line + (x + xmin) * 3, 3);
-        __m128i pixel = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(three));
-        sum = _mm_add_epi32(sum, _mm_mullo_epi32(pixel, _mm_set1_epi32(k[x])));
-      }
-      __m128i v = _mm_srai_epi32(sum, kPrecisionBits);
-      v = _mm_packus_epi16(_mm_packs_epi32(v, v), v);  // saturates to 0..255 as Clip8
-      int32_t packed = _mm_cvtsi128_si32(v);
-      std::memcpy(o + 3 * xx, &packed, 3);
+      StorePixel(sum, o + 3 * xx);
     }
   }
 }
@@ -192,7 +260,8 @@ void ColumnPassRow(const uint8_t *const *lines, const int32_t *k, int taps, int 
   }
 }
 
-void ColumnPass(const Plane &in, const Taps &t, int out_height, uint8_t *out,
+// Output row yy reads input rows bounds[2 yy] - row_offset onwards.
+void ColumnPass(const Plane &in, const Taps &t, int row_offset, int out_height, uint8_t *out,
                 int64_t out_stride) {
   thread_local std::vector<int32_t> sums;
   thread_local std::vector<const uint8_t *> lines;
@@ -200,7 +269,7 @@ void ColumnPass(const Plane &in, const Taps &t, int out_height, uint8_t *out,
   sums.resize(bytes);
   lines.resize(t.ksize);
   for (int yy = 0; yy < out_height; ++yy) {
-    int ymin = t.bounds[2 * yy], ymax = t.bounds[2 * yy + 1];
+    int ymin = t.bounds[2 * yy] - row_offset, ymax = t.bounds[2 * yy + 1];
     for (int y = 0; y < ymax; ++y) lines[y] = in.data + (ymin + y) * in.stride;
     ColumnPassRow(lines.data(), &t.taps[static_cast<size_t>(yy) * t.ksize], ymax, bytes,
                   sums.data(), out + yy * out_stride);
@@ -219,7 +288,7 @@ void MirrorRows(uint8_t *image, int height, int width) {
 // Pillow 13's ImagingResampleInner for one RGB image (with _resize's crop
 // shortcut): `out` is out_height x out_width x 3, contiguous.
 void ResampleBox(const Plane &in, const float box[4], int out_width, int out_height,
-                 bool mirrored, uint8_t *out) {
+                 bool mirrored, uint8_t *out, TapsCache &cache) {
   const int64_t out_stride = static_cast<int64_t>(out_width) * 3;
   if (box[0] - static_cast<int>(box[0]) == 0 && box[2] - box[0] == out_width &&
       box[1] - static_cast<int>(box[1]) == 0 && box[3] - box[1] == out_height) {
@@ -239,42 +308,42 @@ void ResampleBox(const Plane &in, const float box[4], int out_width, int out_hei
   const bool horizontal_first = !((in.height - out_height) > 0 &&
                                   (in.height - out_height) > (in.width - out_width) * 2);
   thread_local std::vector<uint8_t> temporary;
-  Taps vertical, horizontal;
+  cache.MakeRoom();
+  const Taps *vertical = nullptr, *horizontal = nullptr;
   if ((need_horizontal && horizontal_first) || need_vertical) {
-    vertical = ComputeTaps(in.height, box[1], box[3], out_height);
+    vertical = &cache.Get(in.height, box[1], box[3], out_height);
   }
-  int first_row = 0, last_row = 0;
   if (need_horizontal) {
-    if (horizontal_first) {
-      first_row = vertical.bounds[0];
-      last_row = vertical.bounds[2 * out_height - 2] + vertical.bounds[2 * out_height - 1];
-      for (int i = 0; i < out_height; ++i) vertical.bounds[2 * i] -= first_row;
-    }
-    horizontal = ComputeTaps(in.width, box[0], box[2], out_width);
+    horizontal = &cache.Get(in.width, box[0], box[2], out_width);
   }
   if (horizontal_first) {
-    if (need_horizontal && need_vertical) {
-      const int rows = last_row - first_row;
-      temporary.resize(static_cast<size_t>(rows) * out_width * 3);
-      RowPass(in, first_row, rows, horizontal, out_width, temporary.data());
-      Plane middle{temporary.data(), rows, out_width, out_stride, false};
-      ColumnPass(middle, vertical, out_height, out, out_stride);
-    } else if (need_horizontal) {
-      RowPass(in, first_row, last_row - first_row, horizontal, out_width, out);
+    if (need_horizontal) {
+      // Only the rows the column pass reads, which then count from the first.
+      const std::vector<int> &bounds = vertical->bounds;
+      const int first_row = bounds[0];
+      const int rows = bounds[2 * out_height - 2] + bounds[2 * out_height - 1] - first_row;
+      if (!need_vertical) {
+        RowPass(in, first_row, rows, *horizontal, out_width, out);
+      } else {
+        temporary.resize(static_cast<size_t>(rows) * out_width * 3);
+        RowPass(in, first_row, rows, *horizontal, out_width, temporary.data());
+        Plane middle{temporary.data(), rows, out_width, out_stride, false};
+        ColumnPass(middle, *vertical, first_row, out_height, out, out_stride);
+      }
     } else if (need_vertical) {
-      ColumnPass(in, vertical, out_height, out, out_stride);
+      ColumnPass(in, *vertical, 0, out_height, out, out_stride);
     }
   } else {  // need_vertical holds here: the height changes
     if (need_horizontal) {
       // 4 spare bytes: the row pass may read a fourth byte at the last pixel.
       temporary.resize(static_cast<size_t>(out_height) * in.width * 3 + 4);
-      ColumnPass(in, vertical, out_height, temporary.data(),
+      ColumnPass(in, *vertical, 0, out_height, temporary.data(),
                  static_cast<int64_t>(in.width) * 3);
       Plane middle{temporary.data(), out_height, in.width,
                    static_cast<int64_t>(in.width) * 3, true};
-      RowPass(middle, 0, out_height, horizontal, out_width, out);
+      RowPass(middle, 0, out_height, *horizontal, out_width, out);
     } else {
-      ColumnPass(in, vertical, out_height, out, out_stride);
+      ColumnPass(in, *vertical, 0, out_height, out, out_stride);
     }
   }
   if (mirrored) MirrorRows(out, out_height, out_width);
@@ -293,13 +362,15 @@ extern "C" {
 // checks the boxes (inside the image, not empty) and the arrays.
 void VggJaxResampleBoxes(int64_t count, const int64_t *params, const double *boxes,
                          int32_t out_height, int32_t out_width) {
+  TapsCache cache;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t *p = params + 6 * i;
     float box[4];
     for (int j = 0; j < 4; ++j) box[j] = static_cast<float>(boxes[4 * i + j]);
     Plane in{reinterpret_cast<const uint8_t *>(p[0]), static_cast<int>(p[1]),
              static_cast<int>(p[2]), p[3], false};
-    ResampleBox(in, box, out_width, out_height, p[4] != 0, reinterpret_cast<uint8_t *>(p[5]));
+    ResampleBox(in, box, out_width, out_height, p[4] != 0, reinterpret_cast<uint8_t *>(p[5]),
+                cache);
   }
 }
 

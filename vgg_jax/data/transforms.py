@@ -184,7 +184,7 @@ def rescale(image: np.ndarray, scale: int) -> np.ndarray:
   if _is_rgb_array(image) and resample.available():
     out = np.empty((*new_size, 3), np.uint8)
     whole = (0, 0, image.shape[1], image.shape[0])  # Pillow's box when none is given
-    resample.resample_boxes([_with_contiguous_rows(image)], [whole], [False], [out])
+    resample.resample_boxes([_with_contiguous_rows(image)], [whole], [False], out[None])
     return out
   return np.asarray(_rescaled_pil(image, scale))
 
@@ -361,7 +361,7 @@ def rescaled_crop_into(out: np.ndarray, image: Union[np.ndarray, Image.Image], s
     return
   box = crop_box(height, width, scale, top, left, size)
   if _is_rgb_array(image) and resample.available():
-    resample.resample_boxes([_with_contiguous_rows(image)], [box], [mirrored], [out])
+    resample.resample_boxes([_with_contiguous_rows(image)], [box], [mirrored], out[None])
     return
   if _is_rgb_array(image):
     image = Image.frombytes('RGB', (width, height), np.ascontiguousarray(image))
@@ -442,7 +442,7 @@ class GroupedCrops:
     views = [self.views[i] for i in rows]
     boxes = [crop_box(*v.image.shape[:2], v.scale, v.top, v.left, size) for v in views]
     resample.resample_boxes([_with_contiguous_rows(v.image) for v in views], boxes,
-                            [v.mirrored for v in views], [self.out[i] for i in rows])
+                            [v.mirrored for v in views], self.out, rows)
 
 
 # Grouping saves a call's Python, ~10 us, which matters for small images only
