@@ -6,8 +6,9 @@
 // stored 500x375 photograph spent ~800 of its ~1,060 us in Pillow's resize
 // and ~70 more unpacking the pixels into Pillow. Here the same fixed-point
 // sums run on packed RGB with the row pass vectorised over a pixel's channels
-// and the column pass over a row's bytes, and a batch's crops are made in one
-// call from Python.
+// (four rows at a time) and the column pass over a row's bytes, and a batch's
+// crops are made in one call from Python: that crop in 213 us against
+// Pillow's 948 (experiments/PERFORMANCE.md).
 //
 // Bit-exactness: the filter taps are computed exactly as Pillow 13's
 // Resample.c computes them (same double expressions, in the same order, no
@@ -15,6 +16,31 @@
 // integers, and the sums are integer sums, whose order does not matter; the
 // passes run in Pillow's order and round to uint8 between them as Pillow does.
 // tests/test_resample.py compares with Pillow on thousands of random shapes.
+//
+// The taps, bounds and pass order are adapted from Pillow's
+// src/libImaging/Resample.c, under Pillow's MIT-CMU license:
+//
+//   The Python Imaging Library (PIL) is
+//     Copyright (c) 1997-2011 by Secret Labs AB
+//     Copyright (c) 1995-2011 by Fredrik Lundh and contributors
+//   Pillow is the friendly PIL fork. It is
+//     Copyright (c) 2010 by Jeffrey 'Alex' Clark and contributors
+//
+//   Permission to use, copy, modify and distribute this software and its
+//   documentation for any purpose and without fee is hereby granted, provided
+//   that the above copyright notice appears in all copies, and that both that
+//   copyright notice and this permission notice appear in supporting
+//   documentation, and that the name of Secret Labs AB or the author not be used
+//   in advertising or publicity pertaining to distribution of the software
+//   without specific, written prior permission.
+//
+//   SECRET LABS AB AND THE AUTHOR DISCLAIMS ALL WARRANTIES WITH REGARD TO THIS
+//   SOFTWARE, INCLUDING ALL IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS.
+//   IN NO EVENT SHALL SECRET LABS AB OR THE AUTHOR BE LIABLE FOR ANY SPECIAL,
+//   INDIRECT OR CONSEQUENTIAL DAMAGES OR ANY DAMAGES WHATSOEVER RESULTING FROM
+//   LOSS OF USE, DATA OR PROFITS, WHETHER IN AN ACTION OF CONTRACT, NEGLIGENCE
+//   OR OTHER TORTIOUS ACTION, ARISING OUT OF OR IN CONNECTION WITH THE USE OR
+//   PERFORMANCE OF THIS SOFTWARE.
 
 #include <algorithm>
 #include <cmath>

@@ -6,7 +6,8 @@ of a stored 500x375 photograph: ~800 of ~1,060 us on a 2-core AMD EPYC, its
 arithmetic one value at a time, after ~70 us of unpacking into Pillow), and
 small images paid Pillow's per-call Python instead (`transforms.GroupedCrops`).
 resample.cc ports Pillow 13's algorithm (taps, pass order, rounding between
-passes) with vectorised sums; tests/test_resample.py holds it to Pillow's
+passes) with vectorised sums (that crop in 213 us, 4.4x faster; a batch's
+CIFAR-10 crops 5.6 us each); tests/test_resample.py holds it to Pillow's
 pixels on thousands of random shapes, boxes and sizes. Where it cannot be
 built or loaded (no C++ compiler, another Pillow), `available()` is False, says
 why once, and `vgg_jax.data.transforms` keeps Pillow: the same pixels, slower.
