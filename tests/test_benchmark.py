@@ -11,6 +11,7 @@ from PIL import Image
 
 from experiments import profile_summary
 from vgg_jax import benchmark
+from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
 
@@ -81,6 +82,9 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   assert train['mfu'] == pytest.approx(
       train['model_flops_per_sec'] / report['peak']['flops_per_sec'])
   assert report['machine']['devices'] == 2
+  # The benchmark's process resamples as this one does (the same build, switch, Pillow).
+  assert report['machine']['resampling'] == (
+      'compiled' if resample.available() else f'pillow ({resample.unavailable_reason()})')
   for rate in (train, report['eval'], report['pipeline']['one_thread'], report['torch'],
                report['end_to_end'], report['pipeline']['workers']):
     assert rate['img_per_sec'] > 0

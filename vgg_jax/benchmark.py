@@ -59,6 +59,7 @@ from absl import app, flags
 
 from vgg_jax import (config_schema, console, cpu_ops, data, huge_pages, onednn, optim,
                      parallel, pooling, train)
+from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
 
@@ -509,6 +510,9 @@ def main(argv):
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
                   'devices': len(devices), 'cpu_cores': os.cpu_count(),
                   'jax': jax.__version__, **convolutions(f),
+                  # Whose resize makes the pipeline's crops: the compiled port or Pillow.
+                  'resampling': ('compiled' if resample.available() else
+                                 f'pillow ({resample.unavailable_reason()})'),
                   'glibc_tunables': os.environ.get(huge_pages.TUNABLES_ENV)},
   }
   measure = f.measure
