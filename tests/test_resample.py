@@ -161,9 +161,10 @@ def test_crops_are_the_same_either_way(resampler):
     top, left, size = new_h - 32, new_w - 32, 32
     box = transforms.crop_box(h, w, scale, top, left, size)
     for mirrored in (False, True):
-      np.testing.assert_array_equal(
-          transforms.rescaled_crop(image, scale, top, left, size, mirrored),
-          pillow_resize(image, (size, size), box, mirrored))
+      for source in (image, Image.fromarray(image)):  # an array, or what Pillow decoded
+        np.testing.assert_array_equal(
+            transforms.rescaled_crop(source, scale, top, left, size, mirrored),
+            pillow_resize(image, (size, size), box, mirrored))
 
 
 def test_rescales_are_the_same_either_way(resampler):
