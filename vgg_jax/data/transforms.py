@@ -420,21 +420,22 @@ class GroupedCrops:
 
   def __init__(self, out: np.ndarray):
     self.out = out
+    self.compiled = resample.available()  # one resampler for the whole batch
     self.views = {}
     self.groups = collections.defaultdict(list)
 
   def add(self, i: int, view: CropView) -> None:
     size = self.out.shape[1]
-    if resample.available() and _small_and_rescaled(view, size):
+    if self.compiled and _small_and_rescaled(view, size):
       self.views[i] = view
-    elif not resample.available() and resampled_in_groups(view, size):
+    elif not self.compiled and resampled_in_groups(view, size):
       self.views[i] = view
       self.groups[(*view.image.shape[:2], view.scale)].append(i)
     else:
       rescaled_crop_into(self.out[i], *view)
 
   def finish(self) -> None:
-    if self.views and not self.groups:  # all for the compiled resize
+    if self.compiled and self.views:
       self._resample_compiled()
     for (height, width, scale), members in self.groups.items():
       if len(members) == 1:
