@@ -51,7 +51,8 @@ Sizes:
             target needs trains slower still on 2 cores. With the faster
             kernels 20 epochs fit 15 min (`epochs=20`): 15.7 % (same folder);
             at equal wall time (15 min, 2026-12-05) width 3/8 for 11 epochs
-            15.5 %, width 1/2 for 7 epochs 17.1 %.
+            15.5 %, width 1/2 for 7 epochs 17.1 %; at 20 epochs with weight
+            decay 1e-4 16.1 %, without the colour shift 15.8 %.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
