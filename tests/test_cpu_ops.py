@@ -162,8 +162,10 @@ def test_fast_convolutions_split_the_batch_over_devices_like_xla(route, side):
   assert 'all-gather' not in fast.lower(*sharded).compile().as_text()
   loss, (dx, dw) = fast(*sharded)
   assert dx.sharding.spec == P('data')
-  # A sum of sines that nearly cancel: float rounding of each term, not of the sum.
-  np.testing.assert_allclose(loss, plain[0], atol=1e-6 * x.size)
+  # The 2x2 map's loss is a sum of sines that nearly cancel (about -1): the
+  # rounding of its terms, not of the sum, bounds it.
+  np.testing.assert_allclose(loss, plain[0], rtol=1e-5,
+                             atol=1e-6 * x.size if route == WINDOW else 0)
   for f, p in zip((dx, dw), plain[1]):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 

@@ -155,9 +155,7 @@ def _window_matmul_backward(pads, precision, residuals, dy):
   return dx.reshape(lhs.shape), dk
 
 
-window_matmul_conv.defvjp(
-    lambda lhs, rhs, pads, precision: _window_matmul_forward(lhs, rhs, pads, precision),
-    _window_matmul_backward)
+window_matmul_conv.defvjp(_window_matmul_forward, _window_matmul_backward)
 
 
 def _is_nhwc_hwio(lhs, rhs, dimension_numbers) -> bool:
