@@ -32,6 +32,10 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+  # The keys of programs with oneDNN convolutions without their partitioners'
+  # addresses (`parallel.key_cache_by_source` says why), in this process too:
+  # safe in a cache that lives as long as the session's source.
+  os.environ['JAX_REMOVE_CUSTOM_PARTITIONING_PTR_FROM_CACHE_KEY'] = 'true'
 
 
 def pytest_unconfigure(config):

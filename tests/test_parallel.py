@@ -101,6 +101,35 @@ def test_compilation_cache_stores_compiled_programs(tmp_path):
   assert os.listdir(tmp_path / 'cache')
 
 
+def test_a_step_with_onednn_convolutions_compiles_once_for_two_processes(tmp_path):
+  # The convolutions' custom partitioning puts a per-process address into the
+  # program: with it in the cache key, every process compiled the step anew.
+  code = '\n'.join([
+      'import sys, jax, jax.numpy as jnp, numpy as np',
+      'from jax.sharding import Mesh, NamedSharding, PartitionSpec as P',
+      'from vgg_jax import onednn, parallel',
+      f'parallel.enable_compilation_cache({str(tmp_path / "cache")!r}, 0.0)',
+      'mesh = Mesh(np.array(jax.devices()), ("data",))',
+      'x = jax.device_put(np.ones((4, 6, 6, 3), np.float32), NamedSharding(mesh, P("data")))',
+      'conv = onednn.conv if onednn.available() else lambda x, w, pads: (',
+      '    jax.lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")))',
+      'grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, ((1, 1), (1, 1)))), 1))',
+      'print(float(grad(x, jnp.ones((3, 3, 3, 5))).sum()))',
+      'print(jax.config.jax_compilation_cache_dir, file=sys.stderr)'])
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env.pop('JAX_REMOVE_CUSTOM_PARTITIONING_PTR_FROM_CACHE_KEY', None)  # conftest's
+  runs = [subprocess.run([sys.executable, '-c', code], check=True, env=env,
+                         capture_output=True, text=True) for _ in range(2)]
+  # Each (kernel tap, channel pair) sums the inputs it meets: 36 for the
+  # centre tap, 30 per edge, 25 per corner on a 6x6 map; 4 images, 3 x 5 channels.
+  assert [run.stdout for run in runs] == [f'{(36 + 4 * 30 + 4 * 25) * 4 * 3 * 5:.1f}\n'] * 2
+  cache = runs[1].stderr.strip().splitlines()[-1]
+  assert cache == str(tmp_path / 'cache' / f'vgg_jax-{parallel.source_fingerprint()}')
+  programs = [name.rsplit('-', 2)[0] for name in os.listdir(cache) if name.startswith('jit_')]
+  assert 'jit__lambda' in programs, programs
+  assert len(programs) == len(set(programs)), sorted(programs)  # none stored twice
+
+
 def test_batch_not_divisible_by_devices_is_a_clear_error():
   with pytest.raises(ValueError, match='batch_size=12 is not divisible by the 8 devices'):
     parallel.check_batch_size(12, parallel.make_mesh())

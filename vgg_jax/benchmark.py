@@ -167,16 +167,18 @@ def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
   return jax.device_put(local, parallel.batch_sharded(mesh))
 
 
-def compiled_train_step(model: VGG, mesh, batch: dict):
-  """(a fresh train state, the compiled step) for batches shaped like `batch`."""
+def compiled_train_step(model: VGG, mesh, batch: dict, compiled=None):
+  """(a fresh train state, the compiled step) for batches shaped like `batch`:
+  `compiled` where given (the same program, not compiled twice)."""
   opt_cfg = config_schema.base_config().optimizer  # SGD, momentum 0.9, weight decay 5e-4
   opt_cfg.update(learning_rate=0.01, schedule='constant')
   tx = optim.create_optimizer(opt_cfg, num_steps=1000, steps_per_epoch=100)
   lr_fn = optim.learning_rate_fn(opt_cfg, 1000, 100)
   init_key, dropout_key = jax.random.split(jax.random.key(0))
   state = train.create_train_state(model, tx, init_key, model.image_size, mesh)
-  step = train.compile_train_step(model, tx, lr_fn, dropout_key, mesh)
-  compiled = step.lower(state, batch).compile()
+  if compiled is None:
+    step = train.compile_train_step(model, tx, lr_fn, dropout_key, mesh)
+    compiled = step.lower(state, batch).compile()
   state, _ = compiled(state, batch)
   jax.block_until_ready(state)
   return state, compiled
@@ -230,13 +232,13 @@ def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.Confi
 
 
 def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
-                       data_cfg: ml_collections.ConfigDict, epoch: int = 1):
+                       data_cfg: ml_collections.ConfigDict, epoch: int = 1, compiled=None):
   """Training as `vgg_jax.train` runs it: batches read from disk by the input
   pipeline, copied to the devices ahead of the step (`prefetch_to_device`), and
   the step; the pipeline's threads share the machine with the step. The windows
   fall in epoch `epoch`: from the second on, small images are no longer decoded
   (`data.pipeline.KeptDecodes`), and the pipeline runs through the epochs before
-  it first, outside the clock."""
+  it first, outside the clock. `compiled`: the step alone's program, where built."""
   local = data.train_batches(data_cfg, global_batch_size=batch_size, seed=0)
   if epoch > 1:  # the split's size read only then: a folder's is a scan of its files
     num_examples = data.dataset_info(data_cfg).num_examples[data_cfg.train_split]
@@ -244,7 +246,7 @@ def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
       next(local)
   batches = parallel.prefetch_to_device(local, mesh,
                                         size=config_schema.base_config().prefetch_to_device)
-  state, compiled = compiled_train_step(model, mesh, next(batches))
+  state, compiled = compiled_train_step(model, mesh, next(batches), compiled)
   return step_windows(state, compiled, lambda: next(batches), steps)
 
 
@@ -333,6 +335,7 @@ def measure_pipeline(folder: Optional[str], images: int, windows: int,
       per_window = max(1, images // batch)
       rate = timed_rate(lambda: [next(batches) for _ in range(per_window)],
                         per_window * batch, windows)
+      batches.close()  # its threads or processes stop before the next setting's start
       result[name] = {'threads': threads, 'workers': processes, **rate}
     result['img_per_sec_per_core'] = result['one_thread']['img_per_sec']
     return result
@@ -379,10 +382,12 @@ def torch_model(model: VGG):
 TORCH_MEMORY_FORMATS = ('contiguous', 'channels_last')
 
 
-def prepare_torch(model: VGG, batch_size: int, steps: int,
-                  memory_format: str = 'contiguous') -> Callable[[], None]:
-  """A window of `steps` PyTorch train steps of the same network and optimizer,
-  run in a process of its own (`vgg_jax.torch_windows` says why)."""
+def start_torch(model: VGG, batch_size: int, steps: int,
+                memory_format: str = 'contiguous') -> Callable[[], Callable[[], None]]:
+  """Starts PyTorch's side in a process of its own (`vgg_jax.torch_windows` says
+  why) and returns `ready`, which waits for it and returns a window of `steps`
+  train steps of the same network and optimizer. The process starts (imports
+  torch, builds the network, runs a first step) while this one compiles."""
   try:
     import torch  # pylint: disable=unused-import
   except ImportError:
@@ -397,14 +402,17 @@ def prepare_torch(model: VGG, batch_size: int, steps: int,
     context.Process(target=torch_windows.serve, daemon=True, args=(
         child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
         steps, memory_format, model.dtype == jnp.bfloat16)).start()
-  if conn.recv() != torch_windows.READY:
-    raise RuntimeError('the PyTorch process did not start')
+
+  def ready():
+    if conn.recv() != torch_windows.READY:
+      raise RuntimeError('the PyTorch process did not start')
+    return window
 
   def window():
     conn.send(torch_windows.RUN)
     conn.recv()
 
-  return window
+  return ready
 
 
 def torch_info() -> dict:
@@ -517,17 +525,18 @@ def main(argv):
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size
+  torch_ready = ({fmt: start_torch(model, f.batch_size, steps, fmt)
+                  for fmt in TORCH_MEMORY_FORMATS} if f.compare == 'torch' else {})
+  compiled = None
   if 'train' in measure:
     train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
     runs['train'] = (train_window, items)
   if 'end_to_end' in measure:
     runs['end_to_end'] = (prepare_end_to_end(model, mesh, f.batch_size, steps,
                                              end_to_end_config(model, f.data_folder),
-                                             f.end_to_end_epoch), items)
-  if f.compare == 'torch':
-    for memory_format in TORCH_MEMORY_FORMATS:
-      runs[f'torch_{memory_format}'] = (prepare_torch(model, f.batch_size, steps, memory_format),
-                                        items)
+                                             f.end_to_end_epoch, compiled), items)
+  for fmt, ready in torch_ready.items():
+    runs[f'torch_{fmt}'] = (ready(), items)
   rates = timed_rates(runs, windows)
   if f.profile_dir and 'train' in measure:
     trace_train_steps(runs['train'][0], f.profile_dir)

@@ -13,8 +13,11 @@ of devices, batch norm statistics and dropout masks included.
 from __future__ import annotations
 
 import collections
+import functools
+import hashlib
 import itertools
 import os
+import pathlib
 from typing import Any, Iterator, Optional
 
 import jax
@@ -138,12 +141,44 @@ def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
   """Keeps compiled programs in `path`, so a restarted or repeated run skips XLA.
 
   Only programs that took at least `min_compile_secs` to compile are stored:
-  the train and evaluation steps, not the many small helpers.
+  the train and evaluation steps, not the many small helpers. With `path` ''
+  the cache is JAX_COMPILATION_CACHE_DIR's, if set. Either way the programs go
+  to a subdirectory of this version of vgg_jax (`key_cache_by_source`).
   """
-  if not path:
-    return
-  path = os.path.expanduser(path)
-  os.makedirs(path, exist_ok=True)
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_secs)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  if path:
+    path = os.path.expanduser(path)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update('jax_compilation_cache_dir', path)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_secs)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  if jax.config.jax_compilation_cache_dir:
+    key_cache_by_source(jax.config.jax_compilation_cache_dir)
+
+
+def key_cache_by_source(directory: str) -> None:
+  """Caches programs in `directory`/vgg_jax-<source_fingerprint()>, keyed without
+  the pointers to Python partitioners that their IR holds.
+
+  The oneDNN convolutions are custom-partitioned ops, whose IR carries the
+  address of their Python partitioner: a different number in every process,
+  so JAX's key for the train and evaluation steps never matched a second time
+  and every run compiled them again. Without the address the key no longer
+  sees that Python code, hence one subdirectory per version of it.
+  """
+  name = f'vgg_jax-{source_fingerprint()}'
+  if os.path.basename(os.path.normpath(directory)) != name:  # not twice
+    jax.config.update('jax_compilation_cache_dir', os.path.join(directory, name))
+  jax.config.update('jax_remove_custom_partitioning_ptr_from_cache_key', True)
+
+
+@functools.cache
+def source_fingerprint() -> str:
+  """A hash of vgg_jax's source files and of the CPUs this process may use
+  (which set the oneDNN convolutions' threads inside the compiled step)."""
+  package = pathlib.Path(__file__).parent
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  digest = hashlib.sha256(str(cpus).encode())
+  for path in sorted(package.rglob('*')):
+    if path.suffix in ('.py', '.cc', '.h'):
+      digest.update(str(path.relative_to(package)).encode() + b'\0' + path.read_bytes())
+  return digest.hexdigest()[:16]
