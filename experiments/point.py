@@ -129,7 +129,8 @@ def start_worker() -> None:
   cli.keep_tensorflow_off_gpus()
   # Points of a sweep share their train and evaluation steps' shapes: the
   # second one on a machine skips their compilation. JAX_COMPILATION_CACHE_DIR,
-  # when set, is JAX's own choice and stays.
+  # when set, is JAX's own choice and stays (programs go to a subdirectory of it
+  # per version of vgg_jax, `parallel.key_cache_by_source`).
   parallel.enable_compilation_cache(parallel.compilation_cache_dir())
   # Under SLURM with several tasks, jax.distributed reads the job from the
   # environment; a single process does nothing.

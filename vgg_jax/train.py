@@ -448,7 +448,8 @@ def _define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> types.SimpleNa
                                   flag_values=flag_values),
       compilation_cache=flags.DEFINE_string(
           'compilation_cache', None, 'Directory where compiled steps are kept for the '
-          'next run or restart (\'\' turns the cache off; default: '
+          'next run or restart, in a subdirectory per version of vgg_jax (\'\': none '
+          'but $JAX_COMPILATION_CACHE_DIR\'s; default: '
           f'$JAX_COMPILATION_CACHE_DIR if set, else {parallel.DEFAULT_COMPILATION_CACHE}).',
           flag_values=flag_values),
       allow_config_change=flags.DEFINE_bool(
