@@ -27,9 +27,8 @@ a build farm this project does not have). Where any of it is missing,
 its share of the batch (`custom_partitioning`), and the weight gradient is
 summed over the batch's mesh axes, as XLA's own convolution is partitioned.
 On one device the partitioning is inlined; on several CPU devices (the tests'
-eight, `jax.distributed` on CPUs) JAX keys its persistent compilation cache by
-the partitioner's Python object too, so such programs compile anew in every
-process.
+eight, `jax.distributed` on CPUs) the program holds the partitioner's address,
+which `parallel.key_cache_by_source` keeps out of the compilation cache's key.
 """
 
 from __future__ import annotations

@@ -159,11 +159,11 @@ def key_cache_by_source(directory: str) -> None:
   """Caches programs in `directory`/vgg_jax-<source_fingerprint()>, keyed without
   the pointers to Python partitioners that their IR holds.
 
-  The oneDNN convolutions are custom-partitioned ops, whose IR carries the
-  address of their Python partitioner: a different number in every process,
-  so JAX's key for the train and evaluation steps never matched a second time
-  and every run compiled them again. Without the address the key no longer
-  sees that Python code, hence one subdirectory per version of it.
+  On several CPU devices the oneDNN convolutions are custom-partitioned ops,
+  whose IR carries the address of their Python partitioner: a different number
+  in every process, so JAX's key for the train and evaluation steps never
+  matched a second time and every run compiled them again. Without the address
+  the key no longer sees that Python code, hence one subdirectory per version of it.
   """
   name = f'vgg_jax-{source_fingerprint()}'
   if os.path.basename(os.path.normpath(directory)) != name:  # not twice
