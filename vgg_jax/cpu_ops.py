@@ -81,11 +81,14 @@ def patches_conv(lhs, rhs, pads, precision=None):
 _WINDOW_MATRIX_MAX_BYTES = 1 << 26
 
 
+def _output_hw(in_hw, kernel_hw, pads) -> tuple[int, int]:
+  return tuple(size + lo + hi - k + 1 for size, k, (lo, hi) in zip(in_hw, kernel_hw, pads))
+
+
 def _every_position_in_every_window(in_hw, kernel_hw, pads) -> bool:
   """Whether each output position's window covers every input position, so that
   `window_matmul_conv`'s matrix holds no zero block."""
-  for size, k, (lo, hi) in zip(in_hw, kernel_hw, pads):
-    out = size + lo + hi - k + 1
+  for size, k, (lo, _), out in zip(in_hw, kernel_hw, pads, _output_hw(in_hw, kernel_hw, pads)):
     # Input q meets output p at tap q - p + lo: from lo - (out - 1) to size - 1 + lo.
     if out < 1 or lo < out - 1 or size + lo > k:
       return False
@@ -96,17 +99,16 @@ def _window_matmul_takes(lhs, rhs, pads) -> bool:
   in_hw, kernel_hw = lhs.shape[1:3], rhs.shape[:2]
   if not _every_position_in_every_window(in_hw, kernel_hw, pads):
     return False
-  _, out_h, out_w = _window_taps(in_hw, kernel_hw, pads)
-  matrix_bytes = math.prod(in_hw) * out_h * out_w * math.prod(rhs.shape[2:]) * rhs.dtype.itemsize
+  matrix_bytes = (math.prod(in_hw) * math.prod(_output_hw(in_hw, kernel_hw, pads)) *
+                  math.prod(rhs.shape[2:]) * rhs.dtype.itemsize)
   return matrix_bytes <= _WINDOW_MATRIX_MAX_BYTES
 
 
 def _window_taps(in_hw, kernel_hw, pads):
   """[input position][output position] -> the (ky, kx) tap joining them, both
   positions in row-major order, and the output's height and width."""
-  (top, bottom), (left, right) = pads
-  out_h = in_hw[0] + top + bottom - kernel_hw[0] + 1
-  out_w = in_hw[1] + left + right - kernel_hw[1] + 1
+  (top, _), (left, _) = pads
+  out_h, out_w = _output_hw(in_hw, kernel_hw, pads)
   taps = [[(qy - py + top, qx - px + left) for py in range(out_h) for px in range(out_w)]
           for qy in range(in_hw[0]) for qx in range(in_hw[1])]
   return taps, out_h, out_w
