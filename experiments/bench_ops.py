@@ -67,6 +67,7 @@ def cases():
   small_grad = (*small, normal(2, 64, 2, 2, 512))
   pool = (normal(5, 64, 32, 32, 64), normal(6, 64, 16, 16, 64))
   thin = (normal(7, 128, 32, 32, 8), normal(8, 3, 3, 8, 8))
+  thin_pool = (normal(15, 128, 32, 32, 16), normal(16, 128, 16, 16, 16))
   wide = (normal(10, 64, 16, 16, 128), normal(11, 3, 3, 128, 128))
   bn = normal(13, 128, 32, 32, 16)
   bn_grad = (normal(14, 128, 32, 32, 16), bn, jnp.mean(bn, axis=(0, 1, 2)))
@@ -82,8 +83,12 @@ def cases():
       ('conv backward, map smaller than the kernel', '64x2x2x512 -> 512, 3x3',
        forward_and_backward, small_grad, lax.conv_general_dilated,
        cpu_ops.conv_general_dilated),
-      ('2x2 max pool, forward and backward', '64x32x32x64',
+      ('2x2 max pool by reshaping, forward and backward', '64x32x32x64',
        pool_forward_backward, pool, pooling.window_max_pool_2x2, pooling.max_pool_2x2),
+      *[('2x2 max pool from strided slices, forward and backward', shape,
+         pool_forward_backward, args, pooling.window_max_pool_2x2,
+         pooling.strided_max_pool_2x2)
+        for shape, args in (('64x32x32x64', pool), ('128x32x32x16', thin_pool))],
       ('batch norm sums, forward: x and x * x', '128x32x32x16', jit, (bn,),
        batch_norm.staged_moments, batch_norm.moments),
       ('batch norm sums, backward: g and g * (x - mean)', '128x32x32x16', jit, bn_grad,

@@ -25,9 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from vgg_jax import cpu_ops
+from vgg_jax import cpu_ops, pooling
 from vgg_jax.batch_norm import default_batch_norm
-from vgg_jax.pooling import max_pool_2x2
 
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
 # Widths are fixed across the family (64, 128, 256, 512, 512); depth is what varies.
@@ -196,8 +195,8 @@ class VGG(nn.Module):
       None picks the fastest known for the backend (`cpu_ops.default_conv_fn`; on
       the CPU in float32, without batch norm, each conv and its ReLU run as one
       operation, `ConvReLU`). One given is used as it is, with no fusion.
-    pool_fn: 2x2 max pooling of an NHWC array; None: `pooling.max_pool_2x2`,
-      the fastest on the CPU and the GPU.
+    pool_fn: 2x2 max pooling of an NHWC array; None picks the fastest known
+      for the backend (`pooling.default_pool_fn`).
   """
   variant: str = 'D'
   num_classes: int = 1000
@@ -272,7 +271,7 @@ class VGG(nn.Module):
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
     conv_kwargs['conv_general_dilated'] = self.conv_fn or cpu_ops.default_conv_fn()
-    pool = self.pool_fn or max_pool_2x2
+    pool = self.pool_fn or pooling.default_pool_fn()
 
     x = x.astype(self.dtype)
     stage = 1
