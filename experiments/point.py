@@ -15,8 +15,8 @@ which does the same in every task of the job.
 from __future__ import annotations
 
 if __name__ == '__main__':  # first: a restart would repeat every import below
-  from vgg_jax import huge_pages
-  huge_pages.restart_with_huge_pages()
+  from vgg_jax import malloc_tunables
+  malloc_tunables.restart_with_tunables()
 
 import os
 import signal

@@ -37,8 +37,8 @@ windows take turns, so both see the same background load.
 from __future__ import annotations
 
 if __name__ == '__main__':  # first: a restart would repeat every import below
-  from vgg_jax import huge_pages
-  huge_pages.restart_with_huge_pages()
+  from vgg_jax import malloc_tunables
+  malloc_tunables.restart_with_tunables()
 
 import contextlib
 import json
@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import (config_schema, console, cpu_ops, data, huge_pages, onednn, optim,
+from vgg_jax import (config_schema, console, cpu_ops, data, malloc_tunables, onednn, optim,
                      parallel, pooling, train)
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
@@ -398,7 +398,7 @@ def start_torch(model: VGG, batch_size: int, steps: int,
   context = multiprocessing.get_context('spawn')
   conn, child_conn = context.Pipe()
   # PyTorch's OpenMP and malloc as in a script of its own.
-  with onednn.users_openmp_environment(), huge_pages.users_environment():
+  with onednn.users_openmp_environment(), malloc_tunables.users_environment():
     context.Process(target=torch_windows.serve, daemon=True, args=(
         child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
         steps, memory_format, model.dtype == jnp.bfloat16)).start()
@@ -521,7 +521,7 @@ def main(argv):
                   # Whose resize makes the pipeline's crops: the compiled port or Pillow.
                   'resampling': ('compiled' if resample.available() else
                                  f'pillow ({resample.unavailable_reason()})'),
-                  'glibc_tunables': os.environ.get(huge_pages.TUNABLES_ENV)},
+                  'glibc_tunables': os.environ.get(malloc_tunables.TUNABLES_ENV)},
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size
@@ -566,7 +566,7 @@ def main(argv):
                                           windows, f.pipeline_workers)
   if f.compare == 'torch':
     report['torch'] = {**torch_summary(rates, report.get('train')),
-                       'glibc_tunables': huge_pages.users_tunables()}
+                       'glibc_tunables': malloc_tunables.users_tunables()}
   text = json.dumps(report, indent=2)
   print(text)
   if f.output:

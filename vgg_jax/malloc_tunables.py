@@ -1,16 +1,27 @@
-"""Transparent huge pages for the buffers XLA's CPU runtime allocates every step.
+"""glibc's malloc tuned for the buffers XLA's CPU runtime allocates every step.
 
-Each execution takes its buffers from malloc, which maps the large ones fresh from
-the kernel: 6,000-12,000 page faults of 4 KiB in every step of VGG-A at batch 64.
-glibc's tunable `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge
-pages (madvise), and most of the faults go: the step gains 1-5 % at width 1 and
-9-15 % on the width-1/4 net (experiments/PERFORMANCE.md, 2026-12-04). glibc reads
-its tunables only when a process starts, so the commands (`vgg_jax.train`,
-`vgg_jax.evaluate`, `vgg_jax.benchmark`, `experiments.point`) restart themselves
-once with it, before their heavy imports, where it matters: Linux with glibc 2.35
-or newer and transparent huge pages in `madvise` mode (in `always` mode the kernel
-already gives them, in `never` nothing can). `VGG_JAX_HUGE_PAGES=0` turns it off;
-a `glibc.malloc.hugetlb` of the user's own is left as it is.
+Each execution takes its buffers from malloc: the width-1/4 VGG-D's step (batch 128,
+32x32) 60 MB of temporaries, VGG-A's more, each a single block above glibc's largest
+mmap threshold (32 MB), so malloc maps it fresh from the kernel and unmaps it after,
+and the next step pays the page faults again. Two tunables fix it:
+
+* `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge pages (madvise):
+  6,000-12,000 faults of 4 KiB a step of VGG-A at batch 64 become a few hundred huge
+  ones, +1-5 % at width 1 and +9-15 % on the width-1/4 net (experiments/PERFORMANCE.md,
+  2026-12-04). Where glibc is 2.35 or newer and the kernel's THP mode is `madvise`
+  (in `always` mode the kernel gives them already, in `never` nothing can).
+* `glibc.malloc.mmap_max=0` and a 16 GiB `trim_threshold` keep freed memory in
+  malloc's heap, so every step reuses the last one's pages: no page faults at all
+  after the first step (240-330 a step of the width-1/4 net with huge pages alone),
+  +12 % on that net's step in alternating runs, VGG-A at width 1 unchanged; a
+  process's resident memory stays at its peak (the width-1/4 benchmark's 720 -> 870 MB;
+  experiments/PERFORMANCE.md, 2026-12-05).
+
+glibc reads its tunables only when a process starts, so the commands
+(`vgg_jax.train`, `vgg_jax.evaluate`, `vgg_jax.benchmark`, `experiments.point`)
+restart themselves once with them, before their heavy imports, on Linux with glibc.
+`VGG_JAX_MALLOC_TUNABLES=0` turns it off; a tunable the user set stays as the user
+set it.
 """
 
 from __future__ import annotations
@@ -23,9 +34,10 @@ from typing import Mapping, Optional
 
 from vgg_jax import env_vars
 
-SWITCH_ENV = 'VGG_JAX_HUGE_PAGES'
+SWITCH_ENV = 'VGG_JAX_MALLOC_TUNABLES'
 TUNABLES_ENV = 'GLIBC_TUNABLES'
-TUNABLE = 'glibc.malloc.hugetlb=1'
+HUGE_PAGES = 'glibc.malloc.hugetlb=1'
+KEEP_FREED_MEMORY = ('glibc.malloc.mmap_max=0', f'glibc.malloc.trim_threshold={16 << 30}')
 # Set by the restart to the user's GLIBC_TUNABLES ('' for none): it marks the
 # restarted process (no second restart) and gives other programs' processes
 # (PyTorch's, in the benchmark) the environment the user chose.
@@ -53,22 +65,29 @@ def thp_mode() -> Optional[str]:
   return match[1] if match else None
 
 
+def _name(tunable: str) -> str:
+  return tunable.split('=', 1)[0]
+
+
 def tunables_to_restart_with(environ: Mapping[str, str], *, platform: str,
                              glibc: Optional[tuple[int, int]],
                              thp: Optional[str]) -> Optional[str]:
   """The GLIBC_TUNABLES to restart with, or None where a restart would change nothing."""
+  # glibc has read malloc's tunables since 2.26, huge pages since 2.35.
   if (environ.get(SWITCH_ENV, '1') in ('0', '') or USERS_TUNABLES_ENV in environ
-      or not platform.startswith('linux') or glibc is None or glibc < (2, 35)
-      or thp != 'madvise'):
+      or not platform.startswith('linux') or glibc is None or glibc < (2, 26)):
     return None
+  ours = (HUGE_PAGES,) if glibc >= (2, 35) and thp == 'madvise' else ()
   users = environ.get(TUNABLES_ENV, '')
-  if 'glibc.malloc.hugetlb' in users:
+  users_names = {_name(tunable) for tunable in users.split(':')}
+  added = [t for t in ours + KEEP_FREED_MEMORY if _name(t) not in users_names]
+  if not added:
     return None
-  return f'{users}:{TUNABLE}' if users else TUNABLE
+  return ':'.join([users, *added] if users else added)
 
 
-def restart_with_huge_pages() -> None:
-  """Re-executes this command (same interpreter, same arguments) with the tunable,
+def restart_with_tunables() -> None:
+  """Re-executes this command (same interpreter, same arguments) with the tunables,
   where `tunables_to_restart_with` says so; else returns."""
   tunables = tunables_to_restart_with(os.environ, platform=sys.platform,
                                       glibc=glibc_version(), thp=thp_mode())
