@@ -7,7 +7,9 @@
 Every rate is measured after compilation, which is never inside a timed region:
 each compiled function is built with `.lower().compile()` and called once
 before its clock starts. A rate is the median of `--windows` timed windows of
-`--steps` calls each; with `--compare=torch` the vgg_jax and PyTorch training
+`--steps` calls each, after one untimed window of each contender (steady
+state: XLA's first dozen steps on the CPU are up to 2.5 times slower while
+malloc's heap settles); with `--compare=torch` the vgg_jax and PyTorch training
 windows take turns, so both see the same background load.
 
 * train: the real training step (`train.compile_train_step`: SGD with momentum
@@ -81,7 +83,10 @@ def timed_rates(runs: dict, windows: int) -> dict:
 
   Taking turns window by window exposes every contender to the same
   background load, so a side-by-side ratio stays fair on a shared machine.
+  One untimed window each comes first: the rates are steady-state ones.
   """
+  for run_window, _ in runs.values():
+    run_window()
   rates = {name: [] for name in runs}
   for _ in range(windows):
     for name, (run_window, items) in runs.items():
