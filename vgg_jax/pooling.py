@@ -36,8 +36,10 @@ def max_pool_2x2(x):
   """`nn.max_pool(x, (2, 2), strides=(2, 2))` (VALID) of an NHWC array, by reshaping.
 
   The gradient goes to the maximum of each window; where several entries tie
-  it is shared among them, where XLA's pooling gives it to one. In VGG ties are
-  the zeros of a ReLU, whose gradient is zero either way.
+  it is shared among them, where XLA's pooling gives it to one. Ties of a ReLU's
+  zeros get a zero gradient either way, but flat image regions tie positive
+  values too: the default config's run ends at 99.60 % with this pooling's
+  gradient against 99.65 % with the first maximum's (README).
   """
   x = _even(x)
   n, h, w, c = x.shape
