@@ -1,9 +1,9 @@
 """glibc's malloc tuned for the buffers XLA's CPU runtime allocates every step.
 
 Each execution takes its buffers from malloc: the width-1/4 VGG-D's step (batch 128,
-32x32) 60 MB of temporaries, VGG-A's more, each a single block above glibc's largest
-mmap threshold (32 MB), so malloc maps it fresh from the kernel and unmaps it after,
-and the next step pays the page faults again. Two tunables fix it:
+32x32) 60 MB of temporaries in one block, above glibc's largest mmap threshold
+(32 MB), so malloc maps it fresh from the kernel and unmaps it after, and the next
+step pays the page faults again. Two tunables fix it:
 
 * `glibc.malloc.hugetlb=1` makes malloc ask for transparent huge pages (madvise):
   6,000-12,000 faults of 4 KiB a step of VGG-A at batch 64 become a few hundred huge

@@ -14,11 +14,11 @@ slow on both backends we measured. Two forms replace it:
   vectorises it over the channels, where it runs the reshaped max's window
   loop one value at a time and, at the first block's shape, on one core.
   Batch norm's normalisation, ReLU and the pooling fused, width 1/4's shapes,
-  forward / forward and backward: 128x32x32x16 1.50 / 2.93 ms as a reshape
-  against 0.43 / 2.09 strided, 128x16x16x32 0.78 / 1.49 against 0.20 / 0.43
-  (a one-off script, best of 30, 2-core AMD EPYC with AVX-512, 2026-12-05;
-  the step: experiments/PERFORMANCE.md). Not measured on a GPU yet, so the
-  GPU keeps the reshape (`default_pool_fn`).
+  forward / forward and backward: 128x32x32x16 0.99 / 1.94 ms as a reshape
+  against 0.16 / 1.57 strided, 64x32x32x64 2.05 / 4.62 against 0.64 / 2.93
+  (a one-off script, best of 25, 2-core AMD EPYC with AVX-512, 2026-12-05;
+  more shapes and the step: experiments/PERFORMANCE.md). Not measured on a GPU
+  yet, so the GPU keeps the reshape (`default_pool_fn`).
 """
 
 import flax.linen as nn
