@@ -258,9 +258,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
       continue
     _move_aside(mngr, damaged, resumed_from=step)
     if damaged:
-      # orbax's abandoned reads of the damaged steps end here, not at some later
-      # collection (their exceptions go to `console`'s hook; printed, a page each).
-      gc.collect()
+      _end_abandoned_reads()
     return state
   raise errors.CheckpointError(
       f'no good checkpoint in {directory}: '
@@ -268,6 +266,12 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
       + ('; ...' if len(damaged) > 3 else '')
       + '. Nothing was changed: restore the checkpoints from a backup, or move the '
       'directory aside to train from scratch')
+
+
+def _end_abandoned_reads() -> None:
+  # orbax's abandoned reads of a damaged checkpoint end here, not at some later
+  # collection (their exceptions go to `console`'s hook; printed, a page each).
+  gc.collect()
 
 
 def _move_aside(mngr: ocp.CheckpointManager, damaged: list[tuple[int, str]],
@@ -371,6 +375,7 @@ def _restore_variables(mngr: ocp.CheckpointManager, workdir: str, step: Optional
     variables = dict(restored[STATE])
     _verify(variables, restored[CHECKSUMS] if CHECKSUMS in items else None)
   except Exception as e:  # pylint: disable=broad-except
+    _end_abandoned_reads()
     older = sorted(s for s in steps if s < step)
     hint = (f'use an older one, e.g. --step={older[-1]}' if older else
             'there is no older one')
