@@ -48,25 +48,27 @@ _SHOW = ('from vgg_jax import malloc_tunables; malloc_tunables.restart_with_tuna
          'print(os.environ.get("GLIBC_TUNABLES"), os.environ.get("VGG_JAX_USERS_GLIBC_TUNABLES"))')
 
 
-def _run(**env):
+_THIS_MACHINE = dict(platform=sys.platform, glibc=malloc_tunables.glibc_version(),
+                     thp=malloc_tunables.thp_mode())
+
+
+def _run(code, **env) -> str:
+  """`code`'s stdout in a new Python process, from an environment without our variables."""
   base = {k: v for k, v in os.environ.items()
           if k not in ('GLIBC_TUNABLES', malloc_tunables.USERS_TUNABLES_ENV, malloc_tunables.SWITCH_ENV)}
-  out = subprocess.run([sys.executable, '-c', _SHOW], env={**base, **env}, check=True,
-                       capture_output=True, text=True).stdout
-  return out.split()
+  return subprocess.run([sys.executable, '-c', code], env={**base, **env}, check=True,
+                        capture_output=True, text=True).stdout
 
 
 def test_the_restarted_process_has_the_tunable_and_remembers_the_users():
-  machine = dict(platform=sys.platform, glibc=malloc_tunables.glibc_version(),
-                 thp=malloc_tunables.thp_mode())
   want = malloc_tunables.tunables_to_restart_with({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=4'},
-                                             **machine)
-  got = _run(GLIBC_TUNABLES='glibc.malloc.arena_max=4')
+                                                  **_THIS_MACHINE)
+  got = _run(_SHOW, GLIBC_TUNABLES='glibc.malloc.arena_max=4').split()
   if want is None:  # a machine where a restart changes nothing: none happens
     assert got == ['glibc.malloc.arena_max=4', 'None']
   else:
     assert got == [want, 'glibc.malloc.arena_max=4']
-  assert _run(VGG_JAX_MALLOC_TUNABLES='0') == ['None', 'None']
+  assert _run(_SHOW, VGG_JAX_MALLOC_TUNABLES='0').split() == ['None', 'None']
 
 
 def test_other_programs_get_the_users_tunables(monkeypatch):
@@ -94,15 +96,10 @@ _FAULTS = ('from vgg_jax import malloc_tunables; malloc_tunables.restart_with_tu
            'print(max(counts[1:]))\n')
 
 
-@pytest.mark.skipif(malloc_tunables.tunables_to_restart_with(
-    {}, platform=sys.platform, glibc=malloc_tunables.glibc_version(),
-    thp=malloc_tunables.thp_mode()) is None, reason='glibc >= 2.26 on Linux only')
+@pytest.mark.skipif(malloc_tunables.tunables_to_restart_with({}, **_THIS_MACHINE) is None,
+                    reason='glibc >= 2.26 on Linux only')
 def test_a_step_s_large_buffers_reuse_the_last_step_s_pages():
   # XLA's per-step buffers are such blocks: freed and taken again every step.
-  base = {k: v for k, v in os.environ.items()
-          if k not in ('GLIBC_TUNABLES', malloc_tunables.USERS_TUNABLES_ENV)}
-  run = lambda **env: int(subprocess.run(
-      [sys.executable, '-c', _FAULTS], env={**base, **env}, check=True, capture_output=True,
-      text=True).stdout)
-  assert run() < 16  # kept in malloc's heap: no new pages
-  assert run(VGG_JAX_MALLOC_TUNABLES='0') > 16  # mapped afresh: 32 huge or 16,384 small
+  assert int(_run(_FAULTS)) < 16  # kept in malloc's heap: no new pages
+  # Mapped afresh: 32 huge or 16,384 small pages.
+  assert int(_run(_FAULTS, VGG_JAX_MALLOC_TUNABLES='0')) > 16

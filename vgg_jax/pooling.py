@@ -25,6 +25,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import cpu_ops
+
 
 def _even(x):
   """VALID pooling's input: an odd last row or column is dropped."""
@@ -72,13 +74,11 @@ def _strided_max_pool_backward(residuals, g):
   # would halve it at each tie).
   x, y = residuals
   zero = jnp.zeros((), g.dtype)
-  taken, parts = None, []
+  taken, parts = jnp.zeros(y.shape, bool), []
   for i, j in _WINDOW:
-    hit = x[:, i::2, j::2, :] == y
-    if taken is not None:
-      hit &= ~taken
+    hit = (x[:, i::2, j::2, :] == y) & ~taken
     parts.append(jnp.where(hit, g, zero))
-    taken = hit if taken is None else taken | hit
+    taken |= hit
   # Interleaved back: (n, h/2, 2, w/2, 2, c) is the input's (n, h, w, c).
   top, bottom = jnp.stack(parts[:2], axis=3), jnp.stack(parts[2:], axis=3)
   return (jnp.stack([top, bottom], axis=2).reshape(x.shape),)
@@ -95,7 +95,7 @@ def strided_max_pool_2x2(x):
 
 def default_pool_fn():
   """The pooling for the current backend: strided on the CPU, measured there."""
-  return strided_max_pool_2x2 if jax.default_backend() == 'cpu' else max_pool_2x2
+  return strided_max_pool_2x2 if cpu_ops.on_cpu() else max_pool_2x2
 
 
 def window_max_pool_2x2(x):
