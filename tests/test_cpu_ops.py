@@ -46,32 +46,58 @@ def assert_same_as_plain(shape, kernel, padding, cout=12, **kwargs):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * scale, err_msg=name)
 
 
-WINDOW, ONEDNN = 'window matmul', 'oneDNN'
+WINDOW, TAPS, ONEDNN = 'window matmul', 'tap matmuls', 'oneDNN'
 
 
-@pytest.mark.parametrize('side, kernel, padding, route', [
-    (2, 3, 'SAME', WINDOW), (1, 3, 'SAME', WINDOW), (3, 5, 'SAME', WINDOW),
-    (2, 7, 'SAME', WINDOW), (7, 7, 'VALID', WINDOW),  # a fully connected layer
-    (2, 3, ((2, 0), (0, 1)), ONEDNN), (2, 3, ((3, 0), (1, 1)), ONEDNN)])  # asymmetric pads, the last one wider than k - 1
-def test_maps_no_larger_than_the_kernel(side, kernel, padding, route):
-  x, w = normal(3, side, side, 10), normal(kernel, kernel, 10, 12)
-  jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
-      x, w, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
-  if route == WINDOW:  # every input position in every output's window: one matmul
+@pytest.fixture(params=[WINDOW, TAPS])
+def small_map_route(request, monkeypatch):
+  """Each small-map route on this test's small channel counts: with no room
+  for a window matrix, the taps take them."""
+  if request.param == TAPS:
+    monkeypatch.setattr(cpu_ops, '_WINDOW_MATRIX_MAX_BYTES', 0)
+  return request.param
+
+
+def assert_route(jaxpr, route, taps_met=None):
+  if route == WINDOW:  # one matmul by the assembled matrix
     assert 'optimization_barrier' in jaxpr and 'custom_partitioning' not in jaxpr
+  elif route == TAPS:  # one matmul for each tap that meets the map
+    assert 'optimization_barrier' not in jaxpr and 'custom_partitioning' not in jaxpr
+    assert jaxpr.count('dot_general') == taps_met
   else:  # oneDNN's where it is built (faster than patches here too), else patches
     assert ('custom_partitioning' in jaxpr) == onednn.available()
     assert ('dot_general' in jaxpr) != onednn.available()
+
+
+@pytest.mark.parametrize('side, kernel, padding, taps_met', [
+    (2, 3, 'SAME', 9), (1, 3, 'SAME', 1), (3, 5, 'SAME', 25),
+    (2, 7, 'SAME', 9), (7, 7, 'VALID', 49)])  # the last a fully connected layer
+def test_maps_in_every_window_take_a_small_map_route(side, kernel, padding, taps_met,
+                                                      small_map_route):
+  x, w = normal(3, side, side, 10), normal(kernel, kernel, 10, 12)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
+  assert_route(jaxpr, small_map_route, taps_met)
   assert_same_as_plain((3, side, side, 10), kernel, padding)
 
 
-def test_window_matmul_leaves_large_matrices_to_onednn():
-  # A 2x2 map of 2,048 channels would need a 256 MB matrix: oneDNN's (or patches).
-  x, w = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in ((64, 2, 2, 2048),
-                                                                  (3, 3, 2048, 2048)))
+@pytest.mark.parametrize('padding', [((2, 0), (0, 1)), ((3, 0), (1, 1))])  # asymmetric pads, the last one wider than k - 1
+def test_maps_smaller_than_the_kernel_with_positions_outside_a_window(padding):
+  x, w = normal(3, 2, 2, 10), normal(3, 3, 10, 12)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
+  assert_route(jaxpr, ONEDNN)
+  assert_same_as_plain((3, 2, 2, 10), kernel=3, padding=padding)
+
+
+@pytest.mark.parametrize('channels, route', [(256, WINDOW), (512, TAPS), (2048, TAPS)])
+def test_wide_small_maps_take_one_matmul_per_tap(channels, route):
+  # A 2x2 map of 512 channels would need a 16 MB matrix, of 2,048 a 256 MB one.
+  x, w = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (
+      (64, 2, 2, channels), (3, 3, channels, channels)))
   jaxpr = str(jax.make_jaxpr(lambda x, w: cpu_ops.conv_general_dilated(
       x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT))(x, w))
-  assert 'optimization_barrier' not in jaxpr
+  assert_route(jaxpr, route, taps_met=9)
 
 
 @pytest.mark.parametrize('side, kernel, padding', [
@@ -140,13 +166,14 @@ def test_a_failed_build_names_the_compiler_and_its_error(monkeypatch, tmp_path):
   assert not list(tmp_path.glob('*.so'))  # nothing half-built left to load
 
 
-@pytest.mark.parametrize('route, side', [(ONEDNN, 8), (WINDOW, 2)])
+@pytest.mark.parametrize('route, side', [(ONEDNN, 8), (WINDOW, 2), (TAPS, 2)])
 def test_fast_convolutions_split_the_batch_over_devices_like_xla(route, side):
   # Eight CPU devices (conftest): each convolves its share of the batch, the
   # kernel gradient is summed over them; no device gathers the batch.
   if route == ONEDNN and not onednn.available():
     pytest.skip(f'oneDNN is not installed here: {onednn.unavailable_reason()}')
-  conv = onednn.conv if route == ONEDNN else cpu_ops.window_matmul_conv
+  conv = {ONEDNN: onednn.conv, WINDOW: cpu_ops.window_matmul_conv,
+          TAPS: cpu_ops.tap_matmul_conv}[route]
   mesh = Mesh(np.array(jax.devices()), ('data',))
   x, w = normal(16, side, side, 5), normal(3, 3, 5, 6)
   pads = ((1, 1), (1, 1))
@@ -165,7 +192,7 @@ def test_fast_convolutions_split_the_batch_over_devices_like_xla(route, side):
   # The 2x2 map's loss is a sum of sines that nearly cancel (about -1): the
   # rounding of its terms, not of the sum, bounds it.
   np.testing.assert_allclose(loss, plain[0], rtol=1e-5,
-                             atol=1e-6 * x.size if route == WINDOW else 0)
+                             atol=1e-6 * x.size if route != ONEDNN else 0)
   for f, p in zip((dx, dw), plain[1]):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
@@ -177,9 +204,12 @@ def conv_bias_relu_and_grads(fn, x, w, b, cotangent):
 
 @pytest.mark.parametrize('side, kernel, padding, route', [
     (8, 3, 'SAME', ONEDNN), (2, 3, 'SAME', WINDOW), (1, 3, 'SAME', WINDOW),
-    (7, 7, 'VALID', WINDOW), (8, 7, 'VALID', ONEDNN), (5, 1, 'SAME', ONEDNN),
-    (3, 3, ((2, 0), (1, 3)), ONEDNN)])
-def test_conv_bias_relu_equals_the_plain_convolution_bias_and_relu(side, kernel, padding, route):
+    (7, 7, 'VALID', WINDOW), (2, 3, 'SAME', TAPS), (8, 7, 'VALID', ONEDNN),
+    (5, 1, 'SAME', ONEDNN), (3, 3, ((2, 0), (1, 3)), ONEDNN)])
+def test_conv_bias_relu_equals_the_plain_convolution_bias_and_relu(side, kernel, padding, route,
+                                                                   monkeypatch):
+  if route == TAPS:
+    monkeypatch.setattr(cpu_ops, '_WINDOW_MATRIX_MAX_BYTES', 0)
   x, w, b = normal(3, side, side, 5), normal(kernel, kernel, 5, 6), normal(6, seed=2)
   plain = lambda x, w, b: jax.nn.relu(jax.lax.conv_general_dilated(
       x, w, (1, 1), padding, dimension_numbers=LAYOUT) + b)

@@ -3,12 +3,15 @@
 Four routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
 
 * a map whose every input position lies in every output position's window
-  (the last stage's 2x2 maps of a 32x32 input under a 3x3 kernel): one matmul
-  by a matrix of the kernel's taps (`window_matmul_conv`). oneDNN's
-  convolutions, like PyTorch's, run such a layer at its nominal 9 taps a
-  position, where 4 of the 9 meet the 2x2 map; the matmul does the 4. Forward
-  and both gradients of 64x2x2x512 -> 512: 11.7 against 19.4 ms (128x2x2x128
-  -> 128: 1.6 against 2.3 ms);
+  (the last stage's 2x2 maps of a 32x32 input under a 3x3 kernel): only the
+  kernel taps that meet the map, 4 of the 9 at 2x2, where oneDNN's
+  convolutions, like PyTorch's, run all 9 at every position. While the matrix
+  of the kernel's taps stays within 8 MB (a 2x2 map of up to 362 channels),
+  one matmul by it (`window_matmul_conv`); above, where assembling it sets the
+  pace, one matmul per tap over the positions the tap joins
+  (`tap_matmul_conv`). Forward and both gradients of 64x2x2x512 -> 512: the
+  matrix 11.7 against oneDNN's 19.4 ms on the AMD EPYC; in VGG-D's step on a
+  2-core Intel Xeon, the taps made the whole step 9 % faster than the matrix;
 * float32 with non-negative pads: oneDNN's (`vgg_jax.onednn`), where it is
   built. XLA computes each weight gradient as transposes around an Eigen
   convolution; oneDNN reads NHWC as it is and runs thin convolutions two to
@@ -76,9 +79,12 @@ def patches_conv(lhs, rhs, pads, precision=None):
                  precision=precision)
 
 
-# Above this, the matrix's memory traffic would outweigh the taps it saves
-# (a 4x4 map of 512 channels under a 7x7 kernel would need 256 MB).
-_WINDOW_MATRIX_MAX_BYTES = 1 << 26
+# Above this, assembling the window matrix costs more than the taps it saves
+# (2026-12-05, 2-core Intel Xeon, forward and both gradients alone: 512
+# channels of a 2x2 map, a 16 MB matrix, 17.0 ms against 6.2 for the taps,
+# `python -m experiments.bench_ops`; 256 channels, 4 MB, 2.5 against 2.6 ms in
+# a one-off script).
+_WINDOW_MATRIX_MAX_BYTES = 1 << 23
 
 
 def _output_hw(in_hw, kernel_hw, pads) -> tuple[int, int]:
@@ -95,13 +101,38 @@ def _every_position_in_every_window(in_hw, kernel_hw, pads) -> bool:
   return True
 
 
-def _window_matmul_takes(lhs, rhs, pads) -> bool:
+def _small_map_conv(lhs, rhs, pads):
+  """`window_matmul_conv` or `tap_matmul_conv` where every input position lies
+  in every output position's window, else None."""
   in_hw, kernel_hw = lhs.shape[1:3], rhs.shape[:2]
   if not _every_position_in_every_window(in_hw, kernel_hw, pads):
-    return False
+    return None
   matrix_bytes = (math.prod(in_hw) * math.prod(_output_hw(in_hw, kernel_hw, pads)) *
                   math.prod(rhs.shape[2:]) * rhs.dtype.itemsize)
-  return matrix_bytes <= _WINDOW_MATRIX_MAX_BYTES
+  return window_matmul_conv if matrix_bytes <= _WINDOW_MATRIX_MAX_BYTES else tap_matmul_conv
+
+
+def tap_matmul_conv(lhs, rhs, pads, precision=None):
+  """The convolution as one matmul per kernel tap, of the input positions the
+  tap reaches, each product padded to the output's positions and summed. Only
+  the taps that meet the map cost anything; autodiff's gradients are the same
+  matmuls transposed, with no matrix to assemble."""
+  n, height, width, _ = lhs.shape
+  (top, _), (left, _) = pads
+  out_h, out_w = _output_hw((height, width), rhs.shape[:2], pads)
+  out = None
+  for ky in range(rhs.shape[0]):
+    for kx in range(rhs.shape[1]):
+      # Output rows y0..y1 read input rows y0 + ky - top ..; likewise columns.
+      y0, y1 = max(0, top - ky), min(out_h, height + top - ky)
+      x0, x1 = max(0, left - kx), min(out_w, width + left - kx)
+      if y0 >= y1 or x0 >= x1:
+        continue
+      taken = lhs[:, y0 + ky - top:y1 + ky - top, x0 + kx - left:x1 + kx - left, :]
+      product = jnp.pad(jnp.dot(taken, rhs[ky, kx], precision=precision),
+                        ((0, 0), (y0, out_h - y1), (x0, out_w - x1), (0, 0)))
+      out = product if out is None else out + product
+  return out
 
 
 def _window_taps(in_hw, kernel_hw, pads):
@@ -192,8 +223,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   kernel_hw = rhs.shape[:2]
   height, width = lhs.shape[1:3]
   pads = _pads(padding, (height, width), kernel_hw)
-  if _window_matmul_takes(lhs, rhs, pads):
-    return window_matmul_conv(lhs, rhs, pads, precision)
+  small_map_conv = _small_map_conv(lhs, rhs, pads)
+  if small_map_conv is not None:
+    return small_map_conv(lhs, rhs, pads, precision)
   if _onednn_takes(pads, lhs, rhs):
     return onednn.conv(lhs, rhs, pads)
   if height < kernel_hw[0] or width < kernel_hw[1]:
@@ -207,7 +239,7 @@ def conv_bias_relu(lhs, rhs, bias, padding):
   oneDNN call each way (`onednn.conv_bias_relu`, two passes over the
   activations fewer), else `conv_general_dilated`, the bias and the ReLU."""
   pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2])
-  if _onednn_takes(pads, lhs, rhs, bias) and not _window_matmul_takes(lhs, rhs, pads):
+  if _onednn_takes(pads, lhs, rhs, bias) and _small_map_conv(lhs, rhs, pads) is None:
     return onednn.conv_bias_relu(lhs, rhs, bias, pads)
   out = conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT)
   return jax.nn.relu(out + bias)
