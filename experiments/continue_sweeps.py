@@ -2,6 +2,11 @@
 commits each finished point, so that the campaign spans sittings and machines.
 
     python -m experiments.continue_sweeps --images=ROOT [--commit] [--seeds=3] [--dry_run]
+        [--epochs=E]
+
+Without --epochs, the size's own 10 epochs, in experiments/results/cifar10_twocore;
+with it, E epochs for every point, in experiments/results/cifar10_twocore_epochsE
+(25 epochs: what 15 minutes of the 2-core machines hold for VGG-D since 2026-12-05).
 
 ROOT holds CIFAR-10 as an image folder (ROOT/train/<class>/*.png|jpg,
 ROOT/test/<class>/...). It is linked at workdirs/cifar10, and the points'
@@ -42,8 +47,13 @@ IMAGES_LINK = os.path.join('workdirs', 'cifar10')
 SWEEPS = ('depth', 'conv1x1', 'scale_jitter', 'lrn', 'kernel_size')
 
 
-def sweep_argument(seeds: int) -> str:
-  return f'twocore,folder={IMAGES_LINK},seeds={seeds}'
+def sweep_argument(seeds: int, epochs: float = 0.0) -> str:
+  return f'twocore,folder={IMAGES_LINK},seeds={seeds}' + (f',epochs={epochs:g}' if epochs else '')
+
+
+def results_dir(epochs: float = 0.0) -> str:
+  """The campaign's directory: the twocore size's own epochs, or `epochs` of them."""
+  return f'{RESULTS}_epochs{epochs:g}' if epochs else RESULTS
 
 
 def link_images(images: str) -> None:
@@ -60,7 +70,7 @@ def link_images(images: str) -> None:
   os.symlink(os.path.abspath(images), link)
 
 
-def campaign(seeds: int) -> list[list[tuple[str, sweep.Point]]]:
+def campaign(seeds: int, epochs: float = 0.0) -> list[list[tuple[str, sweep.Point]]]:
   """The distinct points in the order they run (by seed, then by sweep), each
   as its (sweep name, point) for every sweep it belongs to: a shared point
   gets all its sweeps' evaluations while its checkpoints are at hand."""
@@ -68,19 +78,19 @@ def campaign(seeds: int) -> list[list[tuple[str, sweep.Point]]]:
   for seed in range(seeds):
     for name in SWEEPS:
       module, arg = sweep.load_sweep_module(
-          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{sweep_argument(seeds)}'))
+          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{sweep_argument(seeds, epochs)}'))
       points = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
-                                 os.path.join(REPO, RESULTS))
+                                 os.path.join(REPO, results_dir(epochs)))
       for point in points:
         if point.config['seed'] == seed:
           by_point.setdefault(point.name, []).append((name, point))
   return list(by_point.values())
 
 
-def point_state(name: str, point: sweep.Point) -> str:
-  """`sweep.status` of the point in the campaign's directory; an error where
-  evaluations are missing and no checkpoint is here to make them from."""
-  point_dir = os.path.join(REPO, RESULTS, point.name)
+def point_state(name: str, point: sweep.Point, results: str) -> str:
+  """`sweep.status` of the point in the campaign's directory `results`; an error
+  where evaluations are missing and no checkpoint is here to make them from."""
+  point_dir = os.path.join(REPO, results, point.name)
   state = sweep.status(point_dir, point.evals)
   if state == 'evaluate' and not run_files.has_checkpoints(point_dir):
     raise ValueError(
@@ -90,32 +100,34 @@ def point_state(name: str, point: sweep.Point) -> str:
   return state
 
 
-def pending_memberships(memberships: list[tuple[str, sweep.Point]]
+def pending_memberships(memberships: list[tuple[str, sweep.Point]], results: str
                         ) -> list[tuple[str, sweep.Point, str]]:
   """(sweep, point, state) of one point's memberships whose training or
-  evaluations are not yet in the campaign's directory."""
-  states = ((name, point, point_state(name, point)) for name, point in memberships)
+  evaluations are not yet in the campaign's directory `results`."""
+  states = ((name, point, point_state(name, point, results)) for name, point in memberships)
   return [pending for pending in states if pending[2] != 'done']
 
 
-def run_point(name: str, point: sweep.Point, seeds: int) -> int:
+def run_point(name: str, point: sweep.Point, seeds: int, epochs: float) -> int:
+  sweep_file = os.path.join('configs', 'sweeps', f'{name}.py')
   cmd = [sys.executable, '-m', 'experiments.sweep',
-         f'--sweep={os.path.join("configs", "sweeps", name)}.py:{sweep_argument(seeds)}',
-         f'--workdir={RESULTS}', f'--only=^{re.escape(point.name)}$']
+         f'--sweep={sweep_file}:{sweep_argument(seeds, epochs)}',
+         f'--workdir={results_dir(epochs)}', f'--only=^{re.escape(point.name)}$']
   print(f'$ {" ".join(cmd)}', flush=True)
   return subprocess.run(cmd, cwd=REPO, check=False).returncode
 
 
-def commit(name: str, point: sweep.Point) -> None:
+def commit(name: str, point: sweep.Point, results: str) -> None:
   """Commits the point's directory, the sweeps' manifests and the committed
   points' changes: a point shared with this sweep has it added to its
   point.json's sweeps, which the report reads. Points not yet done stay out."""
-  paths = [os.path.join(RESULTS, point.name), os.path.join(RESULTS, sweep.SWEEPS_DIR)]
-  message = f'Results: point {point.name} of the {name} sweep(s) (CIFAR-10, twocore)'
+  paths = [os.path.join(results, point.name), os.path.join(results, sweep.SWEEPS_DIR)]
+  message = (f'Results: point {point.name} of the {name} sweep(s) (CIFAR-10, '
+             f'{os.path.basename(results)})')
   for attempt in range(10):  # another git command may hold the index for a moment
     added = subprocess.run(['git', 'add', *paths], cwd=REPO, check=False)
     done = added.returncode == 0 and subprocess.run(
-        ['git', 'commit', '-q', '-m', message, '--', RESULTS], cwd=REPO, check=False
+        ['git', 'commit', '-q', '-m', message, '--', results], cwd=REPO, check=False
     ).returncode == 0
     if done:
       return
@@ -131,9 +143,13 @@ def main(argv):
     link_images(options.images)
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
-  points = campaign(options.seeds)
+  if options.epochs < 0:
+    sys.exit(f'experiments.continue_sweeps: error: --epochs={options.epochs:g} is negative: '
+             'give a number of epochs, or leave it out for the twocore size\'s own')
+  results = results_dir(options.epochs)
+  points = campaign(options.seeds, options.epochs)
   try:
-    pending = [todo for todo in map(pending_memberships, points) if todo]
+    pending = [todo for todo in (pending_memberships(m, results) for m in points) if todo]
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
   print(f'{len(points) - len(pending)} of the {len(points)} points are done, '
@@ -144,16 +160,18 @@ def main(argv):
     if options.dry_run:
       continue
     for name, point, _ in todo:
-      if run_point(name, point, options.seeds) != 0:
+      if run_point(name, point, options.seeds, options.epochs) != 0:
         sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
-                 f'{os.path.join(RESULTS, point.name, "log.txt")}')
+                 f'{os.path.join(results, point.name, "log.txt")}')
     if options.commit:
-      commit(', '.join(name for name, _, _ in todo), todo[0][1])
+      commit(', '.join(name for name, _, _ in todo), todo[0][1], results)
 
 
 if __name__ == '__main__':
   flags.DEFINE_string('images', None, 'CIFAR-10 as an image folder.', required=True)
   flags.DEFINE_integer('seeds', 3, 'Seeds per configuration.')
+  flags.DEFINE_float('epochs', 0.0, 'Epochs of every point (0: the twocore size\'s own); '
+                     'a campaign of its own, in experiments/results/cifar10_twocore_epochsE.')
   flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
   flags.DEFINE_bool('dry_run', False, 'List the points still to run; run nothing.')
   app.run(main)

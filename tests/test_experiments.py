@@ -204,22 +204,38 @@ def test_the_committed_campaign_is_complete():
   # Every point's frozen config matches the sweeps as they are now, so a fresh
   # clone's `continue_sweeps` has nothing to retrain.
   points = continue_sweeps.campaign(seeds=3)
-  assert [m[0][1].name for m in points if continue_sweeps.pending_memberships(m)] == []
+  assert [m[0][1].name for m in points
+          if continue_sweeps.pending_memberships(m, continue_sweeps.RESULTS)] == []
 
 
-def test_a_trained_point_missing_evaluations_without_checkpoints_is_an_error(
-    tmp_path, monkeypatch):
-  monkeypatch.setattr(continue_sweeps, 'RESULTS', str(tmp_path))  # absolute: joined as is
+def test_a_campaign_of_other_epochs_has_a_directory_of_its_own():
+  results = continue_sweeps.results_dir(25)
+  assert results == continue_sweeps.RESULTS + '_epochs25'
+  points = continue_sweeps.campaign(seeds=3, epochs=25)
+  assert len(points) == 30
+  for memberships in points:
+    for _, p in memberships:
+      assert p.config['num_epochs'] == 25 and p.config['model']['width'] == 0.25
+  # Its committed points (a campaign in progress) match the sweeps as they are now:
+  # every point directory there is done, none half-committed or out of date.
+  committed = [m for m in points
+               if os.path.isdir(os.path.join(continue_sweeps.REPO, results, m[0][1].name))]
+  assert [m[0][1].name for m in committed
+          if continue_sweeps.pending_memberships(m, results)] == []
+
+
+def test_a_trained_point_missing_evaluations_without_checkpoints_is_an_error(tmp_path):
+  results = str(tmp_path)  # absolute: joined as is
   name, point = continue_sweeps.campaign(seeds=1)[0][0]
-  assert continue_sweeps.point_state(name, point) == 'new'
+  assert continue_sweeps.point_state(name, point, results) == 'new'
   point_dir = tmp_path / point.name
   point_dir.mkdir()
   (point_dir / 'train_result.json').write_text('{}')  # trained on another machine
   with pytest.raises(ValueError, match='checkpoints are not on this machine: delete its '
                      'directory to train it again'):
-    continue_sweeps.point_state(name, point)
+    continue_sweeps.point_state(name, point, results)
   (point_dir / 'checkpoints' / '3900').mkdir(parents=True)
-  assert continue_sweeps.point_state(name, point) == 'evaluate'
+  assert continue_sweeps.point_state(name, point, results) == 'evaluate'
 
 
 def test_point_names_are_canonical():
