@@ -51,7 +51,8 @@ Sizes:
             target needs trains slower still on 2 cores. With the faster
             kernels 20 epochs fit 15 min (`epochs=20`): 15.7 % (same folder),
             since 2026-12-05's pooling and malloc changes 25 (15 min 39 s in
-            all): 15.0 %;
+            all): 15.0 %, the sweeps' second campaign (`epochs=25`,
+            experiments/results/cifar10_twocore_epochs25/);
             at equal wall time (15 min, 2026-12-05) width 3/8 for 11 epochs
             15.5 %, width 1/2 for 7 epochs 17.1 %; at 20 epochs with weight
             decay 1e-4 16.1 %, without the colour shift 15.8 %.

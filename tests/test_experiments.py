@@ -216,10 +216,11 @@ def test_a_campaign_of_other_epochs_has_a_directory_of_its_own():
   for memberships in points:
     for _, p in memberships:
       assert p.config['num_epochs'] == 25 and p.config['model']['width'] == 0.25
-  # Its committed points (a campaign in progress) match the sweeps as they are now:
-  # every point directory there is done, none half-committed or out of date.
-  committed = [m for m in points
-               if os.path.isdir(os.path.join(continue_sweeps.REPO, results, m[0][1].name))]
+  # Its trained points (a campaign in progress commits them as they finish) match
+  # the sweeps as they are now: done, none half-committed or out of date.
+  committed = [m for m in points if os.path.isfile(os.path.join(
+      continue_sweeps.REPO, results, m[0][1].name, 'train_result.json'))]
+  assert committed  # the campaign's first points are in
   assert [m[0][1].name for m in committed
           if continue_sweeps.pending_memberships(m, results)] == []
 
@@ -673,7 +674,7 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
   assert (out / 'tiny_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
-@pytest.mark.parametrize('folder', ['pilot_1epoch', 'cifar10_twocore'])
+@pytest.mark.parametrize('folder', ['pilot_1epoch', 'cifar10_twocore', 'cifar10_twocore_epochs25'])
 def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', folder)
   if not os.path.isfile(os.path.join(committed, report.CSV_FILE)):

@@ -264,8 +264,8 @@ def compiler_options() -> dict:
   On the CPU, XLA's default YNNPACK fusions (of reductions among others) slowed
   VGG's training step: with all of them off, VGG-D went from 0.93x to about
   1.0x PyTorch and VGG-A from 1.01x to 1.2x (2026-11-29). Its single matmuls
-  stay: `window_matmul_conv`'s take half the time in YNNPACK that they take
-  in XLA's own dot (64x2x2x512 -> 512, forward and both gradients: 13 against
+  stay: the window matrix's took half the time in YNNPACK that they took in
+  XLA's own dot (64x2x2x512 -> 512, forward and both gradients: 13 against
   26 ms), and the step without them is no faster (experiments/PERFORMANCE.md,
   2026-12-05). Per compilation, not process-wide.
 
