@@ -139,13 +139,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   options = flags.FLAGS
+  if options.epochs < 0:  # before the link: a bad flag changes nothing on disk
+    sys.exit(f'experiments.continue_sweeps: error: --epochs={options.epochs:g} is negative: '
+             'give a number of epochs, or leave it out for the twocore size\'s own')
   try:
     link_images(options.images)
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
-  if options.epochs < 0:
-    sys.exit(f'experiments.continue_sweeps: error: --epochs={options.epochs:g} is negative: '
-             'give a number of epochs, or leave it out for the twocore size\'s own')
   results = results_dir(options.epochs)
   points = campaign(options.seeds, options.epochs)
   try:

@@ -91,7 +91,7 @@ def test_maps_smaller_than_the_kernel_with_positions_outside_a_window(padding):
 
 
 @pytest.mark.parametrize('channels, route', [(256, WINDOW), (512, TAPS), (2048, TAPS)])
-def test_wide_small_maps_take_one_matmul_per_tap(channels, route):
+def test_small_maps_take_the_taps_where_the_window_matrix_would_be_large(channels, route):
   # A 2x2 map of 512 channels would need a 16 MB matrix, of 2,048 a 256 MB one.
   x, w = (jax.ShapeDtypeStruct(shape, jnp.float32) for shape in (
       (64, 2, 2, channels), (3, 3, channels, channels)))

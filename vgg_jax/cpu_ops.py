@@ -117,7 +117,7 @@ def tap_matmul_conv(lhs, rhs, pads, precision=None):
   tap reaches, each product padded to the output's positions and summed. Only
   the taps that meet the map cost anything; autodiff's gradients are the same
   matmuls transposed, with no matrix to assemble."""
-  n, height, width, _ = lhs.shape
+  _, height, width, _ = lhs.shape
   (top, _), (left, _) = pads
   out_h, out_w = _output_hw((height, width), rhs.shape[:2], pads)
   out = None
