@@ -3,7 +3,8 @@
     --config=configs/cifar10.py:D                    VGG-D, fixed S = 37
     --config=configs/cifar10.py:D,S=55               fixed S = 55
     --config=configs/cifar10.py:E,jitter             S drawn per image from [37, 73]
-    --config=configs/cifar10.py:D,twocore            15 minutes of a 2-core CPU
+    --config=configs/cifar10.py:D,twocore            10 epochs: 7-8 min of a 2-core CPU
+    --config=configs/cifar10.py:D,twocore,epochs=25  25 epochs: 15 min of a 2-core CPU
     --config=configs/cifar10.py:A,runlocal           a quick look on a 2-core CPU
     --config=configs/cifar10.py:A,folder=/data/cifar10-jpg   an image folder
 
@@ -28,10 +29,15 @@ Sizes:
   default   full width (64..512 channels), FC 512, dropout 0.5, batch 128,
             60 epochs. Expected result and wall time: not yet measured (it
             needs a GPU run).
-  twocore   the size of the CIFAR-10 sweeps (experiments/continue_sweeps.py):
-            VGG-D trained in about 15 minutes on a free 2-core CPU, 7 min 36 s
-            since 2026-12-04's CPU kernels, 7 min 7 s since that night's
-            (experiments/results/retrain/). Width 1/4
+  twocore   the size of the CIFAR-10 sweeps (experiments/continue_sweeps.py,
+            experiments/README.md): VGG-D trained in about 15 minutes on a
+            free 2-core CPU when it was chosen (14 min 8 s, 2026-12-01), 7-8
+            minutes since 2026-12-04's CPU kernels (7 min 36 s, then 7 min 7 s
+            that night and 7 min 1 s on 2026-12-05 on the 2-core AMD EPYC;
+            experiments/results/retrain/); since 2026-12-05 the 15 minutes
+            hold `epochs=25` (below), the sweeps' second campaign
+            (`python -m experiments.continue_sweeps --images=ROOT --epochs=25
+            --commit`). Width 1/4
             (16..128 channels), FC 128, no dropout, batch 128, 10 epochs,
             SGD with Nesterov momentum 0.9 from 0.1 (one warm-up epoch, then
             cosine), weight decay 5e-4, label smoothing 0.1; evaluations

@@ -125,14 +125,16 @@ def commit(name: str, point: sweep.Point, results: str) -> None:
   message = (f'Results: point {point.name} of the {name} sweep(s) (CIFAR-10, '
              f'{os.path.basename(results)})')
   for attempt in range(10):  # another git command may hold the index for a moment
-    added = subprocess.run(['git', 'add', *paths], cwd=REPO, check=False)
-    done = added.returncode == 0 and subprocess.run(
-        ['git', 'commit', '-q', '-m', message, '--', results], cwd=REPO, check=False
-    ).returncode == 0
-    if done:
+    for git in (['add', *paths], ['commit', '-q', '-m', message, '--', results]):
+      done = subprocess.run(['git', *git], cwd=REPO, check=False, capture_output=True, text=True)
+      if done.returncode != 0:
+        break
+    if done.returncode == 0:
       return
     time.sleep(2 + attempt)
-  raise RuntimeError(f'could not commit {paths}')
+  reason = ' '.join((done.stderr or done.stdout).split())
+  raise RuntimeError(f'git could not commit {point.name} ({reason}): its results are complete '
+                     f'on disk; commit {" and ".join(paths)} with git, then rerun to go on')
 
 
 def main(argv):
@@ -164,7 +166,10 @@ def main(argv):
         sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
                  f'{os.path.join(results, point.name, "log.txt")}')
     if options.commit:
-      commit(', '.join(name for name, _, _ in todo), todo[0][1], results)
+      try:
+        commit(', '.join(name for name, _, _ in todo), todo[0][1], results)
+      except RuntimeError as e:
+        sys.exit(f'experiments.continue_sweeps: error: {e}')
 
 
 if __name__ == '__main__':

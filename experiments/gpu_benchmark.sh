@@ -69,6 +69,7 @@ run fp32_b512 120 $vgg16 --dtype=float32 --batch_size=512 --steps=5 --windows=3 
 # DATASHEET_FP32 in TFLOP/s.
 python - "$out_dir" "${DATASHEET_BF16:-989}" "${DATASHEET_FP32:-495}" <<'PY'
 import glob, json, os, sys
+from vgg_jax import workdir as run_files
 out_dir, bf16, fp32 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 runs = {os.path.basename(p)[:-5]: json.load(open(p))
         for p in sorted(glob.glob(os.path.join(out_dir, '*.json')))}
@@ -95,7 +96,8 @@ for name, r in runs.items():
     row['cores_to_feed_4000_img_per_sec'] = 4000 / p['img_per_sec_per_core']
   summary[name] = row
   print(name, json.dumps(row))
-json.dump(summary, open(os.path.join(out_dir, 'summary.json'), 'w'), indent=2)
+run_files.write_text_atomic(os.path.join(out_dir, 'summary.json'),
+                            json.dumps(summary, indent=2) + '\n')
 PY
 rm -rf "$jpegs"
 echo "written: $out_dir (commit its JSON files, log.txt and environment.txt; not profile/)"

@@ -22,6 +22,8 @@ import sys
 import jax
 from absl import app, flags
 
+from vgg_jax import workdir as run_files
+
 _OPS_LINE = 'XLA Ops'
 
 
@@ -80,8 +82,7 @@ def main(argv):
   text = json.dumps(result, indent=2)
   print(text)
   if flags.FLAGS.output:
-    with open(flags.FLAGS.output, 'w') as out:
-      out.write(text + '\n')
+    run_files.write_text_atomic(flags.FLAGS.output, text + '\n')
 
 
 if __name__ == '__main__':

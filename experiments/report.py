@@ -173,11 +173,7 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
 def curve_rows(run_dir: str, orders: dict) -> list[dict]:
   """The run's test error after each evaluation during training (metrics.jsonl),
   at its epoch: step x epochs / last step, the evaluations being once an epoch."""
-  path = os.path.join(run_dir, run_files.METRICS_FILE)
-  if not os.path.isfile(path):
-    return []
-  with open(path) as f:
-    logged = [json.loads(line) for line in f if line.strip()]
+  logged = run_files.read_metrics(run_dir)
   evals = [(line['step'], line['eval/top1_error']) for line in logged
            if 'eval/top1_error' in line]
   if not evals:
@@ -436,7 +432,8 @@ def _save(fig, axes, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  with run_files.atomic_file(path, binary=True) as f:
+    fig.savefig(f, format='png', dpi=110)
   import matplotlib.pyplot as plt
   plt.close(fig)
 
@@ -476,8 +473,8 @@ def render(rows: Sequence[dict], out_dir: str, curves: Sequence[dict] = ()) -> s
       curve_plots[sweep] = f'{sweep}_curves.png'
       plot_curves(sweep, sweep_curves, os.path.join(out_dir, curve_plots[sweep]))
   path = os.path.join(out_dir, REPORT_FILE)
-  with open(path, 'w') as f:
-    f.write(markdown(sweeps, plots, claims.decide_all(rows), curve_plots, compute_time(rows)))
+  run_files.write_text_atomic(path, markdown(sweeps, plots, claims.decide_all(rows),
+                                             curve_plots, compute_time(rows)))
   return path
 
 

@@ -225,6 +225,15 @@ def test_a_campaign_of_other_epochs_has_a_directory_of_its_own():
           if continue_sweeps.pending_memberships(m, results)] == []
 
 
+def test_a_commit_that_fails_names_git_s_reason_and_what_to_commit(tmp_path, monkeypatch):
+  name, point = continue_sweeps.campaign(seeds=1)[0][0]
+  monkeypatch.setattr(continue_sweeps, 'REPO', str(tmp_path))  # not a git repository
+  monkeypatch.setattr(continue_sweeps.time, 'sleep', lambda _: None)
+  with pytest.raises(RuntimeError, match=rf'git could not commit {re.escape(point.name)} '
+                     r'\(fatal: not a git repository.*\): .* commit results/.* with git'):
+    continue_sweeps.commit(name, point, 'results')
+
+
 def test_a_trained_point_missing_evaluations_without_checkpoints_is_an_error(tmp_path):
   results = str(tmp_path)  # absolute: joined as is
   name, point = continue_sweeps.campaign(seeds=1)[0][0]

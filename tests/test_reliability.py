@@ -464,6 +464,27 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_older_one_restored(
   assert mngr.all_steps() == [4, 8]
 
 
+def test_a_program_error_while_restoring_is_raised_not_taken_for_damage(tmp_path, monkeypatch):
+  # A bug of ours (here a TypeError while verifying) must surface as itself:
+  # taken for damage, it would move good checkpoints aside one after another.
+  state = {'params': {'w': np.arange(10, dtype=np.float32)}, 'step': np.int32(4)}
+  mngr = checkpoints.manager(str(tmp_path), asynchronous=False)
+  for step in (4, 8):
+    checkpoints.save(mngr, dict(state, step=np.int32(step)), step)
+  before = snapshot(tmp_path)
+
+  def bug(*_):
+    raise TypeError('a bug, not damage')
+
+  monkeypatch.setattr(checkpoints, '_verify', bug)
+  abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  with pytest.raises(TypeError, match='a bug, not damage'):
+    checkpoints.restore_newest_good(mngr, abstract)
+  with pytest.raises(TypeError, match='a bug, not damage'):
+    checkpoints.restore_variables(str(tmp_path), collections=('params',))
+  assert snapshot(tmp_path) == before and mngr.all_steps() == [4, 8]
+
+
 def test_no_good_checkpoint_stops_the_run_and_changes_nothing(reference, data_dir, copy_of):
   workdir = copy_of(reference)
   for step in checkpoints.available_steps(str(workdir)):
@@ -500,6 +521,7 @@ def test_evaluate_names_a_damaged_checkpoint_and_the_older_one(reference, copy_o
     ({'data.train_scale': (40, 64)}, 'data.train_scale: [32, 64] -> [40, 64]'),
     ({'optimizer.learning_rate': 0.5}, 'optimizer.learning_rate: 0.05 -> 0.5'),
     ({'seed': 1}, 'seed: 0 -> 1'),
+    ({'label_smoothing': 0.1}, 'label_smoothing: 0.0 -> 0.1'),
 ])
 def test_resuming_with_a_config_that_changes_the_experiment_is_refused(
     reference, data_dir, override, shown):

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from vgg_jax import workdir
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Imports every module of vgg_jax and experiments after absl and ml_collections'
@@ -101,6 +103,30 @@ def test_an_atomic_json_write_survives_sigkill_at_any_moment(tmp_path):
     others = [p.name for p in tmp_path.iterdir() if p != path]
     assert all(name.startswith('.') and name.endswith('.tmp') for name in others), others
     assert [p.name for p in tmp_path.glob('*.json')] == ['result.json']
+
+
+def test_an_atomic_file_left_by_an_error_leaves_the_old_one(tmp_path):
+  path = tmp_path / 'plot.png'
+  path.write_bytes(b'old')
+  with pytest.raises(ZeroDivisionError):
+    with workdir.atomic_file(str(path), binary=True) as f:
+      f.write(b'half a new')
+      1 / 0  # pylint: disable=pointless-statement
+  assert path.read_bytes() == b'old' and [p.name for p in tmp_path.iterdir()] == ['plot.png']
+  with workdir.atomic_file(str(path), binary=True) as f:
+    f.write(b'new')
+  assert path.read_bytes() == b'new' and [p.name for p in tmp_path.iterdir()] == ['plot.png']
+
+
+def test_metrics_of_a_run_killed_mid_line_read_without_the_cut_line(tmp_path):
+  lines = ['{"step": 4, "loss": 2.0}', '{"step": 8, "loss": 1.5}', '{"step": 12, "lo']
+  (tmp_path / workdir.METRICS_FILE).write_text('\n'.join(lines))
+  assert workdir.read_metrics(str(tmp_path)) == [{'step': 4, 'loss': 2.0},
+                                                  {'step': 8, 'loss': 1.5}]
+  (tmp_path / workdir.METRICS_FILE).write_text('\n'.join([lines[0], lines[2], lines[1]]))
+  with pytest.raises(ValueError, match=r'metrics.jsonl, line 2, is not a metrics record'):
+    workdir.read_metrics(str(tmp_path))
+  assert workdir.read_metrics(str(tmp_path / 'no run')) == []
 
 
 # --------------------------------------------------------------------------

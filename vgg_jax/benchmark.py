@@ -61,6 +61,7 @@ from absl import app, flags
 
 from vgg_jax import (config_schema, console, cpu_ops, data, malloc_tunables, onednn, optim,
                      parallel, pooling, train)
+from vgg_jax import workdir as run_files
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import layer_table
@@ -576,8 +577,7 @@ def main(argv):
   print(text)
   if f.output:
     os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-    with open(f.output, 'w') as out:
-      out.write(text + '\n')
+    run_files.write_text_atomic(f.output, text + '\n')
 
 
 if __name__ == '__main__':

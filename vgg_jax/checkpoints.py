@@ -202,6 +202,20 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any,
   return restored[STATE]
 
 
+# Errors of the program, not of the files: they propagate instead of marking a good
+# checkpoint damaged (orbax and TensorStore report damage as ValueError, KeyError,
+# OSError or plain Exception, so damage cannot be named by type, only these excluded).
+PROGRAM_ERRORS = (TypeError, AttributeError, NameError, AssertionError, NotImplementedError,
+                  ImportError, MemoryError, RecursionError)
+
+
+def _damage(error: BaseException) -> str:
+  """`_reason(error)` if `error` says the files are damaged; re-raises it otherwise."""
+  if isinstance(error, PROGRAM_ERRORS):
+    raise error
+  return _reason(error)
+
+
 def _reason(error: BaseException) -> str:
   """An exception as a short single line, for messages about damage."""
   while error.__cause__ is not None:  # TensorStore's own error is the telling one
@@ -242,8 +256,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
     try:
       misfit = _misfit(mngr, step, abstract_state)
     except Exception as e:  # pylint: disable=broad-except
-      # orbax and TensorStore raise many types on unreadable files.
-      damaged.append((step, _reason(e)))
+      damaged.append((step, _damage(e)))
       continue
     if misfit:
       more = '; ...' if len(misfit) > 3 else ''
@@ -254,7 +267,7 @@ def restore_newest_good(mngr: ocp.CheckpointManager, abstract_state: Any) -> Any
     try:
       state = restore(mngr, abstract_state, step)
     except Exception as e:  # pylint: disable=broad-except
-      damaged.append((step, _reason(e)))
+      damaged.append((step, _damage(e)))
       continue
     _move_aside(mngr, damaged, resumed_from=step)
     if damaged:
@@ -276,11 +289,20 @@ def _end_abandoned_reads() -> None:
 
 def _move_aside(mngr: ocp.CheckpointManager, damaged: list[tuple[int, str]],
                 resumed_from: int) -> None:
-  if not damaged:
-    return
   directory = os.fspath(mngr.directory)
-  target = os.path.join(os.path.dirname(directory), run_files.DAMAGED_DIR)
-  if jax.process_index() == 0:
+  if jax.process_count() > 1:
+    # Every process comes here, damaged or not, and all must resume the same
+    # step: one that failed to read a checkpoint the others read (a transient
+    # error, a host that sees another file system) would otherwise resume
+    # elsewhere or wait for ever at the barrier below.
+    steps = sorted({int(s) for s in multihost_utils.process_allgather(np.int64(resumed_from))})
+    if len(steps) > 1:
+      raise errors.CheckpointError(
+          f'the processes would resume from different checkpoints in {directory} (steps '
+          f'{", ".join(map(str, steps))}): nothing was changed; check that every host reads '
+          'the same files, then rerun')
+  if damaged and jax.process_index() == 0:
+    target = os.path.join(os.path.dirname(directory), run_files.DAMAGED_DIR)
     os.makedirs(target, exist_ok=True)
     for step, reason in damaged:
       dest, n = os.path.join(target, str(step)), 1
@@ -291,7 +313,8 @@ def _move_aside(mngr: ocp.CheckpointManager, damaged: list[tuple[int, str]],
                       'resuming from step %d', step, reason, dest, resumed_from)
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('vgg_jax: damaged checkpoints moved aside')
-  mngr.reload()
+  if damaged:
+    mngr.reload()
 
 
 # --------------------------------------------------------------------------
@@ -354,7 +377,8 @@ def _restore_variables(mngr: ocp.CheckpointManager, workdir: str, step: Optional
                        collections: tuple[str, ...]) -> dict:
   steps = mngr.all_steps()
   if not steps:
-    raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}')
+    raise FileNotFoundError(f'no complete checkpoint in {checkpoint_dir(workdir)}: a run has '
+                            'one once it has written its first checkpoint; check the workdir')
   step = max(steps) if step is None else step
   if step not in steps:
     raise ValueError(f'no checkpoint at step {step} in {workdir}: available '
@@ -376,6 +400,8 @@ def _restore_variables(mngr: ocp.CheckpointManager, workdir: str, step: Optional
     _verify(variables, restored[CHECKSUMS] if CHECKSUMS in items else None)
   except Exception as e:  # pylint: disable=broad-except
     _end_abandoned_reads()
+    if isinstance(e, PROGRAM_ERRORS):
+      raise
     older = sorted(s for s in steps if s < step)
     hint = (f'use an older one, e.g. --step={older[-1]}' if older else
             'there is no older one')

@@ -74,8 +74,9 @@ def restore(workdir: str, step: Optional[int] = None) -> tuple[dict, int, list[i
   """
   steps = checkpoints.available_steps(workdir)
   if not steps:
-    raise FileNotFoundError(f'no complete checkpoint in '
-                            f'{checkpoints.checkpoint_dir(workdir)}')
+    raise FileNotFoundError(f'no complete checkpoint in {checkpoints.checkpoint_dir(workdir)}: '
+                            'evaluate a run once it has written its first checkpoint, or '
+                            'check --workdir')
   if step is not None and step not in steps:
     raise ValueError(f'no checkpoint at step {step} in {workdir}: available steps are '
                      f'{", ".join(map(str, steps))}')

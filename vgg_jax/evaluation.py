@@ -355,7 +355,8 @@ class _Evaluation:
     # Every scorer opens and completes the same examples together, so their
     # free rows, and the row each gives an example, are the same.
     rows = [p.open(index, label, len(weighted_views)) for p in self.posteriors]
-    assert len(set(rows)) == 1, rows
+    if len(set(rows)) != 1:
+      raise RuntimeError(f'the scorers gave example {index} different rows {rows}: a bug')
     row = rows[0]
     for weight, view in weighted_views:
       bucket = self.buckets[view.shape]
@@ -537,7 +538,8 @@ def evaluate_protocols(model, variables, data_cfg, *, protocols: Sequence[str],
   for k, protocol in enumerate(protocols):
     top1, top5, nll, count, views = totals[k]
     if count == 0:
-      raise ValueError(f'split {split!r} is empty')
+      raise ValueError(f'split {split!r} has no examples to evaluate: choose another split '
+                       '(vgg_jax.evaluate --split, or the config\'s data.eval_split)')
     result = {
         'top1_error': float(top1 / count),
         'top5_error': float(top5 / count),

@@ -366,8 +366,9 @@ def _define_flags():
 
 if __name__ == '__main__':
   # Flags and report code only for the command line: importing the model
-  # defines no flags and loads no summary or plotting code.
+  # defines no flags and loads no summary or plotting code. The command runs
+  # the imported `vgg_jax.model`, the one `summary` sees, not this `__main__` copy.
   from absl import app
-  from vgg_jax import summary
-  _define_flags()
-  app.run(functools.partial(_main, report=summary))
+  from vgg_jax import model, summary
+  model._define_flags()  # pylint: disable=protected-access
+  app.run(functools.partial(model._main, report=summary))  # pylint: disable=protected-access

@@ -24,9 +24,10 @@ from vgg_jax import config_schema
 from vgg_jax import workdir as run_files
 
 # Fields whose change makes a different experiment: everything under these
-# groups, and these top-level fields (the batches of step t depend on both).
+# groups, and these top-level fields (the batches of step t depend on the first two,
+# the loss on the third).
 EXPERIMENT_GROUPS = ('model.', 'data.', 'optimizer.')
-EXPERIMENT_FIELDS = ('batch_size', 'seed')
+EXPERIMENT_FIELDS = ('batch_size', 'seed', 'label_smoothing')
 # ... except where the data lives and how fast it is read.
 FREE_DATA_FIELDS = ('data.data_dir', 'data.num_threads', 'data.num_workers',
                     'data.prefetch_batches', 'data.niceness')

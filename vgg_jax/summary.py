@@ -14,6 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from vgg_jax import workdir as run_files
 from vgg_jax.model import CONFIGS, VGG
 
 
@@ -46,8 +47,7 @@ def layer_table(model: VGG, image_size: Optional[int] = None):
   params = variables['params']
   order = _forward_order(model)
 
-  # Layers are picked by name, not class: under `python -m vgg_jax.model` the
-  # model's classes are those of `__main__`, not of the `vgg_jax.model` imported here.
+  # Layers are picked by name: the rows are the layers `_forward_order` names.
   def capture(mdl, _):
     return mdl.name in order
 
@@ -273,5 +273,6 @@ def plot(model: VGG, path: str, image_size: Optional[int] = None) -> None:
                    edgecolor='white') for c, t in _legend_entries(blocks, model.batch_norm)]
   ax.legend(handles=handles, loc='center right', fontsize=8, frameon=False,
             handleheight=1.2)
-  fig.savefig(path, dpi=120)
+  with run_files.atomic_file(path, binary=True) as f:
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)

@@ -192,14 +192,6 @@ def validate(config) -> None:
         'to train from random weights')
 
 
-def _logged_step(line: str) -> float:
-  """The step of a metrics.jsonl line; +inf (dropped) for a line cut off by a kill."""
-  try:
-    return json.loads(line)['step']
-  except (ValueError, KeyError, TypeError):
-    return float('inf')
-
-
 class MetricsLog:
   """`metrics.jsonl` (one JSON object per logged step) and TensorBoard events,
   written by the first process.
@@ -231,7 +223,7 @@ class MetricsLog:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line.rstrip('\n') + '\n' for line in f if _logged_step(line) <= step]
+      kept = [line.rstrip('\n') + '\n' for line in f if run_files.logged_step(line) <= step]
     run_files.write_text_atomic(self.path, ''.join(kept))
 
   def write(self, step: int, scalars: dict) -> None:

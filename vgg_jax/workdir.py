@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 import uuid
-from typing import Any, Optional
+from typing import IO, Any, Iterator, Optional
 
 from flax import traverse_util
 
@@ -72,8 +72,38 @@ def read_json(path: str, default: Any = None) -> Any:
     return json.load(f)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  """Replaces `path` by `text` in one rename: readers see the old file or the new one.
+def logged_step(line: str) -> float:
+  """The step of a metrics.jsonl line; +inf for a line cut off by a kill."""
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return float('inf')
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """metrics.jsonl's records, [] if there is none. Appending is not atomic: a run
+  killed mid-line leaves its last line cut off (dropped when it resumes), so that
+  line is skipped; any other unreadable line is an error."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  records = []
+  for number, line in enumerate(lines, 1):
+    if logged_step(line) == float('inf'):
+      if number == len(lines):
+        break
+      raise ValueError(f'{path}, line {number}, is not a metrics record: the file is damaged; '
+                       'restore it from a backup, or move it aside to read the run without it')
+    records.append(json.loads(line))
+  return records
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, binary: bool = False) -> Iterator[IO]:
+  """A file to write that replaces `path` in one rename when the block ends
+  without an error: readers see the old file or the new one, never a part.
 
   The temporary file is hidden and ends in '.tmp' (a kill can leave it behind),
   so a listing of `*.json` or `*.jsonl` never takes it for the real one. It is
@@ -83,14 +113,20 @@ def write_text_atomic(path: str, text: str) -> None:
   directory, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(directory, f'.{name}.{uuid.uuid4().hex}.tmp')
   try:
-    with open(tmp, 'x') as f:
-      f.write(text)
+    with open(tmp, 'xb' if binary else 'x') as f:
+      yield f
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Replaces `path` by `text` in one rename (`atomic_file`)."""
+  with atomic_file(path) as f:
+    f.write(text)
 
 
 def write_json(path: str, data: Any) -> None:

@@ -237,7 +237,7 @@ def scale_bounds(scale_range: Union[int, Sequence[int]]) -> tuple[int, int]:
   lo, hi = scale_range
   lo, hi = int(lo), int(hi)
   if lo > hi:
-    raise ValueError(f'scale range {tuple(scale_range)} has min > max')
+    raise ValueError(f'scale range {tuple(scale_range)} has min > max: give it as (min, max)')
   return lo, hi
 
 
