@@ -26,7 +26,7 @@ TINY = dict(width=1 / 16, fc_width=16, num_classes=5, image_size=32)
     dict(variant='B', kernel_size=5, image_size=64),
 ])
 def test_torch_counterpart_has_the_same_parameters(kwargs):
-  torch = pytest.importorskip('torch')  # here, not at collection: seconds per worker
+  import torch  # pylint: disable=import-outside-toplevel  # here, not at collection: seconds per worker
   model = VGG(**{**TINY, **kwargs})
   net = benchmark.torch_model(model)
   torch_params = sum(p.numel() for p in net.parameters())

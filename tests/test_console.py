@@ -109,5 +109,7 @@ def test_a_run_prints_setup_progress_evaluations_checkpoints_and_result(tmp_path
                    r'checkpoint at step 4 ', r'checkpoint at step 8 ',
                    r'final test accuracy [\d.]+% '):
     assert re.search(expected, text), (expected, text[-3000:])
-  assert len(text.splitlines()) <= 30, text
+  # The project's own lines; libraries' warnings, which vary with the CPU and
+  # the versions installed, are not this project's to count.
+  assert len([s for s in sources if s in own]) <= 30, text
   assert proc.stdout.strip().splitlines()[-1].startswith('final test accuracy: ')

@@ -65,7 +65,7 @@ def apply(variables, x, **kwargs):
     pytest.param('VGG16', 'D', 224, 1000, marks=pytest.mark.slow),  # full size
     ('VGG19', 'E', 64, 10)])
 def test_keras_outputs_match(name, variant, image_size, num_classes):
-  keras = pytest.importorskip('keras')
+  import keras  # pylint: disable=import-outside-toplevel
   keras.utils.set_random_seed(0)
   # Glorot-uniform kernels; zero biases, so give them values to be checked too.
   reference = getattr(keras.applications, name)(
@@ -84,7 +84,7 @@ def test_keras_outputs_match(name, variant, image_size, num_classes):
 
 
 def test_keras_without_top_is_refused():
-  keras = pytest.importorskip('keras')
+  import keras  # pylint: disable=import-outside-toplevel
   headless = keras.applications.VGG16(weights=None, include_top=False,
                                       input_shape=(32, 32, 3))
   with pytest.raises(ValueError, match='include_top=True'):
@@ -98,7 +98,7 @@ def test_keras_without_top_is_refused():
 
 def torchvision_vgg(variant, batch_norm):
   """torchvision's VGG, same module names, randomised so no layer is trivial."""
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=import-outside-toplevel
   nn = torch.nn
 
   class TorchVGG(nn.Module):

@@ -116,10 +116,11 @@ def test_map_larger_than_the_kernel_is_onednns_convolution(side, kernel, padding
 def test_onednn_is_built_wherever_its_parts_are_installed():
   # CI and every Linux x86-64 install have them: a failed build must fail here,
   # not quietly fall back to the slower convolution.
-  if sys.platform.startswith('linux') and platform.machine() == 'x86_64' and shutil.which(
-      'g++'):
-    assert onednn.available(), onednn.unavailable_reason()
-    assert onednn.implementations(8, 8, 8, 8).count(',') == 2  # three passes
+  if not (sys.platform.startswith('linux') and platform.machine() == 'x86_64'
+          and shutil.which('g++')):
+    pytest.skip('oneDNN is built on Linux x86-64 with g++ only')
+  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn.implementations(8, 8, 8, 8).count(',') == 2  # three passes
 
 
 @pytest.mark.parametrize('users', [None, 'active'])
@@ -191,8 +192,7 @@ def test_fast_convolutions_split_the_batch_over_devices_like_xla(route, side):
   assert dx.sharding.spec == P('data')
   # The 2x2 map's loss is a sum of sines that nearly cancel (about -1): the
   # rounding of its terms, not of the sum, bounds it.
-  np.testing.assert_allclose(loss, plain[0], rtol=1e-5,
-                             atol=1e-6 * x.size if route != ONEDNN else 0)
+  np.testing.assert_allclose(loss, plain[0], rtol=1e-5, atol=1e-6 * x.size)
   for f, p in zip((dx, dw), plain[1]):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
@@ -247,7 +247,9 @@ def test_conv_bias_relu_splits_the_batch_over_devices():
   assert 'all-gather' not in fast.lower(*sharded).compile().as_text()
   loss, grads = fast(*sharded)
   assert grads[0].sharding.spec == P('data')
-  np.testing.assert_allclose(loss, plain[0], rtol=1e-5)
+  # A sum of sines: the rounding of its terms, which oneDNN's kernels do
+  # differently per instruction set, bounds it.
+  np.testing.assert_allclose(loss, plain[0], rtol=1e-5, atol=1e-6 * x.size)
   for f, p in zip(grads, plain[1]):
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 

@@ -15,6 +15,7 @@ from absl import flags
 from PIL import Image
 
 from vgg_jax import checkpoints, data, errors, evaluate, evaluation, parallel, train
+from vgg_jax import workdir as workdir_files
 from vgg_jax.data import transforms
 from vgg_jax.model import VGG
 
@@ -176,6 +177,19 @@ def reference_single_crop_errors(model, variables, batches, mesh) -> dict:
   return {'top1_error': total['top1'] / total['count'],
           'top5_error': total['top5'] / total['count'],
           'nll': total['nll'] / total['count'], 'num_examples': int(round(total['count']))}
+
+
+def test_evaluating_the_checkpoint_gives_the_training_run_s_last_evaluation(run):
+  # The checkpoint holds the model training evaluated: vgg_jax.evaluate, on
+  # another batch size, scores every test image as training's last evaluation did.
+  workdir = run[0]
+  last = [line for line in workdir_files.read_metrics(str(workdir))
+          if 'eval/top1_error' in line][-1]
+  assert last['step'] == STEPS
+  result = evaluate.evaluate_run(str(workdir), batch_size=8)
+  assert result['num_examples'] == NUM_TEST
+  assert result['top1_error'] == pytest.approx(last['eval/top1_error'], abs=1e-9)
+  assert result['nll'] == pytest.approx(last['eval/nll'], rel=1e-5)
 
 
 def test_single_equals_a_plain_masked_evaluation_of_padded_batches(run):

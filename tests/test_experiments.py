@@ -216,10 +216,13 @@ def test_a_campaign_of_other_epochs_has_a_directory_of_its_own():
   for memberships in points:
     for _, p in memberships:
       assert p.config['num_epochs'] == 25 and p.config['model']['width'] == 0.25
-  # Its trained points (a campaign in progress commits them as they finish) match
-  # the sweeps as they are now: done, none half-committed or out of date.
-  committed = [m for m in points if os.path.isfile(os.path.join(
-      continue_sweeps.REPO, results, m[0][1].name, 'train_result.json'))]
+  # Its committed points (a campaign in progress commits them as they finish)
+  # match the sweeps as they are now: done, none half-committed or out of date.
+  # Committed, not merely on disk: a point training here has files of its own.
+  tracked = subprocess.run(['git', 'ls-files', '--', results], cwd=continue_sweeps.REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+  committed = [m for m in points
+               if f'{results}/{m[0][1].name}/train_result.json' in tracked]
   assert committed  # the campaign's first points are in
   assert [m[0][1].name for m in committed
           if continue_sweeps.pending_memberships(m, results)] == []
@@ -686,8 +689,7 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
 @pytest.mark.parametrize('folder', ['pilot_1epoch', 'cifar10_twocore', 'cifar10_twocore_epochs25'])
 def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', folder)
-  if not os.path.isfile(os.path.join(committed, report.CSV_FILE)):
-    pytest.skip(f'{folder} has no results yet')
+  assert os.path.isfile(os.path.join(committed, report.CSV_FILE))  # every folder here has results
   for file in (report.CSV_FILE, report.CURVES_FILE):
     if os.path.isfile(os.path.join(committed, file)):
       shutil.copy(os.path.join(committed, file), tmp_path)

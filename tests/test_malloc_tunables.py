@@ -1,6 +1,7 @@
 """The commands' restart with glibc's malloc tunables (`vgg_jax.malloc_tunables`)."""
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -38,10 +39,22 @@ def test_when_a_command_restarts_and_with_what(environ, machine, want):
   assert malloc_tunables.tunables_to_restart_with(environ, **machine) == want
 
 
-def test_glibc_version_and_thp_mode_are_read_or_none():
-  version = malloc_tunables.glibc_version()
-  assert version is None or (len(version) == 2 and version >= (2, 0))
-  assert malloc_tunables.thp_mode() in (None, 'always', 'madvise', 'never')
+def test_glibc_version_is_the_c_library_s():
+  library, version = platform.libc_ver()  # another way to ask: the binary's own notes
+  want = tuple(int(n) for n in version.split('.')[:2]) if library == 'glibc' else None
+  assert malloc_tunables.glibc_version() == want
+
+
+@pytest.mark.parametrize('text, want', [('always [madvise] never\n', 'madvise'),
+                                        ('[always] madvise never\n', 'always'),
+                                        ('always madvise [never]\n', 'never'),
+                                        (None, None)])
+def test_thp_mode_is_the_bracketed_one(tmp_path, monkeypatch, text, want):
+  path = tmp_path / 'enabled'
+  if text is not None:
+    path.write_text(text)
+  monkeypatch.setattr(malloc_tunables, '_THP_MODE_FILE', str(path))
+  assert malloc_tunables.thp_mode() == want
 
 
 _SHOW = ('from vgg_jax import malloc_tunables; malloc_tunables.restart_with_tunables(); import os; '

@@ -87,7 +87,8 @@ def test_input_smaller_than_training_crop_fails_clearly():
 
 
 def _tf():
-  return pytest.importorskip('tensorflow')
+  import tensorflow  # pylint: disable=import-outside-toplevel
+  return tensorflow
 
 
 def test_lrn_equals_tensorflow():
@@ -225,7 +226,7 @@ def test_summary_cli_prints_layers_and_total(capsys):
 
 
 def test_plot_writes_a_png(tmp_path):
-  image = pytest.importorskip('matplotlib.image')
+  from matplotlib import image  # pylint: disable=import-outside-toplevel
   path = tmp_path / 'vgg.png'
   summary.plot(vgg.VGG(variant='C', image_size=32, batch_norm=True, **TINY), str(path))
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -98,7 +98,8 @@ def test_compilation_cache_stores_compiled_programs(tmp_path):
           f'parallel.enable_compilation_cache({str(tmp_path / "cache")!r}, 0.0); '
           'jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).block_until_ready()')
   subprocess.run([sys.executable, '-c', code], check=True, env={**os.environ, 'XLA_FLAGS': ''})
-  assert os.listdir(tmp_path / 'cache')
+  cache = tmp_path / 'cache' / f'vgg_jax-{parallel.source_fingerprint()}'
+  assert [name for name in os.listdir(cache) if name.startswith('jit__lambda')], os.listdir(cache)
 
 
 def test_a_step_with_onednn_convolutions_compiles_once_for_two_processes(tmp_path):

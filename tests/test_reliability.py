@@ -111,6 +111,24 @@ class Run:
     return self.stderr().strip().splitlines()[-1]
 
 
+def random_moment(run, rng, resumed_from, at_start=True):
+  """Waits for a random moment of `run`'s training after step `resumed_from`:
+  its start (if `at_start`) or just after one of the logged steps before the
+  last, then up to 20 ms more. Moments picked by step, not by wall clock, so
+  that a fast machine does not finish the run first. Returns it, for messages."""
+  every = RUN['log_every_steps']
+  steps = [*([None] if at_start else []), *range(resumed_from + every, STEPS, every)]
+  assert steps, f'no logged step between {resumed_from} and {STEPS}'
+  step = steps[rng.integers(len(steps))]
+  assert run.training()
+  if step is not None:
+    assert run.wait_until(lambda: f'] step {step}/{STEPS} ' in run.stderr()), run.stderr()[-3000:]
+  delay = rng.uniform(0.0, 0.02)
+  time.sleep(delay)
+  return f'RELIABILITY_SEED={SEED}, {delay * 1000:.0f} ms after ' + (
+      'training started' if step is None else f'step {step}')
+
+
 def free_port():
   with contextlib.closing(socket.socket()) as s:
     s.bind(('127.0.0.1', 0))
@@ -271,12 +289,10 @@ def test_killed_preempted_and_damaged_run_finishes_exactly_like_the_reference(
 
   # SIGKILL at a random moment of the rerun.
   run = Run(workdir, data_dir, cache_dir)
-  assert run.training()
+  moment = random_moment(run, rng, max(complete))
   assert f'resumed from the checkpoint at step {max(complete)}' in run.stderr()
-  delay = rng.uniform(0.0, 1.0)
-  time.sleep(delay)
   run.proc.send_signal(signal.SIGKILL)
-  assert run.finish() == -signal.SIGKILL, f'{context}: finished before SIGKILL after {delay:.2f} s'
+  assert run.finish() == -signal.SIGKILL, f'finished before SIGKILL ({moment})'
 
   # Damage the newest complete checkpoint; SIGTERM at a random moment of the
   # rerun, which falls back to the older checkpoint and moves the damaged one
@@ -286,11 +302,9 @@ def test_killed_preempted_and_damaged_run_finishes_exactly_like_the_reference(
   truncate(largest_data_file(workdir / 'checkpoints' / str(damaged)))
   damaged_files = snapshot(workdir / 'checkpoints' / str(damaged))
   run = Run(workdir, data_dir, cache_dir)
-  assert run.training()
-  delay = rng.uniform(0.0, 1.0)
-  time.sleep(delay)
+  moment = random_moment(run, rng, resumed, at_start=False)
   run.proc.send_signal(signal.SIGTERM)
-  assert run.finish() == faults.PREEMPTED_EXIT_CODE, f'{context}, SIGTERM after {delay:.2f} s'
+  assert run.finish() == faults.PREEMPTED_EXIT_CODE, f'SIGTERM {moment}'
   stderr = run.stderr()
   assert f'the checkpoint at step {damaged} is damaged (' in stderr
   assert f'resuming from step {resumed}' in stderr
@@ -298,7 +312,7 @@ def test_killed_preempted_and_damaged_run_finishes_exactly_like_the_reference(
   preempted = re.fullmatch(r'vgg_jax\.train: preempted \(SIGTERM\) at step (\d+): saved a '
                            r'checkpoint at step \1; rerun the same command to continue '
                            r'from it', run.last_line())
-  assert preempted, f'{context}, SIGTERM after {delay:.2f} s:\n{stderr[-3000:]}'
+  assert preempted, f'SIGTERM {moment}:\n{stderr[-3000:]}'
   stopped_at = int(preempted.group(1))
   assert resumed < stopped_at < STEPS
   assert max(checkpoints.available_steps(str(workdir))) == stopped_at
@@ -760,7 +774,7 @@ def test_no_pickle_anywhere():
 
 
 def test_torch_files_are_loaded_weights_only(tmp_path):
-  torch = pytest.importorskip('torch')
+  import torch  # pylint: disable=import-outside-toplevel
   from vgg_jax import convert  # pylint: disable=import-outside-toplevel
   torch.save({'features.0.weight': torch.ones(2)}, tmp_path / 'weights.pth')
   assert convert.load_torch_file(tmp_path / 'weights.pth')['features.0.weight'].sum() == 2

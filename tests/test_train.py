@@ -62,7 +62,6 @@ def uninterrupted(tmp_path_factory, data_dir):
 def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
   workdir, result = uninterrupted
   assert result['num_examples'] == 100  # the whole tiny test split, once
-  assert 0.0 <= result['top1_error'] <= 1.0
   assert checkpoints.available_steps(str(workdir)) == [STEPS - 6, STEPS]
   params = checkpoints.restore_params(str(workdir))
   assert isinstance(params['conv1_1']['kernel'], np.ndarray)
