@@ -400,13 +400,12 @@ def _restore_variables(mngr: ocp.CheckpointManager, workdir: str, step: Optional
     _verify(variables, restored[CHECKSUMS] if CHECKSUMS in items else None)
   except Exception as e:  # pylint: disable=broad-except
     _end_abandoned_reads()
-    if isinstance(e, PROGRAM_ERRORS):
-      raise
+    reason = _damage(e)
     older = sorted(s for s in steps if s < step)
     hint = (f'use an older one, e.g. --step={older[-1]}' if older else
             'there is no older one')
     raise errors.CheckpointError(f'the checkpoint at step {step} in {checkpoint_dir(workdir)} is '
-                          f'damaged ({_reason(e)}): {hint}') from e
+                          f'damaged ({reason}): {hint}') from e
   return variables
 
 

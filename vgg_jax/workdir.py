@@ -91,12 +91,16 @@ def read_metrics(workdir: str) -> list[dict]:
     lines = [line for line in f if line.strip()]
   records = []
   for number, line in enumerate(lines, 1):
-    if logged_step(line) == float('inf'):
+    try:
+      record = json.loads(line)
+      record['step']  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError):
       if number == len(lines):
         break
       raise ValueError(f'{path}, line {number}, is not a metrics record: the file is damaged; '
-                       'restore it from a backup, or move it aside to read the run without it')
-    records.append(json.loads(line))
+                       'restore it from a backup, or move it aside to read the run without it'
+                       ) from None
+    records.append(record)
   return records
 
 
