@@ -72,12 +72,19 @@ def read_json(path: str, default: Any = None) -> Any:
     return json.load(f)
 
 
+def _record(line: str) -> Optional[dict]:
+  """A metrics.jsonl line's record; None for a line cut off by a kill."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and 'step' in record else None
+
+
 def logged_step(line: str) -> float:
   """The step of a metrics.jsonl line; +inf for a line cut off by a kill."""
-  try:
-    return json.loads(line)['step']
-  except (ValueError, KeyError, TypeError):
-    return float('inf')
+  record = _record(line)
+  return float('inf') if record is None else record['step']
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -91,15 +98,12 @@ def read_metrics(workdir: str) -> list[dict]:
     lines = [line for line in f if line.strip()]
   records = []
   for number, line in enumerate(lines, 1):
-    try:
-      record = json.loads(line)
-      record['step']  # pylint: disable=pointless-statement
-    except (ValueError, KeyError, TypeError):
+    record = _record(line)
+    if record is None:
       if number == len(lines):
         break
       raise ValueError(f'{path}, line {number}, is not a metrics record: the file is damaged; '
-                       'restore it from a backup, or move it aside to read the run without it'
-                       ) from None
+                       'restore it from a backup, or move it aside to read the run without it')
     records.append(record)
   return records
 
