@@ -424,10 +424,12 @@ def plot_sweep(sweep: str, entries: Sequence[dict], path: str) -> None:
   for metric, ax in zip(('top-1', 'top-5'), axes):
     ax.set_ylabel(f'{metric} error (%)')
   fig.suptitle(f'{sweep}: mean ± std over seeds')
-  _save(fig, axes, path)
+  save_figure(fig, axes, path)
 
 
-def _save(fig, axes, path: str) -> None:
+def save_figure(fig, axes, path: str) -> None:
+  """Grid and legend on every axis, then the PNG written atomically (a reader
+  never sees half a file)."""
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -457,7 +459,7 @@ def plot_curves(sweep: str, rows: Sequence[dict], path: str) -> None:
   ax.set_xlabel('epoch')
   ax.set_ylabel('test top-1 error (%), centre crop')
   ax.set_title(f'{sweep}: test error during training, mean over seeds')
-  _save(fig, [ax], path)
+  save_figure(fig, [ax], path)
 
 
 def render(rows: Sequence[dict], out_dir: str, curves: Sequence[dict] = ()) -> str:

@@ -26,7 +26,7 @@ import submitit
 
 from configs import cifar10, default, imagenet
 from experiments import point as point_worker
-from experiments import claims, continue_sweeps, report, sweep
+from experiments import budget, claims, continue_sweeps, report, sweep
 from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, parallel, train,
                      warm_start)
 from vgg_jax.model import VGG
@@ -703,6 +703,26 @@ def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
   if folder == 'pilot_1epoch':
     assert {r['sweep'] for r in rows} == set(SWEEP_FILES)
     assert {r['seed'] for r in rows} == {0, 1, 2}
+
+
+def test_budget_times_each_logged_interval_at_its_rate():
+  logged = [{'step': 100, 'img_per_sec': 100.0}, {'step': 150, 'eval/top1_error': 0.5},
+            {'step': 200, 'img_per_sec': 50.0, 'eval/top1_error': 0.4}]
+  # 100 steps of 10 images at 100 img/s, then 100 more at 50 img/s.
+  assert budget.training_seconds(logged, batch_size=10) == {100: 10.0, 150: 10.0, 200: 30.0}
+
+
+def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
+  committed = os.path.join(REPO, 'experiments', 'results', 'pilot_budget')
+  shutil.copytree(committed, tmp_path / 'runs')
+  path = budget.write_budget(str(tmp_path / 'runs'), goal=12)
+  with open(os.path.join(committed, budget.MARKDOWN)) as f:
+    assert open(path).read() == f.read()
+  assert (tmp_path / 'runs' / budget.PLOT).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 24.1 of them training.
+  assert '| `epochs30` | D | 0.25 | 30 | 14.8 % | 24.1 min |' in open(path).read()
+  with pytest.raises(ValueError, match='no run'):
+    budget.write_budget(str(tmp_path / 'empty'))
 
 
 def _rows(sweep_name, config, train_scale, protocol, test_scales, errors, **extra):

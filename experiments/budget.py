@@ -1,0 +1,139 @@
+"""What a training budget buys: test error against epochs and against training time.
+
+    python -m experiments.budget DIR [--goal=12]   # DIR/budget.md and DIR/budget.png
+
+Every run under DIR (a directory with config.json and metrics.jsonl, as
+`vgg_jax.train` leaves them) becomes one curve: its test top-1 error after each
+evaluation, against the epoch and against the training time the loop measured
+up to it. That time is read back from metrics.jsonl's rates (each logged
+interval's images over its img/s): the loop's own clock, compilation included,
+evaluation excluded, so it is the time of the machine the run was made on.
+`--goal` draws a target error (%) across both panels. budget.md tables each
+run's width, epochs, final error and training time. Both regenerate from the
+committed runs alone (budget.md byte for byte, as the tests check).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import types
+from typing import Optional, Sequence
+
+from absl import app, flags
+
+from experiments import report
+from vgg_jax import config_schema, errors
+from vgg_jax import workdir as run_files
+
+MARKDOWN = 'budget.md'
+PLOT = 'budget.png'
+
+
+def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float]:
+  """{logged step: training seconds up to it}, from each interval's img/s."""
+  seconds, total, previous = {}, 0.0, 0
+  for line in logged:
+    if 'img_per_sec' in line:
+      total += (line['step'] - previous) * batch_size / line['img_per_sec']
+      previous = line['step']
+    seconds[line['step']] = total
+  return seconds
+
+
+def run_curve(run_dir: str, root: str) -> dict:
+  """One run's label, size and (epoch, training minutes, top-1 error) points."""
+  config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
+                                                                   run_files.CONFIG_FILE)))
+  logged = run_files.read_metrics(run_dir)
+  seconds = training_seconds(logged, config['batch_size'])
+  evals = [(line['step'], line['eval/top1_error']) for line in logged
+           if 'eval/top1_error' in line]
+  if not evals:
+    raise ValueError(f'{run_dir} has no evaluation in its metrics.jsonl: a run that '
+                     'evaluated at least once is needed')
+  last = evals[-1][0]
+  model = config['model']
+  return {
+      'run': os.path.relpath(run_dir, root),
+      'config': report.config_label(model), 'width': model['width'],
+      'epochs': config['num_epochs'],
+      'points': [(step * config['num_epochs'] / last, seconds[step] / 60, error)
+                 for step, error in evals],
+  }
+
+
+def find_curves(root: str) -> list[dict]:
+  """Every run under `root` with a config and metrics, in path order."""
+  runs = []
+  for directory, _, files in sorted(os.walk(root)):
+    if run_files.CONFIG_FILE in files and run_files.METRICS_FILE in files:
+      runs.append(run_curve(directory, root))
+  if not runs:
+    raise ValueError(f'no run (a directory with config.json and metrics.jsonl) under {root}: '
+                     'pass a directory that holds training runs')
+  return runs
+
+
+def markdown(curves: Sequence[dict]) -> str:
+  lines = ['| run | config | width | epochs | final top-1 error | training time |',
+           '|---|---|---|---|---|---|']
+  for c in curves:
+    _, minutes, error = c['points'][-1]
+    lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["epochs"]:g} | '
+                 f'{100 * error:.1f} % | {minutes:.1f} min |')
+  return ('Test top-1 error (centre crop) after the last epoch, and the training time the '
+          'loop measured (compilation included, evaluations excluded), per run; '
+          f'`python -m experiments.budget` wrote this file and `{PLOT}`.\n\n'
+          + '\n'.join(lines) + '\n')
+
+
+def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None) -> None:
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  for c in curves:
+    epochs, minutes, top1 = zip(*c['points'])
+    label = f'{c["run"]} (width {c["width"]:g})'
+    axes[0].plot(epochs, [100 * e for e in top1], marker='.', label=label)
+    axes[1].plot(minutes, [100 * e for e in top1], marker='.', label=label)
+  if goal is not None:
+    for ax in axes:
+      ax.axhline(goal, color='black', linestyle='--', linewidth=1, label=f'goal, {goal:g} %')
+  axes[0].set_xlabel('epoch')
+  axes[1].set_xlabel('training time (min), as measured on its machine')
+  axes[0].set_ylabel('test top-1 error (%), centre crop')
+  fig.suptitle('What a training budget buys')
+  report.save_figure(fig, axes, path)
+
+
+def write_budget(root: str, goal: Optional[float] = None) -> str:
+  """budget.md and budget.png in `root`; returns the markdown's path."""
+  curves = find_curves(root)
+  plot(curves, os.path.join(root, PLOT), goal)
+  path = os.path.join(root, MARKDOWN)
+  run_files.write_text_atomic(path, markdown(curves))
+  return path
+
+
+def _define_flags() -> types.SimpleNamespace:
+  """Defined by `python -m experiments.budget` only: importing defines no flag."""
+  return types.SimpleNamespace(
+      goal=flags.DEFINE_float('goal', None, 'A target test error (%) to draw.'))
+
+
+def main(argv, command: types.SimpleNamespace):
+  if len(argv) != 2:
+    raise app.UsageError('usage: python -m experiments.budget DIR [--goal=PERCENT]')
+  try:
+    path = write_budget(argv[1], command.goal.value)
+  except errors.USER_ERRORS as e:
+    sys.exit(f'experiments.budget: error: {e}')
+  print(f'wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(functools.partial(main, command=_define_flags()))
