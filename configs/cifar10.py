@@ -64,7 +64,8 @@ Sizes:
             decay 1e-4 16.1 %, without the colour shift 15.8 %. The 12 %
             takes width 1/2 and 30 epochs: 12.1 % (12.0 after epoch 29) in
             40 minutes of training on a 2-core Intel Xeon, 2.7 times the
-            budget (`--config.model.width=0.5`, `epochs=30`; 20 epochs: 12.9 %).
+            budget (`--config.model.width=0.5`, `epochs=30`; 20 epochs: 12.9 %;
+            width 3/8 for 25 epochs 13.7 % in 23 minutes).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
