@@ -48,32 +48,26 @@ def run_curve(run_dir: str, root: str) -> dict:
                                                                    run_files.CONFIG_FILE)))
   logged = run_files.read_metrics(run_dir)
   seconds = training_seconds(logged, config['batch_size'])
-  evals = [(line['step'], line['eval/top1_error']) for line in logged
-           if 'eval/top1_error' in line]
+  evals = report.epoch_evaluations(logged, config['num_epochs'])
   if not evals:
     raise ValueError(f'{run_dir} has no evaluation in its metrics.jsonl: a run that '
                      'evaluated at least once is needed')
-  last = evals[-1][0]
   model = config['model']
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'epochs': config['num_epochs'],
-      'points': [(step * config['num_epochs'] / last, seconds[step] / 60, error)
-                 for step, error in evals],
+      'points': [(epoch, seconds[step] / 60, error) for step, epoch, error in evals],
   }
 
 
 def find_curves(root: str) -> list[dict]:
   """Every run under `root` with a config and metrics, in path order."""
-  runs = []
-  for directory, _, files in sorted(os.walk(root)):
-    if run_files.CONFIG_FILE in files and run_files.METRICS_FILE in files:
-      runs.append(run_curve(directory, root))
+  runs = report.find_runs(root, marker=run_files.METRICS_FILE)
   if not runs:
     raise ValueError(f'no run (a directory with config.json and metrics.jsonl) under {root}: '
                      'pass a directory that holds training runs')
-  return runs
+  return [run_curve(run, root) for run in runs]
 
 
 def markdown(curves: Sequence[dict]) -> str:

@@ -76,13 +76,13 @@ ALL_POINTS = 'all sweeps, each point once'
 # --------------------------------------------------------------------------
 
 
-def find_runs(root: str) -> list[str]:
-  """Directories under `root` (itself included) holding config.json and eval/."""
+def find_runs(root: str, marker: str = run_files.EVAL_DIR) -> list[str]:
+  """Directories under `root` (itself included) holding config.json and `marker`
+  (by default eval/, the evaluated runs)."""
   runs = []
   for directory, subdirs, files in os.walk(root):
     subdirs[:] = sorted(d for d in subdirs if d not in (run_files.CHECKPOINT_DIR, 'slurm'))
-    if run_files.CONFIG_FILE in files and os.path.isdir(
-        os.path.join(directory, run_files.EVAL_DIR)):
+    if run_files.CONFIG_FILE in files and os.path.exists(os.path.join(directory, marker)):
       runs.append(directory)
   return sorted(runs)
 
@@ -170,24 +170,31 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
   return rows
 
 
-def curve_rows(run_dir: str, orders: dict) -> list[dict]:
-  """The run's test error after each evaluation during training (metrics.jsonl),
-  at its epoch: step x epochs / last step, the evaluations being once an epoch."""
-  logged = run_files.read_metrics(run_dir)
+def epoch_evaluations(logged: Sequence[dict], num_epochs: float) -> list[tuple[int, float, float]]:
+  """(step, epoch, top-1 error) of each evaluation during training in a run's
+  metrics records, at epoch step x epochs / last step, the evaluations being
+  once an epoch."""
   evals = [(line['step'], line['eval/top1_error']) for line in logged
            if 'eval/top1_error' in line]
-  if not evals:
+  last = max((step for step, _ in evals), default=0)
+  return [(step, step * num_epochs / last, error) for step, error in evals]
+
+
+def curve_rows(run_dir: str, orders: dict) -> list[dict]:
+  """The run's test error after each evaluation during training (metrics.jsonl)."""
+  logged = run_files.read_metrics(run_dir)
+  if not any('eval/top1_error' in line for line in logged):
     return []
   config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
                                                                    run_files.CONFIG_FILE)))
   point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
   name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
-  last = max(step for step, _ in evals)
   return [{'sweep': sweep, 'order': orders.get(sweep, {}).get(name, 10**6), 'point': name,
            'seed': config['seed'], 'config': config_label(config['model']),
            'train_scale': scale_label(config['data']['train_scale']),
-           'epoch': step * config['num_epochs'] / last, 'step': step, 'top1_error': error}
-          for sweep in point.get('sweeps') or [OTHER_RUNS] for step, error in evals]
+           'epoch': epoch, 'step': step, 'top1_error': error}
+          for sweep in point.get('sweeps') or [OTHER_RUNS]
+          for step, epoch, error in epoch_evaluations(logged, config['num_epochs'])]
 
 
 def scan_curves(root: str) -> list[dict]:
