@@ -65,7 +65,10 @@ Sizes:
             takes width 1/2 and 30 epochs: 12.1 % (12.0 after epoch 29) in
             40 minutes of training on a 2-core Intel Xeon, 2.7 times the
             budget (`--config.model.width=0.5`, `epochs=30`; 20 epochs: 12.9 %;
-            width 3/8 for 25 epochs 13.7 % in 23 minutes).
+            width 3/8 for 25 epochs 13.7 % in 23 minutes). That run trains
+            708 TFLOP, 2.3 times what 15 minutes at that CPU's float32
+            matmul peak hold (339 GFLOP/s at best): no faster float32 step
+            fits it in the budget, only a recipe needing fewer FLOPs.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured

@@ -1,6 +1,6 @@
 """What a training budget buys: test error against epochs and against training time.
 
-    python -m experiments.budget DIR [--goal=12]   # DIR/budget.md and DIR/budget.png
+    python -m experiments.budget DIR [--goal=12] [--num_classes=10]   # DIR/budget.{md,png}
 
 Every run under DIR (a directory with config.json and metrics.jsonl, as
 `vgg_jax.train` leaves them) becomes one curve: its test top-1 error after each
@@ -9,8 +9,13 @@ up to it. That time is read back from metrics.jsonl's rates (each logged
 interval's images over its img/s): the loop's own clock, compilation included,
 evaluation excluded, so it is the time of the machine the run was made on.
 `--goal` draws a target error (%) across both panels. budget.md tables each
-run's width, epochs, final error and training time. Both regenerate from the
-committed runs alone (budget.md byte for byte, as the tests check).
+run's width, epochs, final error and training time, and the work done: the
+model's FLOPs over all the images trained (`summary.train_flops_per_image`, the
+count behind the benchmark's MFU) and the rate they were done at, to set against
+the machine's matmul peak (`python -m vgg_jax.benchmark --measure=peak`): the
+shortest time any kernel could train the same recipe on that machine. Both
+regenerate from the committed runs alone (budget.md byte for byte, as the tests
+check).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Optional, Sequence
 from absl import app, flags
 
 from experiments import report
-from vgg_jax import config_schema, errors
+from vgg_jax import config_schema, errors, summary
 from vgg_jax import workdir as run_files
+from vgg_jax.model import VGG
 
 MARKDOWN = 'budget.md'
 PLOT = 'budget.png'
@@ -42,8 +48,8 @@ def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float
   return seconds
 
 
-def run_curve(run_dir: str, root: str) -> dict:
-  """One run's label, size and (epoch, training minutes, top-1 error) points."""
+def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
+  """One run's label, size, work and (epoch, training minutes, top-1 error) points."""
   config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
                                                                    run_files.CONFIG_FILE)))
   logged = run_files.read_metrics(run_dir)
@@ -53,32 +59,41 @@ def run_curve(run_dir: str, root: str) -> dict:
     raise ValueError(f'{run_dir} has no evaluation in its metrics.jsonl: a run that '
                      'evaluated at least once is needed')
   model = config['model']
+  network = VGG.from_config(model, num_classes, config['data']['image_size'])
+  images = logged[-1]['step'] * config['batch_size']
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'epochs': config['num_epochs'],
+      'train_flops': images * summary.train_flops_per_image(network),
+      'train_seconds': seconds[logged[-1]['step']],
       'points': [(epoch, seconds[step] / 60, error) for step, epoch, error in evals],
   }
 
 
-def find_curves(root: str) -> list[dict]:
+def find_curves(root: str, num_classes: int = 10) -> list[dict]:
   """Every run under `root` with a config and metrics, in path order."""
   runs = report.find_runs(root, marker=run_files.METRICS_FILE)
   if not runs:
     raise ValueError(f'no run (a directory with config.json and metrics.jsonl) under {root}: '
                      'pass a directory that holds training runs')
-  return [run_curve(run, root) for run in runs]
+  return [run_curve(run, root, num_classes) for run in runs]
 
 
 def markdown(curves: Sequence[dict]) -> str:
-  lines = ['| run | config | width | epochs | final top-1 error | training time |',
-           '|---|---|---|---|---|---|']
+  lines = ['| run | config | width | epochs | final top-1 error | training time | '
+           'model FLOPs trained | their rate |',
+           '|---|---|---|---|---|---|---|---|']
   for c in curves:
     _, minutes, error = c['points'][-1]
     lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["epochs"]:g} | '
-                 f'{100 * error:.1f} % | {minutes:.1f} min |')
-  return ('Test top-1 error (centre crop) after the last epoch, and the training time the '
-          'loop measured (compilation included, evaluations excluded), per run; '
+                 f'{100 * error:.1f} % | {minutes:.1f} min | '
+                 f'{c["train_flops"] / 1e12:,.0f} TFLOP | '
+                 f'{c["train_flops"] / c["train_seconds"] / 1e9:.0f} GFLOP/s |')
+  return ('Test top-1 error (centre crop) after the last epoch, the training time the '
+          'loop measured (compilation included, evaluations excluded), and the '
+          "model's FLOPs over every image trained (forward and backward, "
+          '`summary.train_flops_per_image`) with the rate that time gives them, per run; '
           f'`python -m experiments.budget` wrote this file and `{PLOT}`.\n\n'
           + '\n'.join(lines) + '\n')
 
@@ -104,9 +119,9 @@ def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None) -> Non
   report.save_figure(fig, axes, path)
 
 
-def write_budget(root: str, goal: Optional[float] = None) -> str:
+def write_budget(root: str, goal: Optional[float] = None, num_classes: int = 10) -> str:
   """budget.md and budget.png in `root`; returns the markdown's path."""
-  curves = find_curves(root)
+  curves = find_curves(root, num_classes)
   plot(curves, os.path.join(root, PLOT), goal)
   path = os.path.join(root, MARKDOWN)
   run_files.write_text_atomic(path, markdown(curves))
@@ -116,14 +131,18 @@ def write_budget(root: str, goal: Optional[float] = None) -> str:
 def _define_flags() -> types.SimpleNamespace:
   """Defined by `python -m experiments.budget` only: importing defines no flag."""
   return types.SimpleNamespace(
-      goal=flags.DEFINE_float('goal', None, 'A target test error (%) to draw.'))
+      goal=flags.DEFINE_float('goal', None, 'A target test error (%) to draw.'),
+      num_classes=flags.DEFINE_integer(
+          'num_classes', 10, "The runs' number of classes (FC3's size in the FLOP count; "
+          'config.json does not hold it).'))
 
 
 def main(argv, command: types.SimpleNamespace):
   if len(argv) != 2:
-    raise app.UsageError('usage: python -m experiments.budget DIR [--goal=PERCENT]')
+    raise app.UsageError('usage: python -m experiments.budget DIR [--goal=PERCENT] '
+                         '[--num_classes=N]')
   try:
-    path = write_budget(argv[1], command.goal.value)
+    path = write_budget(argv[1], command.goal.value, command.num_classes.value)
   except errors.USER_ERRORS as e:
     sys.exit(f'experiments.budget: error: {e}')
   print(f'wrote {path}')

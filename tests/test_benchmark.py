@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from experiments import profile_summary
-from vgg_jax import benchmark
+from vgg_jax import benchmark, summary
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
@@ -66,7 +66,7 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   report = json.loads(out.read_text())
   assert report == json.loads(proc.stdout)
   model = VGG(variant='A', width=1 / 16, fc_width=16, num_classes=10, image_size=32)
-  macs = sum(row[3] for row in benchmark.layer_table(model))
+  macs = sum(row[3] for row in summary.layer_table(model))
   train = report['train']
   assert train['model_flops_per_step'] == 3 * 2 * macs * 8
   # XLA counts what it compiled: the same convolutions and matmuls, give or

@@ -719,8 +719,11 @@ def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
   with open(os.path.join(committed, budget.MARKDOWN)) as f:
     assert open(path).read() == f.read()
   assert (tmp_path / 'runs' / budget.PLOT).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 24.1 of them training.
-  assert '| `epochs30` | D | 0.25 | 30 | 14.8 % | 24.1 min |' in open(path).read()
+  # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 24.1 of them training;
+  # width 1/2's 12 %: 11,700 steps of 128 images at 472,751,616 FLOPs each.
+  text = open(path).read()
+  assert '| `epochs30` | D | 0.25 | 30 | 14.8 % | 24.1 min |' in text
+  assert '| `width1_2_epochs30` | D | 0.5 | 30 | 12.1 % | 40.4 min | 708 TFLOP |' in text
   with pytest.raises(ValueError, match='no run'):
     budget.write_budget(str(tmp_path / 'empty'))
 

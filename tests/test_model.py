@@ -218,6 +218,17 @@ def test_glorot_init_gives_fc1_the_dense_layers_fans_at_224():
   np.testing.assert_allclose(fc2.std(), np.sqrt(2 / (512 + 512)), rtol=0.02)
 
 
+def test_train_flops_count_every_conv_and_dense_layer_three_times():
+  # VGG-D at width 1/2 on 32x32 (issue #15's 12 % run), by hand: positions x
+  # 3 x 3 x fan-in x fan-out per conv (maps 32, 16, 8, 4, 2), then FC 256-128-128-10.
+  convs = (1024 * 9 * (3 * 32 + 32 * 32) + 256 * 9 * (32 * 64 + 64 * 64)
+           + 64 * 9 * (64 * 128 + 2 * 128 * 128) + 16 * 9 * (128 * 256 + 2 * 256 * 256)
+           + 4 * 9 * 3 * 256 * 256)
+  macs = convs + 256 * 128 + 128 * 128 + 128 * 10
+  model = vgg.VGG(variant='D', width=0.5, fc_width=128, num_classes=10, image_size=32)
+  assert summary.train_flops_per_image(model) == 3 * 2 * macs == 472_751_616
+
+
 def test_summary_cli_prints_layers_and_total(capsys):
   text = summary.summary(vgg.VGG(variant='D'))
   assert '138,357,544' in text and 'conv5_3' in text and '15.47 GMACs' in text

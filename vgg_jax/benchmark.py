@@ -16,7 +16,7 @@ windows take turns, so both see the same background load.
   and weight decay, the state donated on accelerators, the batch split across
   `--devices`) on a batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
   compiled step, and the model's own count (3 x the forward pass's 2 x MACs,
-  from `summary.layer_table`), which is what MFU uses.
+  from `summary.train_flops_per_image`), which is what MFU uses.
 * peak: a square matmul in the compute dtype on one device, measured in the same
   run; on a GPU it is multiplied by the number of devices, on the CPU not
   (host devices share the same cores). MFU = model FLOP/s / peak.
@@ -60,11 +60,10 @@ import numpy as np
 from absl import app, flags
 
 from vgg_jax import (config_schema, console, cpu_ops, data, malloc_tunables, onednn, optim,
-                     parallel, pooling, train)
+                     parallel, pooling, summary, train)
 from vgg_jax import workdir as run_files
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
-from vgg_jax.summary import layer_table
 
 PIPELINE_SIZE, PIPELINE_SCALE = 224, (256, 512)
 
@@ -156,12 +155,6 @@ def convolutions(f) -> dict:
   if f.ops == 'plain' or cpu_ops.convolution_library(f.dtype) != 'oneDNN':
     return {'convolutions': 'xla'}
   return {'convolutions': 'onednn', 'onednn_kernels': onednn.implementations(8, 8, 16, 16)}
-
-
-def model_train_flops(model: VGG, batch: int) -> float:
-  """Forward + backward (twice the forward) FLOPs of one step, from the layer table."""
-  macs = sum(row[3] for row in layer_table(model))
-  return 3 * 2 * macs * batch
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
@@ -261,7 +254,7 @@ def train_summary(rate: dict, compiled, model: VGG, mesh, batch_size: int) -> di
   result = dict(rate)
   steps_per_sec = result['img_per_sec'] / batch_size
   result['step_ms'] = 1e3 / steps_per_sec
-  result['model_flops_per_step'] = model_train_flops(model, batch_size)
+  result['model_flops_per_step'] = summary.train_flops_per_image(model) * batch_size
   result['model_flops_per_sec'] = result['model_flops_per_step'] * steps_per_sec
   per_device = xla_flops(compiled)
   if per_device is not None:
@@ -431,12 +424,12 @@ def torch_summary(rates: dict, train: Optional[dict]) -> dict:
   and the ratios of vgg_jax's training windows to the better format's."""
   by_format = {fmt: rates[f'torch_{fmt}'] for fmt in TORCH_MEMORY_FORMATS}
   best = max(by_format, key=lambda fmt: by_format[fmt]['img_per_sec'])
-  summary = {**by_format[best], 'memory_format': best,
-             'rates': {fmt: rate['img_per_sec'] for fmt, rate in by_format.items()},
-             **torch_info()}
+  result = {**by_format[best], 'memory_format': best,
+            'rates': {fmt: rate['img_per_sec'] for fmt, rate in by_format.items()},
+            **torch_info()}
   if train is not None:
-    summary.update(side_by_side(train['windows'], by_format[best]['windows']))
-  return summary
+    result.update(side_by_side(train['windows'], by_format[best]['windows']))
+  return result
 
 
 # --------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def layer_table(model: VGG, image_size: Optional[int] = None):
   return rows
 
 
+def train_flops_per_image(model: VGG, image_size: Optional[int] = None) -> int:
+  """A training step's FLOPs for one image by the layer table: the forward pass's
+  2 x MACs, three times (the backward pass costs twice the forward)."""
+  return 3 * 2 * sum(row[3] for row in layer_table(model, image_size))
+
+
 def summary(model: VGG, image_size: Optional[int] = None) -> str:
   """A Keras-style `model.summary()`: per-layer output shape and parameters."""
   rows = layer_table(model, image_size)
