@@ -1,21 +1,21 @@
-"""What a training budget buys: test error against epochs and against training time.
+"""What a training budget buys: test error against epochs, training time and FLOPs.
 
-    python -m experiments.budget DIR [--goal=12] [--num_classes=10]   # DIR/budget.{md,png}
+    python -m experiments.budget DIR [--goal=12] [--budget_tflop=305] [--num_classes=10]
 
 Every run under DIR (a directory with config.json and metrics.jsonl, as
-`vgg_jax.train` leaves them) becomes one curve: its test top-1 error after each
-evaluation, against the epoch and against the training time the loop measured
-up to it. That time is read back from metrics.jsonl's rates (each logged
-interval's images over its img/s): the loop's own clock, compilation included,
-evaluation excluded, so it is the time of the machine the run was made on.
-`--goal` draws a target error (%) across both panels. budget.md tables each
-run's width, epochs, final error and training time, and the work done: the
-model's FLOPs over all the images trained (`summary.train_flops_per_image`, the
-count behind the benchmark's MFU) and the rate they were done at, to set against
-the machine's matmul peak (`python -m vgg_jax.benchmark --measure=peak`): the
-shortest time any kernel could train the same recipe on that machine. Both
-regenerate from the committed runs alone (budget.md byte for byte, as the tests
-check).
+`vgg_jax.train` leaves them) becomes one curve in DIR/budget.png: its test top-1
+error after each evaluation, against the epoch, the training time the loop
+measured up to it, and the model's FLOPs trained up to it. The time is read back
+from metrics.jsonl's rates (each logged interval's images over its img/s): the
+loop's own clock, compilation included, evaluation excluded, so it is the time of
+the machine the run was made on; the FLOPs (`summary.train_flops_per_image` times
+the images trained, the count behind the benchmark's MFU) are the same on every
+machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
+FLOP budget across the last: a time budget at the machine's matmul peak
+(`python -m vgg_jax.benchmark --measure=peak`) is the most any kernel could train
+in it. DIR/budget.md tables each run's width, epochs, final error, training time,
+FLOPs and the rate they were trained at. Both regenerate from the committed runs
+alone (budget.md byte for byte, as the tests check).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float
 
 
 def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
-  """One run's label, size, work and (epoch, training minutes, top-1 error) points."""
+  """One run's label, size, work and (epoch, training minutes, model TFLOP trained,
+  top-1 error) points."""
   config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
                                                                    run_files.CONFIG_FILE)))
   logged = run_files.read_metrics(run_dir)
@@ -60,14 +61,15 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
                      'evaluated at least once is needed')
   model = config['model']
   network = VGG.from_config(model, num_classes, config['data']['image_size'])
-  images = logged[-1]['step'] * config['batch_size']
+  flops_per_step = config['batch_size'] * summary.train_flops_per_image(network)
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'epochs': config['num_epochs'],
-      'train_flops': images * summary.train_flops_per_image(network),
+      'train_flops': logged[-1]['step'] * flops_per_step,
       'train_seconds': seconds[logged[-1]['step']],
-      'points': [(epoch, seconds[step] / 60, error) for step, epoch, error in evals],
+      'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
+                 for step, epoch, error in evals],
   }
 
 
@@ -85,7 +87,7 @@ def markdown(curves: Sequence[dict]) -> str:
            'model FLOPs trained | their rate |',
            '|---|---|---|---|---|---|---|---|']
   for c in curves:
-    _, minutes, error = c['points'][-1]
+    _, minutes, _, error = c['points'][-1]
     lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["epochs"]:g} | '
                  f'{100 * error:.1f} % | {minutes:.1f} min | '
                  f'{c["train_flops"] / 1e12:,.0f} TFLOP | '
@@ -98,31 +100,37 @@ def markdown(curves: Sequence[dict]) -> str:
           + '\n'.join(lines) + '\n')
 
 
-def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None) -> None:
+def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None,
+         budget_tflop: Optional[float] = None) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
   for c in curves:
-    epochs, minutes, top1 = zip(*c['points'])
+    *abscissae, top1 = zip(*c['points'])
     label = f'{c["run"]} (width {c["width"]:g})'
-    axes[0].plot(epochs, [100 * e for e in top1], marker='.', label=label)
-    axes[1].plot(minutes, [100 * e for e in top1], marker='.', label=label)
+    for ax, x in zip(axes, abscissae):
+      ax.plot(x, [100 * e for e in top1], marker='.', label=label)
   if goal is not None:
     for ax in axes:
       ax.axhline(goal, color='black', linestyle='--', linewidth=1, label=f'goal, {goal:g} %')
+  if budget_tflop is not None:
+    axes[2].axvline(budget_tflop, color='black', linestyle=':', linewidth=1,
+                    label=f'budget, {budget_tflop:g} TFLOP')
   axes[0].set_xlabel('epoch')
   axes[1].set_xlabel('training time (min), as measured on its machine')
+  axes[2].set_xlabel("model FLOPs trained (TFLOP), the same on every machine")
   axes[0].set_ylabel('test top-1 error (%), centre crop')
   fig.suptitle('What a training budget buys')
   report.save_figure(fig, axes, path)
 
 
-def write_budget(root: str, goal: Optional[float] = None, num_classes: int = 10) -> str:
+def write_budget(root: str, goal: Optional[float] = None, num_classes: int = 10,
+                 budget_tflop: Optional[float] = None) -> str:
   """budget.md and budget.png in `root`; returns the markdown's path."""
   curves = find_curves(root, num_classes)
-  plot(curves, os.path.join(root, PLOT), goal)
+  plot(curves, os.path.join(root, PLOT), goal, budget_tflop)
   path = os.path.join(root, MARKDOWN)
   run_files.write_text_atomic(path, markdown(curves))
   return path
@@ -132,6 +140,9 @@ def _define_flags() -> types.SimpleNamespace:
   """Defined by `python -m experiments.budget` only: importing defines no flag."""
   return types.SimpleNamespace(
       goal=flags.DEFINE_float('goal', None, 'A target test error (%) to draw.'),
+      budget_tflop=flags.DEFINE_float(
+          'budget_tflop', None, 'A budget of model FLOPs (TFLOP) to draw, e.g. a time '
+          "budget at the machine's matmul peak: 15 min at 339 GFLOP/s is 305."),
       num_classes=flags.DEFINE_integer(
           'num_classes', 10, "The runs' number of classes (FC3's size in the FLOP count; "
           'config.json does not hold it).'))
@@ -140,9 +151,10 @@ def _define_flags() -> types.SimpleNamespace:
 def main(argv, command: types.SimpleNamespace):
   if len(argv) != 2:
     raise app.UsageError('usage: python -m experiments.budget DIR [--goal=PERCENT] '
-                         '[--num_classes=N]')
+                         '[--budget_tflop=TFLOP] [--num_classes=N]')
   try:
-    path = write_budget(argv[1], command.goal.value, command.num_classes.value)
+    path = write_budget(argv[1], command.goal.value, command.num_classes.value,
+                        command.budget_tflop.value)
   except errors.USER_ERRORS as e:
     sys.exit(f'experiments.budget: error: {e}')
   print(f'wrote {path}')

@@ -715,7 +715,7 @@ def test_budget_times_each_logged_interval_at_its_rate():
 def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', 'pilot_budget')
   shutil.copytree(committed, tmp_path / 'runs')
-  path = budget.write_budget(str(tmp_path / 'runs'), goal=12)
+  path = budget.write_budget(str(tmp_path / 'runs'), goal=12, budget_tflop=305)
   with open(os.path.join(committed, budget.MARKDOWN)) as f:
     assert open(path).read() == f.read()
   assert (tmp_path / 'runs' / budget.PLOT).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
