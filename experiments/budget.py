@@ -49,8 +49,8 @@ def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float
 
 
 def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
-  """One run's label, size, work and (epoch, training minutes, model TFLOP trained,
-  top-1 error) points."""
+  """One run's label, size and (epoch, training minutes, model TFLOP trained,
+  top-1 error) points: the last is the whole run's."""
   config = config_schema.complete(run_files.read_json(os.path.join(run_dir,
                                                                    run_files.CONFIG_FILE)))
   logged = run_files.read_metrics(run_dir)
@@ -66,8 +66,6 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'epochs': config['num_epochs'],
-      'train_flops': logged[-1]['step'] * flops_per_step,
-      'train_seconds': seconds[logged[-1]['step']],
       'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
                  for step, epoch, error in evals],
   }
@@ -87,11 +85,10 @@ def markdown(curves: Sequence[dict]) -> str:
            'model FLOPs trained | their rate |',
            '|---|---|---|---|---|---|---|---|']
   for c in curves:
-    _, minutes, _, error = c['points'][-1]
+    _, minutes, tflop, error = c['points'][-1]
     lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["epochs"]:g} | '
-                 f'{100 * error:.1f} % | {minutes:.1f} min | '
-                 f'{c["train_flops"] / 1e12:,.0f} TFLOP | '
-                 f'{c["train_flops"] / c["train_seconds"] / 1e9:.0f} GFLOP/s |')
+                 f'{100 * error:.1f} % | {minutes:.1f} min | {tflop:,.0f} TFLOP | '
+                 f'{tflop * 1e3 / (minutes * 60):.0f} GFLOP/s |')
   return ('Test top-1 error (centre crop) after the last epoch, the training time the '
           'loop measured (compilation included, evaluations excluded), and the '
           "model's FLOPs over every image trained (forward and backward, "
