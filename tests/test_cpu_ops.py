@@ -137,13 +137,26 @@ def test_openmp_sleeps_between_convolutions_unless_the_user_said_otherwise(monke
   assert os.environ[onednn.WAIT_POLICY_ENV] == 'passive'
 
 
-def test_bfloat16_and_negative_pads_take_xlas_convolution():
+def _routed_to_onednn(x, w, padding) -> bool:
+  jaxpr = str(jax.make_jaxpr(lambda a, b: cpu_ops.conv_general_dilated(
+      a, b, (1, 1), padding, dimension_numbers=LAYOUT))(x, w))
+  assert ('custom_partitioning' in jaxpr) != ('conv_general_dilated' in jaxpr)
+  return 'custom_partitioning' in jaxpr
+
+
+def test_negative_pads_take_xlas_convolution():
   x, w = normal(2, 8, 8, 3), normal(3, 3, 3, 4)
-  for args in ((x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 'SAME'),
-               (x, w, ((-1, 1), (1, 1)))):
-    jaxpr = str(jax.make_jaxpr(lambda a, b, p=args[2]: cpu_ops.conv_general_dilated(
-        a, b, (1, 1), p, dimension_numbers=LAYOUT))(*args[:2]))
-    assert 'custom_partitioning' not in jaxpr and 'conv_general_dilated' in jaxpr
+  assert not _routed_to_onednn(x, w, ((-1, 1), (1, 1)))
+
+
+def test_bfloat16_takes_onednn_where_it_has_bfloat16_kernels():
+  x, w = normal(2, 8, 8, 3), normal(3, 3, 3, 4)
+  on_onednn = _routed_to_onednn(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 'SAME')
+  assert on_onednn == onednn.bfloat16_available()
+  if onednn.available():
+    names = onednn.implementations(8, 8, 16, 16, jnp.bfloat16)
+    assert onednn.bfloat16_available() == (
+        bool(names) and 'ref' not in ''.join(n.strip()[:3] for n in names.split(',')))
 
 
 def test_onednn_can_be_turned_off(monkeypatch):

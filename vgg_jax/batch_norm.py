@@ -27,6 +27,7 @@ trees already and keep Flax's (`default_batch_norm`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -56,15 +57,24 @@ def staged_gradient_sums(g, x, mean) -> tuple[jax.Array, jax.Array]:
 
 
 def _native_sums(*arrays) -> bool:
-  """Whether `vgg_jax.onednn`'s library sums these (float32 on the CPU, where it is built)."""
-  return (cpu_ops.on_cpu() and all(a.dtype == jnp.float32 for a in arrays)
+  """Whether `vgg_jax.onednn`'s library sums these: all float32 or all bfloat16,
+  on the CPU, where it is built."""
+  dtypes = {jnp.dtype(a.dtype) for a in arrays}
+  return (cpu_ops.on_cpu() and len(dtypes) == 1
+          and dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)}
           and onednn.available())
 
 
+def _at_least_float32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-channel sums of x and of x * x: one pass in double where the native
-  library is built, else staged."""
-  return onednn.channel_moments(x) if _native_sums(x) else staged_moments(x)
+  """Per-channel sums of x and of x * x, in at least float32: one pass in
+  double where the native library is built, else staged."""
+  if _native_sums(x):
+    return onednn.channel_moments(x)
+  return staged_moments(_at_least_float32(x))
 
 
 def gradient_sums(g, x, mean) -> tuple[jax.Array, jax.Array]:
@@ -72,23 +82,27 @@ def gradient_sums(g, x, mean) -> tuple[jax.Array, jax.Array]:
   gradients, up to the scale): as `moments` computes its sums."""
   if _native_sums(g, x):
     return onednn.channel_gradient_sums(g, x, mean)
-  return staged_gradient_sums(g, x, mean)
+  return staged_gradient_sums(_at_least_float32(g), _at_least_float32(x), mean)
 
 
-@jax.custom_vjp
-def normalize(x, mean, mul, bias):
-  """(x - mean) * mul + bias, per channel; its gradient's sums by `gradient_sums`."""
-  return (x - mean) * mul + bias
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def normalize(x, mean, mul, bias, dtype):
+  """((x - mean) * mul + bias).astype(dtype), per channel, computed in the
+  statistics' dtype; its gradient's sums by `gradient_sums`. x and the result
+  stay in their own dtypes (bfloat16 in a bfloat16 model), so that neither
+  pass holds a float32 copy of the activations."""
+  return ((x.astype(mean.dtype) - mean) * mul + bias).astype(dtype)
 
 
-def _normalize_fwd(x, mean, mul, bias):
-  return normalize(x, mean, mul, bias), (x, mean, mul)
+def _normalize_fwd(x, mean, mul, bias, dtype):
+  return normalize(x, mean, mul, bias, dtype), (x, mean, mul)
 
 
-def _normalize_bwd(residuals, g):
+def _normalize_bwd(dtype, residuals, g):
+  del dtype
   x, mean, mul = residuals
   g_bias, g_mul = gradient_sums(g, x, mean)
-  return (g * mul, -g_bias * mul, g_mul, g_bias)
+  return ((g.astype(mul.dtype) * mul).astype(x.dtype), -g_bias * mul, g_mul, g_bias)
 
 
 normalize.defvjp(_normalize_fwd, _normalize_bwd)
@@ -113,9 +127,8 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
-      x32 = x.astype(stats_dtype)
       count = math.prod(x.shape[:-1])
-      sum_x, sum_squares = moments(x32)
+      sum_x, sum_squares = moments(x)
       mean = sum_x / count
       var = jnp.maximum(0.0, sum_squares / count - mean * mean)
       if not self.is_initializing():
@@ -123,8 +136,8 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     mul = lax.rsqrt(var + self.epsilon) * scale
     dtype = self.dtype or jnp.result_type(x, scale)
-    y = normalize(x.astype(stats_dtype), mean, mul, bias.astype(stats_dtype))
-    return y.astype(dtype)
+    return normalize(x, mean.astype(stats_dtype), mul.astype(stats_dtype),
+                     bias.astype(stats_dtype), jnp.dtype(dtype))
 
 
 def default_batch_norm() -> type[nn.Module]:

@@ -1,4 +1,5 @@
-// Batch norm's per-channel sums as XLA FFI handlers (float32 in, float32 out),
+// Batch norm's per-channel sums as XLA FFI handlers (float32 or bfloat16 in,
+// float32 out),
 // built into the same library as oneDNN's convolutions (vgg_jax/onednn.py).
 //
 // Why: XLA's CPU reductions add N*H*W values one after the other (see
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include <omp.h>
@@ -36,33 +38,51 @@ void UseThreads(int64_t threads) {
 // adds over the channels vectorise, so one pass runs at memory speed.
 #define VGG_JAX_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
-// s[c] += sum of x(r, c), q[c] += sum of x(r, c)^2 over rows [begin, end).
-VGG_JAX_CLONES void MomentRows(const float* x, int64_t begin, int64_t end, int64_t channels,
-                               double* __restrict s, double* __restrict q) {
-  for (int64_t r = begin; r < end; ++r) {
-    const float* row = x + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const double v = row[c];
-      s[c] += v;
-      q[c] += v * v;
-    }
-  }
+// bfloat16 as stored: a float32's upper half.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+inline double Widen(float v) { return v; }
+
+inline double Widen(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 
-// s[c] += sum of g(r, c), q[c] += sum of g(r, c) * (x(r, c) - mean[c]).
-VGG_JAX_CLONES void GradientRows(const float* g, const float* x, const float* mean,
-                                 int64_t begin, int64_t end, int64_t channels,
-                                 double* __restrict s, double* __restrict q) {
-  for (int64_t r = begin; r < end; ++r) {
-    const float* grow = g + r * channels;
-    const float* xrow = x + r * channels;
-    for (int64_t c = 0; c < channels; ++c) {
-      const double gv = grow[c];
-      s[c] += gv;
-      q[c] += gv * (static_cast<double>(xrow[c]) - mean[c]);
-    }
+// One definition per element type (target_clones does not take templates).
+#define VGG_JAX_ROWS(T)                                                                   \
+  /* s[c] += sum of x(r, c), q[c] += sum of x(r, c)^2 over rows [begin, end). */          \
+  VGG_JAX_CLONES void MomentRows(const T* x, int64_t begin, int64_t end, int64_t channels, \
+                                 double* __restrict s, double* __restrict q) {            \
+    for (int64_t r = begin; r < end; ++r) {                                               \
+      const T* row = x + r * channels;                                                    \
+      for (int64_t c = 0; c < channels; ++c) {                                            \
+        const double v = Widen(row[c]);                                                   \
+        s[c] += v;                                                                        \
+        q[c] += v * v;                                                                    \
+      }                                                                                   \
+    }                                                                                     \
+  }                                                                                       \
+  /* s[c] += sum of g(r, c), q[c] += sum of g(r, c) * (x(r, c) - mean[c]). */             \
+  VGG_JAX_CLONES void GradientRows(const T* g, const T* x, const float* mean,             \
+                                   int64_t begin, int64_t end, int64_t channels,          \
+                                   double* __restrict s, double* __restrict q) {          \
+    for (int64_t r = begin; r < end; ++r) {                                               \
+      const T* grow = g + r * channels;                                                   \
+      const T* xrow = x + r * channels;                                                   \
+      for (int64_t c = 0; c < channels; ++c) {                                            \
+        const double gv = Widen(grow[c]);                                                 \
+        s[c] += gv;                                                                       \
+        q[c] += gv * (Widen(xrow[c]) - mean[c]);                                          \
+      }                                                                                   \
+    }                                                                                     \
   }
-}
+
+VGG_JAX_ROWS(float)
+VGG_JAX_ROWS(BFloat16)
 
 // first[c] and second[c]: the two sums `rows(begin, end, s, q)` accumulates,
 // in double over fixed blocks of rows whose partial sums are added in block
@@ -89,44 +109,80 @@ void ChannelSums(int64_t rows, int64_t channels, int64_t threads, float* first,
   }
 }
 
-int64_t Channels(const ffi::Buffer<ffi::F32>& x) { return x.dimensions().back(); }
+int64_t Channels(const ffi::AnyBuffer& x) { return x.dimensions().back(); }
 
-ffi::Error MomentsImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> sum,
-                       ffi::ResultBuffer<ffi::F32> sum_squares, int64_t threads) {
+ffi::Error TypeError() {
+  return ffi::Error::InvalidArgument(
+      "channel sums: the arrays must be float32 or bfloat16, both of one type");
+}
+
+template <typename T>
+void Moments(const ffi::AnyBuffer& x, float* sum, float* sum_squares, int64_t threads) {
   const int64_t channels = Channels(x), rows = x.element_count() / channels;
-  const float* data = x.typed_data();
-  ChannelSums(rows, channels, threads, sum->typed_data(), sum_squares->typed_data(),
+  const T* data = static_cast<const T*>(x.untyped_data());
+  ChannelSums(rows, channels, threads, sum, sum_squares,
               [&](int64_t begin, int64_t end, double* s, double* q) {
                 MomentRows(data, begin, end, channels, s, q);
               });
-  return ffi::Error::Success();
 }
 
-ffi::Error GradientSumsImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> x,
-                            ffi::Buffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> sum_g,
-                            ffi::ResultBuffer<ffi::F32> sum_g_centred, int64_t threads) {
+ffi::Error MomentsImpl(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> sum,
+                       ffi::ResultBuffer<ffi::F32> sum_squares, int64_t threads) {
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      Moments<float>(x, sum->typed_data(), sum_squares->typed_data(), threads);
+      return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      Moments<BFloat16>(x, sum->typed_data(), sum_squares->typed_data(), threads);
+      return ffi::Error::Success();
+    default:
+      return TypeError();
+  }
+}
+
+template <typename T>
+void GradientSums(const ffi::AnyBuffer& g, const ffi::AnyBuffer& x, const float* mean,
+                  float* sum_g, float* sum_g_centred, int64_t threads) {
   const int64_t channels = Channels(x), rows = x.element_count() / channels;
-  ChannelSums(rows, channels, threads, sum_g->typed_data(), sum_g_centred->typed_data(),
+  const T* gd = static_cast<const T*>(g.untyped_data());
+  const T* xd = static_cast<const T*>(x.untyped_data());
+  ChannelSums(rows, channels, threads, sum_g, sum_g_centred,
               [&](int64_t begin, int64_t end, double* s, double* q) {
-                GradientRows(g.typed_data(), x.typed_data(), mean.typed_data(), begin, end,
-                             channels, s, q);
+                GradientRows(gd, xd, mean, begin, end, channels, s, q);
               });
-  return ffi::Error::Success();
+}
+
+ffi::Error GradientSumsImpl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> mean,
+                            ffi::ResultBuffer<ffi::F32> sum_g,
+                            ffi::ResultBuffer<ffi::F32> sum_g_centred, int64_t threads) {
+  if (g.element_type() != x.element_type()) return TypeError();
+  switch (x.element_type()) {
+    case ffi::DataType::F32:
+      GradientSums<float>(g, x, mean.typed_data(), sum_g->typed_data(),
+                          sum_g_centred->typed_data(), threads);
+      return ffi::Error::Success();
+    case ffi::DataType::BF16:
+      GradientSums<BFloat16>(g, x, mean.typed_data(), sum_g->typed_data(),
+                             sum_g_centred->typed_data(), threads);
+      return ffi::Error::Success();
+    default:
+      return TypeError();
+  }
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxChannelMoments, MomentsImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxChannelGradientSums, GradientSumsImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

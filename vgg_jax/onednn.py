@@ -106,6 +106,7 @@ def _library() -> ctypes.CDLL:
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, target)),
                                 platform='cpu')
   lib.VggJaxConvImplementations.restype = ctypes.c_char_p
+  lib.VggJaxConvImplementations.argtypes = [ctypes.c_int64] * 6
   return lib
 
 
@@ -129,10 +130,24 @@ def users_openmp_environment():
   return env_vars.set_to(WAIT_POLICY_ENV, _USERS_WAIT_POLICY)
 
 
-def implementations(batch: int, side: int, channels_in: int, channels_out: int) -> str:
-  """oneDNN's kernels for a 3x3 SAME convolution of this shape, e.g. 'brgconv:avx512_core'."""
+def implementations(batch: int, side: int, channels_in: int, channels_out: int,
+                    dtype=jnp.float32) -> str:
+  """oneDNN's kernels for a 3x3 SAME convolution of this shape and dtype (float32 or
+  bfloat16), its three passes', e.g. 'brgconv:avx512_core, ...'; '' where it has none."""
+  bfloat16 = jnp.dtype(dtype) == jnp.bfloat16
   return _library().VggJaxConvImplementations(batch, side, side, channels_in,
-                                              channels_out).decode()
+                                              channels_out, bfloat16).decode()
+
+
+@functools.cache
+def bfloat16_available() -> bool:
+  """Whether oneDNN convolves bfloat16 here with kernels of its own: CPUs with
+  AVX-512 BF16 or AMX. Elsewhere it has reference loops only, or nothing, and
+  XLA's own bfloat16 convolution is the one to use."""
+  if not available():
+    return False
+  names = implementations(8, 8, 16, 16, jnp.bfloat16)
+  return bool(names) and not any(n.strip().startswith('ref') for n in names.split(','))
 
 
 def _attributes(pads: Pads, threads: int) -> dict:
@@ -149,7 +164,8 @@ def _output_shape(x_shape, kernel_shape, pads: Pads):
 
 
 def _call(target: str, shapes, operands, pads: Pads, threads: int):
-  """`target` on `operands`; `shapes`: its result's shape, or a list of its results'."""
+  """`target` on `operands`; `shapes`: its result's shape, or a list of its results'
+  (of the operands' dtype)."""
   dtype = operands[0].dtype
   results = ([jax.ShapeDtypeStruct(shape, dtype) for shape in shapes]
              if isinstance(shapes, list) else jax.ShapeDtypeStruct(shapes, dtype))
@@ -273,7 +289,8 @@ _backward_weights_bias = _batch_partitioned(_backward_weights_bias_single,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv(x, kernel, pads: Pads):
   """`lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=('NHWC',
-  'HWIO', 'NHWC'))` for float32 and non-negative pads, by oneDNN."""
+  'HWIO', 'NHWC'))` for non-negative pads, by oneDNN: float32, or bfloat16
+  (where `bfloat16_available()`) accumulated in float32 and rounded once."""
   return _forward(x, kernel, pads)
 
 
@@ -320,7 +337,7 @@ conv_bias_relu.defvjp(_conv_bias_relu_forward, _conv_bias_relu_backward)
 
 def _sums_single(target: str, *args):
   *operands, _, threads = args  # no pads
-  channels = jax.ShapeDtypeStruct((operands[0].shape[-1],), operands[0].dtype)
+  channels = jax.ShapeDtypeStruct((operands[0].shape[-1],), jnp.float32)
   return tuple(jax.ffi.ffi_call(_TARGETS[target], (channels, channels))(
       *operands, threads=np.int64(threads)))
 
@@ -346,7 +363,8 @@ def _gradient_sums(g, x, mean):
 
 @jax.custom_vjp
 def channel_moments(x):
-  """(sum of x, sum of x*x) over every axis but the last, accumulated in double."""
+  """(sum of x, sum of x*x) over every axis but the last, accumulated in double
+  (x float32 or bfloat16; the sums float32)."""
   return _moments(x)
 
 
@@ -356,7 +374,7 @@ def _moments_forward(x):
 
 def _moments_backward(x, grads):
   g_sum, g_sum_squares = grads
-  return (g_sum + 2 * x * g_sum_squares,)
+  return ((g_sum + 2 * x.astype(jnp.float32) * g_sum_squares).astype(x.dtype),)
 
 
 channel_moments.defvjp(_moments_forward, _moments_backward)
@@ -364,5 +382,6 @@ channel_moments.defvjp(_moments_forward, _moments_backward)
 
 def channel_gradient_sums(g, x, mean):
   """(sum of g, sum of g * (x - mean)) over every axis but the last, in double:
-  batch norm's bias and scale gradients (not differentiable)."""
+  batch norm's bias and scale gradients (not differentiable). g and x both
+  float32 or both bfloat16, mean float32; the sums float32."""
   return _gradient_sums(g, x, mean)

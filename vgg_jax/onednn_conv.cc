@@ -1,5 +1,6 @@
 // oneDNN's convolutions as XLA FFI handlers: NHWC activations, HWIO kernels,
-// float32, stride 1, any non-negative padding. vgg_jax/onednn.py builds this
+// float32 or bfloat16 (every operand and result of a call the same type;
+// oneDNN accumulates bfloat16 in float32), stride 1, any non-negative padding. vgg_jax/onednn.py builds this
 // file on first use and calls it from jitted code (cpu_ops.conv_general_dilated).
 //
 // Three handlers, one per pass, so that XLA drops the input gradient where no
@@ -41,8 +42,9 @@ dnnl::stream& Stream() {
   return stream;
 }
 
-// n, h, w, in, out, kh, kw, pad_top, pad_bottom, pad_left, pad_right
-using Geometry = std::array<int64_t, 11>;
+// n, h, w, in, out, kh, kw, pad_top, pad_bottom, pad_left, pad_right, and the
+// element type (a memory::data_type)
+using Geometry = std::array<int64_t, 12>;
 
 // The three passes of one convolution geometry. Made once (oneDNN generates
 // their code when they are made) and kept for the process's life.
@@ -63,12 +65,13 @@ struct Shapes {
 };
 
 Shapes ShapesOf(const Geometry& g) {
-  auto [n, h, w, in, out, kh, kw, top, bottom, left, right] = g;
+  auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = g;
   const int64_t oh = h + top + bottom - kh + 1, ow = w + left + right - kw + 1;
-  return {memory::desc({n, in, h, w}, Type::f32, Tag::nhwc),
-          memory::desc({n, out, oh, ow}, Type::f32, Tag::nhwc),
-          memory::desc({out, in, kh, kw}, Type::f32, Tag::any),  // oneDNN's choice
-          memory::desc({out, in, kh, kw}, Type::f32, Tag::hwio),
+  const Type type = static_cast<Type>(type_code);
+  return {memory::desc({n, in, h, w}, type, Tag::nhwc),
+          memory::desc({n, out, oh, ow}, type, Tag::nhwc),
+          memory::desc({out, in, kh, kw}, type, Tag::any),  // oneDNN's choice
+          memory::desc({out, in, kh, kw}, type, Tag::hwio),
           {1, 1}, {top, left}, {bottom, right}};
 }
 
@@ -148,8 +151,25 @@ BiasedConvolution& GetBiased(const Geometry& g) {
 }
 
 Geometry GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> hwio, int64_t top,
-                    int64_t bottom, int64_t left, int64_t right) {
-  return {x[0], x[1], x[2], x[3], hwio[3], hwio[0], hwio[1], top, bottom, left, right};
+                    int64_t bottom, int64_t left, int64_t right, Type type = Type::f32) {
+  return {x[0], x[1], x[2], x[3], hwio[3], hwio[0], hwio[1], top, bottom, left, right,
+          static_cast<int64_t>(type)};
+}
+
+// The oneDNN type of a call whose operands and results are all `buffers`' one
+// type, float32 or bfloat16; Type::undef otherwise.
+template <typename... Buffers>
+Type TypeOf(const ffi::AnyBuffer& first, const Buffers&... rest) {
+  const ffi::DataType t = first.element_type();
+  if (((rest.element_type() != t) || ...)) return Type::undef;
+  if (t == ffi::DataType::F32) return Type::f32;
+  if (t == ffi::DataType::BF16) return Type::bf16;
+  return Type::undef;
+}
+
+ffi::Error TypeError() {
+  return ffi::Error::InvalidArgument(
+      "oneDNN convolution: operands and results must all be float32 or all bfloat16");
 }
 
 // oneDNN's threads per call: `threads`, or OpenMP's default where it is 0.
@@ -187,8 +207,8 @@ memory KernelAs(const memory::desc& wanted, const memory::desc& hwio_desc, void*
 
 // A forward pass; without a bias where `bias` is null.
 void Forward(const dnnl::convolution_forward::primitive_desc& pd,
-             const dnnl::convolution_forward& primitive, const memory::desc& hwio, float* x,
-             float* kernel, float* bias, float* y) {
+             const dnnl::convolution_forward& primitive, const memory::desc& hwio, void* x,
+             void* kernel, void* bias, void* y) {
   memory scratch;
   std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, memory(pd.src_desc(), Engine(), x)},
@@ -202,8 +222,8 @@ void Forward(const dnnl::convolution_forward::primitive_desc& pd,
 // A kernel-gradient pass, written as HWIO; the bias's gradient too unless `dbias` is null.
 void BackwardWeights(const dnnl::convolution_backward_weights::primitive_desc& pd,
                      const dnnl::convolution_backward_weights& primitive,
-                     const memory::desc& hwio_desc, float* x, float* dy, float* dkernel,
-                     float* dbias) {
+                     const memory::desc& hwio_desc, void* x, void* dy, void* dkernel,
+                     void* dbias) {
   memory hwio(hwio_desc, Engine(), dkernel);
   const memory::desc wanted = pd.diff_weights_desc();
   const bool direct = wanted == hwio_desc;
@@ -218,29 +238,33 @@ void BackwardWeights(const dnnl::convolution_backward_weights::primitive_desc& p
   if (!direct) dnnl::reorder(diff_weights, hwio).execute(Stream(), diff_weights, hwio);
 }
 
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t pad_top, int64_t pad_bottom,
-                       int64_t pad_left, int64_t pad_right, int64_t threads) {
+ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel, ffi::Result<ffi::AnyBuffer> y,
+                       int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                       int64_t pad_right, int64_t threads) {
+  const Type type = TypeOf(x, kernel, *y);
+  if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), kernel.dimensions(), pad_top, pad_bottom,
-                                    pad_left, pad_right));
-    Forward(c.forward_pd, c.forward, c.hwio, x.typed_data(), kernel.typed_data(), nullptr,
-            y->typed_data());
+                                    pad_left, pad_right, type));
+    Forward(c.forward_pd, c.forward, c.hwio, x.untyped_data(), kernel.untyped_data(),
+            nullptr, y->untyped_data());
   });
 }
 
-ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
-                            ffi::ResultBuffer<ffi::F32> dx, int64_t pad_top,
+ffi::Error BackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
+                            ffi::Result<ffi::AnyBuffer> dx, int64_t pad_top,
                             int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                             int64_t threads) {
+  const Type type = TypeOf(dy, kernel, *dx);
+  if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(dx->dimensions(), kernel.dimensions(), pad_top, pad_bottom,
-                                    pad_left, pad_right));
-    memory diff_dst(c.backward_data_pd.diff_dst_desc(), Engine(), dy.typed_data());
-    memory diff_src(c.backward_data_pd.diff_src_desc(), Engine(), dx->typed_data());
+                                    pad_left, pad_right, type));
+    memory diff_dst(c.backward_data_pd.diff_dst_desc(), Engine(), dy.untyped_data());
+    memory diff_src(c.backward_data_pd.diff_src_desc(), Engine(), dx->untyped_data());
     memory scratch;
     memory weights =
-        KernelAs(c.backward_data_pd.weights_desc(), c.hwio, kernel.typed_data(), &scratch);
+        KernelAs(c.backward_data_pd.weights_desc(), c.hwio, kernel.untyped_data(), &scratch);
     memory scratchpad(c.backward_data_pd.scratchpad_desc(), Engine());
     c.backward_data.execute(Stream(), {{DNNL_ARG_DIFF_DST, diff_dst},
                                        {DNNL_ARG_WEIGHTS, weights},
@@ -249,15 +273,17 @@ ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kern
   });
 }
 
-ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                               ffi::ResultBuffer<ffi::F32> dkernel, int64_t pad_top,
+ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
+                               ffi::Result<ffi::AnyBuffer> dkernel, int64_t pad_top,
                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                                int64_t threads) {
+  const Type type = TypeOf(x, dy, *dkernel);
+  if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), dkernel->dimensions(), pad_top, pad_bottom,
-                                    pad_left, pad_right));
-    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.typed_data(),
-                    dy.typed_data(), dkernel->typed_data(), nullptr);
+                                    pad_left, pad_right, type));
+    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.untyped_data(),
+                    dy.untyped_data(), dkernel->untyped_data(), nullptr);
   });
 }
 
@@ -292,12 +318,11 @@ ffi::Error BackwardWeightsBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
   .Attr<int64_t>("pad_top").Attr<int64_t>("pad_bottom").Attr<int64_t>( \
       "pad_left").Attr<int64_t>("pad_right").Attr<int64_t>("threads")
 
-#define VGG_JAX_HANDLER(name, impl)                                     \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, impl,                             \
-                                ffi::Ffi::Bind()                        \
-                                    .Arg<ffi::Buffer<ffi::F32>>()       \
-                                    .Arg<ffi::Buffer<ffi::F32>>()       \
-                                    .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS)
+#define VGG_JAX_HANDLER(name, impl)                                                \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                                   \
+      name, impl,                                                                  \
+      ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() \
+          VGG_JAX_PADS)
 
 VGG_JAX_HANDLER(VggJaxConvForward, ForwardImpl);
 VGG_JAX_HANDLER(VggJaxConvBackwardData, BackwardDataImpl);
@@ -318,12 +343,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeightsBias, BackwardWeightsBias
                                   .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
 
 // The implementations oneDNN chose for a 3x3 SAME convolution (for logs and
-// benchmarks): e.g. "brgconv:avx512_core".
+// benchmarks, and to tell whether this CPU has bfloat16 kernels): e.g.
+// "brgconv:avx512_core, ..."; `bfloat16` nonzero for that type, else float32.
+// Empty where oneDNN has no implementation of the type on this CPU.
 extern "C" const char* VggJaxConvImplementations(int64_t n, int64_t h, int64_t w,
-                                                 int64_t in, int64_t out) {
+                                                 int64_t in, int64_t out, int64_t bfloat16) {
   thread_local std::string names;
-  Convolution& c = Get({n, h, w, in, out, 3, 3, 1, 1, 1, 1});
-  names = std::string(c.forward_pd.impl_info_str()) + ", " +
-          c.backward_data_pd.impl_info_str() + ", " + c.backward_weights_pd.impl_info_str();
+  const Type type = bfloat16 ? Type::bf16 : Type::f32;
+  try {
+    Convolution& c = Get({n, h, w, in, out, 3, 3, 1, 1, 1, 1, static_cast<int64_t>(type)});
+    names = std::string(c.forward_pd.impl_info_str()) + ", " +
+            c.backward_data_pd.impl_info_str() + ", " + c.backward_weights_pd.impl_info_str();
+  } catch (const dnnl::error&) {
+    names.clear();
+  }
   return names.c_str();
 }
