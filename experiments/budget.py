@@ -13,8 +13,8 @@ the images trained, the count behind the benchmark's MFU) are the same on every
 machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
 FLOP budget across the last: a time budget at the machine's matmul peak
 (`python -m vgg_jax.benchmark --measure=peak`) is the most any kernel could train
-in it. DIR/budget.md tables each run's width, epochs, final error, training time,
-FLOPs and the rate they were trained at. Both regenerate from the committed runs
+in it. DIR/budget.md tables each run's width, compute dtype, epochs, final error,
+training time, FLOPs and the rate they were trained at. Both regenerate from the committed runs
 alone (budget.md byte for byte, as the tests check).
 """
 
@@ -65,7 +65,7 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
-      'epochs': config['num_epochs'],
+      'dtype': model['dtype'], 'epochs': config['num_epochs'],
       'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
                  for step, epoch, error in evals],
   }
@@ -81,12 +81,13 @@ def find_curves(root: str, num_classes: int = 10) -> list[dict]:
 
 
 def markdown(curves: Sequence[dict]) -> str:
-  lines = ['| run | config | width | epochs | final top-1 error | training time | '
+  lines = ['| run | config | width | compute | epochs | final top-1 error | training time | '
            'model FLOPs trained | their rate |',
-           '|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|']
   for c in curves:
     _, minutes, tflop, error = c['points'][-1]
-    lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["epochs"]:g} | '
+    lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["dtype"]} | '
+                 f'{c["epochs"]:g} | '
                  f'{100 * error:.1f} % | {minutes:.1f} min | {tflop:,.0f} TFLOP | '
                  f'{tflop * 1e3 / (minutes * 60):.0f} GFLOP/s |')
   return ('Test top-1 error (centre crop) after the last epoch, the training time the '
@@ -106,7 +107,7 @@ def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None,
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
   for c in curves:
     *abscissae, top1 = zip(*c['points'])
-    label = f'{c["run"]} (width {c["width"]:g})'
+    label = f'{c["run"]} (width {c["width"]:g}, {c["dtype"]})'
     for ax, x in zip(axes, abscissae):
       ax.plot(x, [100 * e for e in top1], marker='.', label=label)
   if goal is not None:

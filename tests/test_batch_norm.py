@@ -127,3 +127,45 @@ def test_native_sums_are_the_exact_sums_rounded_and_split_over_devices():
       v, x, mutable=['batch_stats'])[0]), argnums=1))(variables, x))
   assert jaxpr.count('custom_partitioning') == 2
 
+
+
+@pytest.mark.skipif(not onednn.available(), reason='the native library is not built here')
+def test_native_sums_read_bfloat16_as_it_is():
+  # bfloat16 values (8 significant bits) and their products add exactly in
+  # double: the sums are the exact ones rounded to float32, like float32's.
+  x = batch().astype(jnp.bfloat16)
+  g = np.random.default_rng(1).standard_normal(SHAPE).astype(jnp.bfloat16)
+  mean = np.asarray(x, np.float32).mean((0, 1, 2))
+  x64, g64 = np.asarray(x, np.float64), np.asarray(g, np.float64)
+  exact = [x64.sum((0, 1, 2)), (x64 * x64).sum((0, 1, 2)), g64.sum((0, 1, 2)),
+           (g64 * (x64 - mean)).sum((0, 1, 2))]
+  got = [*jax.jit(onednn.channel_moments)(x), *jax.jit(onednn.channel_gradient_sums)(g, x, mean)]
+  for a, want in zip(got, exact):
+    assert a.dtype == jnp.float32
+    assert rel(a, want) < 1e-7
+
+
+def test_bfloat16_batch_norm_is_flaxs_to_bfloat16_rounding():
+  # A bfloat16 model's batch norm: bfloat16 in and out, float32 statistics,
+  # no float32 copy of the activations handed to the sums (the native ones
+  # where built); values and gradients as Flax's bfloat16 batch norm.
+  x = batch().astype(jnp.bfloat16)
+  ours = batch_norm.BatchNorm(momentum=0.9, epsilon=1e-5, dtype=jnp.bfloat16)
+  flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5,
+                         dtype=jnp.bfloat16)
+  (_, *got), (_, *want) = loss_and_grads(ours, x), loss_and_grads(flax_bn, x, {})
+  g_x = got[-1]
+  assert g_x.dtype == jnp.bfloat16
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    # the statistics: float32 sums of the same values; the gradients: sums of
+    # bfloat16 cotangents, each rounded once (2**-8) on either side.
+    assert rel(a, np.asarray(b, np.float64)) < (1e-5 if a.dtype == jnp.float32 else 2**-7)
+  if onednn.available():
+    variables = ours.init(jax.random.key(0), x[:2])
+    hlo = jax.jit(jax.grad(lambda v, x: jnp.sum(ours.apply(
+        v, x, mutable=['batch_stats'])[0]).astype(jnp.float32), argnums=1)).lower(
+            variables, x).compile().as_text()
+    sums = [line for line in hlo.splitlines() if 'VggJaxChannel' in line]
+    assert len(sums) == 2
+    assert all('bf16[64,32,32,16]' in line and 'f32[64,32,32,16]' not in line
+               for line in sums)

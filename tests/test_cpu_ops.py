@@ -149,14 +149,24 @@ def test_negative_pads_take_xlas_convolution():
   assert not _routed_to_onednn(x, w, ((-1, 1), (1, 1)))
 
 
-def test_bfloat16_takes_onednn_where_it_has_bfloat16_kernels():
-  x, w = normal(2, 8, 8, 3), normal(3, 3, 3, 4)
-  on_onednn = _routed_to_onednn(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), 'SAME')
-  assert on_onednn == onednn.bfloat16_available()
+def test_bfloat16_takes_onednn_where_the_cpu_multiplies_bfloat16(monkeypatch):
+  x, w = normal(2, 8, 8, 3).astype(jnp.bfloat16), normal(3, 3, 3, 4).astype(jnp.bfloat16)
+  assert _routed_to_onednn(x, w, 'SAME') == onednn.bfloat16_available()
   if onednn.available():
     names = onednn.implementations(8, 8, 16, 16, jnp.bfloat16)
+    in_hardware = bool(onednn.cpu_flags() & set(onednn.BFLOAT16_CPU_FLAGS))
     assert onednn.bfloat16_available() == (
-        bool(names) and 'ref' not in ''.join(n.strip()[:3] for n in names.split(',')))
+        in_hardware and bool(names) and not any(n.strip().startswith('ref')
+                                                for n in names.split(',')))
+  # A CPU without AVX-512 BF16 or AMX (AVX2 only, say): XLA's own.
+  monkeypatch.setattr(onednn, 'cpu_flags', lambda: frozenset({'avx2', 'fma'}))
+  onednn.bfloat16_available.cache_clear()
+  try:
+    assert not onednn.bfloat16_available()
+    assert not _routed_to_onednn(x, w, 'SAME')
+  finally:
+    monkeypatch.undo()
+    onednn.bfloat16_available.cache_clear()
 
 
 def test_onednn_can_be_turned_off(monkeypatch):
@@ -336,3 +346,30 @@ def test_cpu_compiler_options_keep_ynnpacks_matmuls_only_unless_asked_to_keep_de
   assert ynn_fusions(cpu_ops.compiler_options()) == {'dot_general': True, 'reduce_sum': False}
   monkeypatch.setenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, '1')
   assert cpu_ops.compiler_options() == {}
+
+
+@pytest.mark.skipif(not onednn.bfloat16_available(),
+                    reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
+@pytest.mark.parametrize('side, kernel, padding', [
+    (8, 3, 'SAME'), (8, 7, 'VALID'), (5, 1, 'SAME'), (3, 3, ((2, 0), (1, 3)))])
+def test_onednn_bfloat16_convolution_is_xlas_to_bfloat16_rounding(side, kernel, padding):
+  # Both accumulate in float32 and round once: each value and gradient lies
+  # within half a bfloat16 step (2**-8 relative) of the float32 convolution of
+  # the same bfloat16 inputs, and within one step of XLA's own bfloat16 result.
+  x = normal(16, side, side, 24).astype(jnp.bfloat16)
+  w = (normal(kernel, kernel, 24, 32) / kernel).astype(jnp.bfloat16)
+  out_shape = jax.eval_shape(lambda: jax.lax.conv_general_dilated(
+      x, w, (1, 1), padding, dimension_numbers=LAYOUT)).shape
+  cotangent = normal(*out_shape, seed=1).astype(jnp.bfloat16)
+  assert _routed_to_onednn(x, w, padding)
+  fast = jax.jit(lambda *a: conv_and_grads(cpu_ops.conv_general_dilated, *a, padding))
+  plain = jax.jit(lambda *a: conv_and_grads(jax.lax.conv_general_dilated, *a, padding))
+  exact = jax.jit(lambda *a: conv_and_grads(jax.lax.conv_general_dilated,
+                                            *(b.astype(jnp.float32) for b in a), padding))
+  for name, f, p, e in zip(('output', 'input grad', 'kernel grad'), fast(x, w, cotangent),
+                           plain(x, w, cotangent), exact(x, w, cotangent)):
+    assert f.dtype == jnp.bfloat16, name
+    f, p, e = (np.asarray(a, np.float64) for a in (f, p, e))
+    slack = 1e-5 * np.max(np.abs(e))  # float32 sums added in another order
+    assert np.all(np.abs(f - e) <= 2**-8 * np.abs(e) + slack), name
+    assert np.all(np.abs(f - p) <= 2**-7 * np.abs(p) + slack), name

@@ -720,10 +720,14 @@ def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
     assert open(path).read() == f.read()
   assert (tmp_path / 'runs' / budget.PLOT).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 24.1 of them training;
-  # width 1/2's 12 %: 11,700 steps of 128 images at 472,751,616 FLOPs each.
+  # width 1/2's 12 %: 11,700 steps of 128 images at 472,751,616 FLOPs each; in
+  # bfloat16, 5,460 steps of the same at 384 GFLOP/s.
   text = open(path).read()
-  assert '| `epochs30` | D | 0.25 | 30 | 14.8 % | 24.1 min |' in text
-  assert '| `width1_2_epochs30` | D | 0.5 | 30 | 12.1 % | 40.4 min | 708 TFLOP |' in text
+  assert '| `epochs30` | D | 0.25 | float32 | 30 | 14.8 % | 24.1 min |' in text
+  assert ('| `width1_2_epochs30` | D | 0.5 | float32 | 30 | 12.1 % | 40.4 min | 708 TFLOP |'
+          in text)
+  assert ('| `width1_2_bfloat16_epochs14` | D | 0.5 | bfloat16 | 14 | 14.1 % | 14.3 min | '
+          '330 TFLOP | 384 GFLOP/s |' in text)
   with pytest.raises(ValueError, match='no run'):
     budget.write_budget(str(tmp_path / 'empty'))
 

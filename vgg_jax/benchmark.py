@@ -152,9 +152,10 @@ def convolutions(f) -> dict:
   oneDNN the kernels it picks on this CPU (for a 3x3 conv of 16 channels on 8x8
   maps: the instruction set shows). XLA's FLOP count (`xla_flops_per_step`)
   leaves out the convolutions it does not compile itself."""
-  if f.ops == 'plain' or cpu_ops.convolution_library(f.dtype) != 'oneDNN':
+  if f.ops == 'plain' or not cpu_ops.convolution_library(f.dtype).startswith('oneDNN'):
     return {'convolutions': 'xla'}
-  return {'convolutions': 'onednn', 'onednn_kernels': onednn.implementations(8, 8, 16, 16)}
+  return {'convolutions': 'onednn',
+          'onednn_kernels': onednn.implementations(8, 8, 16, 16, jnp.dtype(f.dtype))}
 
 
 def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:

@@ -13,17 +13,18 @@ Four routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
   matrix 11.7 against oneDNN's 19.4 ms on the AMD EPYC; in VGG-D's step on a
   2-core Intel Xeon, the taps made the whole step 9 % faster than the matrix;
 * float32 with non-negative pads: oneDNN's (`vgg_jax.onednn`), where it is
-  built. XLA computes each weight gradient as transposes around an Eigen
-  convolution; oneDNN reads NHWC as it is and runs thin convolutions two to
-  four times as fast (the gradients of 128x32x32x8 -> 8: 3.1 against 11.2 ms;
-  of 64x16x16x128 -> 128: 42 against 59 ms), and maps smaller than the kernel
-  faster than patches;
+  built; bfloat16 too on CPUs where oneDNN has bfloat16 kernels (AVX-512 BF16,
+  AMX: `onednn.bfloat16_available`). XLA computes each weight gradient as
+  transposes around an Eigen convolution; oneDNN reads NHWC as it is and runs
+  thin convolutions two to four times as fast (the gradients of 128x32x32x8
+  -> 8: 3.1 against 11.2 ms; of 64x16x16x128 -> 128: 42 against 59 ms), and
+  maps smaller than the kernel faster than patches;
 * elsewhere, a kernel larger than the feature map: image patches and one
   matmul. XLA took 997 ms forward for 64x2x2x512 -> 512 where patches take
   14 ms (963 against 41 ms for both gradients);
-* the rest (bfloat16 or negative pads on larger maps, or no oneDNN): XLA's own, which beat
-  every rewrite in jax tried here (shifted matmuls, patches, custom VJPs:
-  experiments/PERFORMANCE.md).
+* the rest (negative pads on larger maps, bfloat16 without oneDNN's bfloat16
+  kernels, or no oneDNN): XLA's own, which beat every rewrite in jax tried
+  here (shifted matmuls, patches, custom VJPs: experiments/PERFORMANCE.md).
 
 (Per layer by `python -m experiments.bench_ops` and one-off scripts on a
 2-core AMD EPYC with AVX-512, 2026-12-01, 2026-12-04 and 2026-12-05.) The

@@ -190,7 +190,8 @@ class VGG(nn.Module):
       hidden FC layer of fc_width, classifier), for small images.
     dropout_rate: dropout before FC2 and FC3, as in the paper.
     weight_init: 'paper' (normal, std 0.01) or 'glorot'.
-    dtype: compute dtype; parameters stay float32.
+    dtype: compute dtype; parameters stay float32. On the CPU, bfloat16 runs
+      oneDNN's bfloat16 convolutions where the CPU has them (`cpu_ops`).
     conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
       None picks the fastest known for the backend (`cpu_ops.default_conv_fn`; on
       the CPU in float32, without batch norm, each conv and its ReLU run as one
