@@ -19,11 +19,12 @@ accumulate in double, vectorised over the channels.
 A bfloat16 model (`model.dtype=bfloat16`) takes oneDNN's bfloat16 kernels on
 CPUs that multiply bfloat16 in hardware (AVX-512 BF16, AMX;
 `bfloat16_available`): operands bfloat16, sums in float32, each result
-rounded once, as XLA's own bfloat16 convolution. With AMX they are 2.6 times
-as fast as the float32 ones over VGG-D's 13 convolutions at width 1/2 (75
-against 197 ms, forward and both gradients at batch 128, 32x32; 2-core Intel
-Xeon, 2026-12-06, experiments/PERFORMANCE.md); batch norm's channel sums read
-bfloat16 as it is.
+rounded once, as XLA's own bfloat16 convolution (the kernel gradient leaves
+oneDNN in float32, so that devices add their shares before the rounding).
+With AMX they are 2.6 times as fast as the float32 ones over VGG-D's 13
+convolutions at width 1/2 (75 against 197 ms, forward and both gradients at
+batch 128, 32x32; 2-core Intel Xeon, 2026-12-06, experiments/PERFORMANCE.md);
+batch norm's channel sums read bfloat16 as it is.
 
 oneDNN comes from PyPI (`onednn-devel-cpu-gomp`, its headers and library
 under the environment's prefix) and the FFI headers from jaxlib; the C++
@@ -189,10 +190,10 @@ def _output_shape(x_shape, kernel_shape, pads: Pads):
   return (n, h + top + bottom - kh + 1, w + left + right - kw + 1, out)
 
 
-def _call(target: str, shapes, operands, pads: Pads, threads: int):
+def _call(target: str, shapes, operands, pads: Pads, threads: int, dtype=None):
   """`target` on `operands`; `shapes`: its result's shape, or a list of its results'
-  (of the operands' dtype)."""
-  dtype = operands[0].dtype
+  (of `dtype`, by default the operands')."""
+  dtype = dtype or operands[0].dtype
   results = ([jax.ShapeDtypeStruct(shape, dtype) for shape in shapes]
              if isinstance(shapes, list) else jax.ShapeDtypeStruct(shapes, dtype))
   return jax.ffi.ffi_call(_TARGETS[target], results)(*operands, **_attributes(pads, threads))
@@ -287,8 +288,9 @@ def _backward_data_single(dy, kernel, pads, threads):
 
 
 def _backward_weights_single(x, dy, pads, threads):
+  # float32 for bfloat16 too: the devices' shares are summed before the one rounding.
   return _call('backward_weights', _kernel_shape(x.shape, dy.shape, pads), (x, dy), pads,
-               threads)
+               threads, jnp.float32)
 
 
 def _backward_weights_bias_single(x, dy, pads, threads):
@@ -326,7 +328,8 @@ def _conv_forward(x, kernel, pads):
 
 def _conv_backward(pads, residuals, dy):
   x, kernel = residuals
-  return _backward_data(dy, kernel, pads), _backward_weights(x, dy, pads)
+  return (_backward_data(dy, kernel, pads),
+          _backward_weights(x, dy, pads).astype(kernel.dtype))
 
 
 conv.defvjp(_conv_forward, _conv_backward)

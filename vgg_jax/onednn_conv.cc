@@ -1,7 +1,10 @@
 // oneDNN's convolutions as XLA FFI handlers: NHWC activations, HWIO kernels,
-// float32 or bfloat16 (every operand and result of a call the same type;
-// oneDNN accumulates bfloat16 in float32), stride 1, any non-negative padding. vgg_jax/onednn.py builds this
-// file on first use and calls it from jitted code (cpu_ops.conv_general_dilated).
+// float32 or bfloat16 (oneDNN accumulates bfloat16 in float32), stride 1, any
+// non-negative padding. Every operand and result of a call has one type, but
+// for the kernel gradient, float32 for either: the caller sums it over devices
+// before it rounds it, as XLA's own partitioned bfloat16 convolution does.
+// vgg_jax/onednn.py builds this file on first use and calls it from jitted
+// code (cpu_ops.conv_general_dilated).
 //
 // Three handlers, one per pass, so that XLA drops the input gradient where no
 // one uses it (the first layer's) and schedules the passes like its own ops;
@@ -56,11 +59,12 @@ struct Convolution {
   dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;
   dnnl::convolution_backward_weights backward_weights;
   memory::desc hwio;  // the kernel as the caller holds it
+  memory::desc hwio_gradient;  // the kernel gradient as the caller takes it: float32
 };
 
 // A geometry's memory descriptors and window, as oneDNN's constructors take them.
 struct Shapes {
-  memory::desc src, dst, kernel, hwio;
+  memory::desc src, dst, kernel, hwio, kernel_gradient, hwio_gradient;
   memory::dims strides, pad_l, pad_r;
 };
 
@@ -72,6 +76,8 @@ Shapes ShapesOf(const Geometry& g) {
           memory::desc({n, out, oh, ow}, type, Tag::nhwc),
           memory::desc({out, in, kh, kw}, type, Tag::any),  // oneDNN's choice
           memory::desc({out, in, kh, kw}, type, Tag::hwio),
+          memory::desc({out, in, kh, kw}, Type::f32, Tag::any),
+          memory::desc({out, in, kh, kw}, Type::f32, Tag::hwio),
           {1, 1}, {top, left}, {bottom, right}};
 }
 
@@ -89,6 +95,7 @@ std::unique_ptr<Convolution> Make(const Geometry& g) {
   const Shapes s = ShapesOf(g);
   auto c = std::make_unique<Convolution>();
   c->hwio = s.hwio;
+  c->hwio_gradient = s.hwio_gradient;
   c->forward_pd = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, kDirect, s.src, s.kernel, s.dst, s.strides,
       s.pad_l, s.pad_r, OwnScratchpad());
@@ -98,8 +105,8 @@ std::unique_ptr<Convolution> Make(const Geometry& g) {
       OwnScratchpad());
   c->backward_data = dnnl::convolution_backward_data(c->backward_data_pd);
   c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), kDirect, s.src, s.kernel, s.dst, s.strides, s.pad_l, s.pad_r, c->forward_pd,
-      OwnScratchpad());
+      Engine(), kDirect, s.src, s.kernel_gradient, s.dst, s.strides, s.pad_l, s.pad_r,
+      c->forward_pd, OwnScratchpad());
   c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
   return c;
 }
@@ -169,7 +176,7 @@ Type TypeOf(const ffi::AnyBuffer& first, const Buffers&... rest) {
 
 ffi::Error TypeError() {
   return ffi::Error::InvalidArgument(
-      "oneDNN convolution: operands and results must all be float32 or all bfloat16");
+      "oneDNN convolution: activations and kernels must all be float32 or all bfloat16");
 }
 
 // oneDNN's threads per call: `threads`, or OpenMP's default where it is 0.
@@ -274,16 +281,16 @@ ffi::Error BackwardDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer kernel,
 }
 
 ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
-                               ffi::Result<ffi::AnyBuffer> dkernel, int64_t pad_top,
+                               ffi::ResultBuffer<ffi::F32> dkernel, int64_t pad_top,
                                int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                                int64_t threads) {
-  const Type type = TypeOf(x, dy, *dkernel);
+  const Type type = TypeOf(x, dy);
   if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     Convolution& c = Get(GeometryOf(x.dimensions(), dkernel->dimensions(), pad_top, pad_bottom,
                                     pad_left, pad_right, type));
-    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.untyped_data(),
-                    dy.untyped_data(), dkernel->untyped_data(), nullptr);
+    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio_gradient,
+                    x.untyped_data(), dy.untyped_data(), dkernel->untyped_data(), nullptr);
   });
 }
 
@@ -326,7 +333,12 @@ ffi::Error BackwardWeightsBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32
 
 VGG_JAX_HANDLER(VggJaxConvForward, ForwardImpl);
 VGG_JAX_HANDLER(VggJaxConvBackwardData, BackwardDataImpl);
-VGG_JAX_HANDLER(VggJaxConvBackwardWeights, BackwardWeightsImpl);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeights, BackwardWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBiasReluForward, ForwardBiasReluImpl,
                               ffi::Ffi::Bind()
