@@ -1,6 +1,6 @@
 // Batch norm's per-channel sums as XLA FFI handlers (float32 or bfloat16 in,
-// float32 out),
-// built into the same library as oneDNN's convolutions (vgg_jax/onednn.py).
+// float32 out), built into the same library as oneDNN's convolutions
+// (vgg_jax/onednn.py).
 //
 // Why: XLA's CPU reductions add N*H*W values one after the other (see
 // vgg_jax/batch_norm.py), and the staged sums that fix their accuracy pass over
