@@ -406,3 +406,62 @@ def test_onednn_bfloat16_convolution_splits_the_batch_over_devices():
     bound = 0 if name != 'kernel grad' else 2**-7 * np.abs(b)
     assert np.all(np.abs(a - b) <= bound), name
     assert np.all(np.abs(a - c) <= 2**-7 * np.abs(c)), name
+
+
+@pytest.mark.skipif(not onednn.bfloat16_available(),
+                    reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
+@pytest.mark.parametrize('side, kernel, padding', [(8, 3, 'SAME'), (5, 1, 'SAME')])
+def test_bfloat16_conv_bias_relu_is_the_float32_one_rounded(side, kernel, padding):
+  # bfloat16 activations and kernel, float32 bias: oneDNN adds the bias and
+  # applies the ReLU before its one rounding (half a bfloat16 step, 2**-8).
+  x = normal(3, side, side, 16).astype(jnp.bfloat16)
+  w = (normal(kernel, kernel, 16, 24) / kernel).astype(jnp.bfloat16)
+  b = normal(24, seed=2)
+  fast = lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, padding)
+  exact = lambda x, w, b: jax.nn.relu(jax.lax.conv_general_dilated(
+      x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), padding,
+      dimension_numbers=LAYOUT) + b)
+  jaxpr = str(jax.make_jaxpr(fast)(x, w, b))
+  assert jaxpr.count('custom_partitioning') == 1 and 'conv_general_dilated' not in jaxpr
+  cotangent = normal(*jax.eval_shape(exact, x, w, b).shape, seed=3).astype(jnp.bfloat16)
+  got = jax.jit(lambda *a: conv_bias_relu_and_grads(fast, *a))(x, w, b, cotangent)
+  want = jax.jit(lambda *a: conv_bias_relu_and_grads(exact, *a))(
+      x, w, b, cotangent.astype(jnp.float32))
+  assert [g.dtype for g in got] == [jnp.bfloat16, jnp.bfloat16, jnp.bfloat16, jnp.float32]
+  for name, f, e in zip(('output', 'input grad', 'kernel grad', 'bias grad'), got, want):
+    f, e = np.asarray(f, np.float64), np.asarray(e, np.float64)
+    slack = 1e-5 * np.max(np.abs(e))  # float32 sums in another order
+    assert np.all(np.abs(f - e) <= 2**-8 * np.abs(e) + slack), name
+
+
+def test_bfloat16_conv_bias_relu_elsewhere_is_nn_convs():
+  # Where oneDNN does not fuse it (here the 2x2 map's window matmul), the
+  # bfloat16 layer is nn.Conv's in bfloat16 and a ReLU: the bias rounded to
+  # bfloat16 and added to the rounded convolution.
+  x = normal(3, 2, 2, 16).astype(jnp.bfloat16)
+  w = (normal(3, 3, 16, 24) / 3).astype(jnp.bfloat16)
+  b = normal(24, seed=2)
+  got = jax.jit(lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, 'SAME'))(x, w, b)
+  want = jax.jit(lambda x, w, b: jax.nn.relu(cpu_ops.conv_general_dilated(
+      x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT) + b.astype(jnp.bfloat16)))(x, w, b)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_bfloat16_model_fuses_its_convs_and_relus_with_nn_convs_parameters():
+  model = vgg.VGG(variant='A', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
+                  dropout_rate=0.0, weight_init='glorot', dtype=jnp.bfloat16)
+  plain = model.clone(conv_fn=jax.lax.conv_general_dilated)
+  assert model.fuse_conv_relu and not plain.fuse_conv_relu
+  x = normal(4, 32, 32, 3)
+  init = lambda m: jax.jit(m.init, compiler_options={'xla_backend_optimization_level': 0})(
+      jax.random.key(0), x)
+  params = init(model)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, init(plain))
+  loss = lambda m: jax.jit(jax.value_and_grad(lambda p: jnp.sum(m.apply(p, x) ** 2)))(params)
+  (fast_loss, fast_grads), (plain_loss, plain_grads) = loss(model), loss(plain)
+  # Eight layers of bfloat16 rounding apart (one rounding a layer against two).
+  np.testing.assert_allclose(fast_loss, plain_loss, rtol=1e-2)
+  for f, p in zip(jax.tree_util.tree_leaves(fast_grads), jax.tree_util.tree_leaves(plain_grads)):
+    assert f.dtype == jnp.float32
+    np.testing.assert_allclose(f, p, atol=6e-2 * float(jnp.max(jnp.abs(p))))

@@ -240,14 +240,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
 def conv_bias_relu(lhs, rhs, bias, padding):
   """relu(conv(lhs, rhs) + bias), NHWC and HWIO, stride 1 (a VGG layer without
-  batch norm): where `conv_general_dilated` would take oneDNN's convolution, one
-  oneDNN call each way (`onednn.conv_bias_relu`, two passes over the
-  activations fewer), else `conv_general_dilated`, the bias and the ReLU."""
+  batch norm), in lhs's and rhs's dtype: where `conv_general_dilated` would take
+  oneDNN's convolution, one oneDNN call each way (`onednn.conv_bias_relu`, two
+  passes over the activations fewer; a float32 bias added before the one
+  rounding), else `conv_general_dilated`, the bias in that dtype and the ReLU."""
   pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2])
-  if _onednn_takes(pads, lhs, rhs, bias) and _small_map_conv(lhs, rhs, pads) is None:
+  if (_onednn_takes(pads, lhs, rhs) and bias.dtype == jnp.float32
+      and _small_map_conv(lhs, rhs, pads) is None):
     return onednn.conv_bias_relu(lhs, rhs, bias, pads)
   out = conv_general_dilated(lhs, rhs, (1, 1), pads, dimension_numbers=_LAYOUT)
-  return jax.nn.relu(out + bias)
+  return jax.nn.relu(out + bias.astype(out.dtype))
 
 
 def on_cpu() -> bool:

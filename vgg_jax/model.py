@@ -126,7 +126,8 @@ class LocalResponseNorm(nn.Module):
 
 
 class ConvReLU(nn.Module):
-  """`nn.Conv` (stride 1, float32, with a bias) then a ReLU, as one operation.
+  """`nn.Conv` (stride 1, with a bias) then a ReLU, as one operation, in the
+  input's dtype (float32 or bfloat16; parameters float32).
 
   The parameters are nn.Conv's (names, shapes, initialisation), so checkpoints
   and imported weights do not tell them apart. On the CPU one oneDNN call each
@@ -144,7 +145,7 @@ class ConvReLU(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-    return cpu_ops.conv_bias_relu(x, kernel, bias, self.padding)
+    return cpu_ops.conv_bias_relu(x, kernel.astype(x.dtype), bias, self.padding)
 
 
 def _initializers(init: str):
@@ -194,8 +195,8 @@ class VGG(nn.Module):
       oneDNN's bfloat16 convolutions where the CPU has them (`cpu_ops`).
     conv_fn: the convolution primitive (a `lax.conv_general_dilated` look-alike);
       None picks the fastest known for the backend (`cpu_ops.default_conv_fn`; on
-      the CPU in float32, without batch norm, each conv and its ReLU run as one
-      operation, `ConvReLU`). One given is used as it is, with no fusion.
+      the CPU in float32 or bfloat16, without batch norm, each conv and its ReLU
+      run as one operation, `ConvReLU`). One given is used as it is, with no fusion.
     pool_fn: 2x2 max pooling of an NHWC array; None picks the fastest known
       for the backend (`pooling.default_pool_fn`).
   """
@@ -238,9 +239,9 @@ class VGG(nn.Module):
   @property
   def fuse_conv_relu(self) -> bool:
     """Whether each conv and its ReLU run as one operation (`ConvReLU`): float32
-    with the CPU's convolutions (the default `conv_fn` on the CPU)."""
+    or bfloat16 with the CPU's convolutions (the default `conv_fn` on the CPU)."""
     return (self.conv_fn is None and cpu_ops.on_cpu()
-            and jnp.dtype(self.dtype) == jnp.float32)
+            and jnp.dtype(self.dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)))
 
   @property
   def use_lrn(self) -> bool:

@@ -296,7 +296,7 @@ def _backward_weights_single(x, dy, pads, threads):
 def _backward_weights_bias_single(x, dy, pads, threads):
   return tuple(_call('backward_weights_bias',
                      [_kernel_shape(x.shape, dy.shape, pads), (dy.shape[3],)], (x, dy), pads,
-                     threads))
+                     threads, jnp.float32))
 
 
 _forward = _batch_partitioned(_forward_single, 'n h w c, a b c o -> n p q o',
@@ -339,7 +339,9 @@ conv.defvjp(_conv_forward, _conv_backward)
 def conv_bias_relu(x, kernel, bias, pads: Pads):
   """relu(`conv(x, kernel, pads)` + bias), by one oneDNN call each way: the bias
   and the ReLU applied as the convolution writes its output, the bias's
-  gradient summed as the kernel gradient reads the output gradient."""
+  gradient summed as the kernel gradient reads the output gradient. x and
+  kernel float32, or bfloat16 (`bfloat16_available`); the bias float32 for
+  either, added before the one rounding."""
   return _forward_bias_relu(x, kernel, bias, pads)
 
 
@@ -352,7 +354,7 @@ def _conv_bias_relu_backward(pads, residuals, dy):
   x, kernel, y = residuals
   dz = jnp.where(y > 0, dy, 0)  # the ReLU's gradient, as jax.nn.relu's
   d_kernel, d_bias = _backward_weights_bias(x, dz, pads)
-  return _backward_data(dz, kernel, pads), d_kernel, d_bias
+  return _backward_data(dz, kernel, pads), d_kernel.astype(kernel.dtype), d_bias
 
 
 conv_bias_relu.defvjp(_conv_bias_relu_forward, _conv_bias_relu_backward)

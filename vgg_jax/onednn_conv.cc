@@ -1,8 +1,9 @@
 // oneDNN's convolutions as XLA FFI handlers: NHWC activations, HWIO kernels,
 // float32 or bfloat16 (oneDNN accumulates bfloat16 in float32), stride 1, any
 // non-negative padding. Every operand and result of a call has one type, but
-// for the kernel gradient, float32 for either: the caller sums it over devices
-// before it rounds it, as XLA's own partitioned bfloat16 convolution does.
+// for the bias and the kernel's and bias's gradients, float32 for either: the
+// caller sums the gradients over devices before it rounds them, as XLA's own
+// partitioned bfloat16 convolution does.
 // vgg_jax/onednn.py builds this file on first use and calls it from jitted
 // code (cpu_ops.conv_general_dilated).
 //
@@ -118,9 +119,10 @@ struct BiasedConvolution {
   dnnl::convolution_forward forward;
   dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;  // + bias's
   dnnl::convolution_backward_weights backward_weights;
-  memory::desc hwio;
+  memory::desc hwio, hwio_gradient;
 };
 
+// The bias and its gradient float32 whatever the activations' type.
 std::unique_ptr<BiasedConvolution> MakeBiased(const Geometry& g) {
   const Shapes s = ShapesOf(g);
   const memory::desc bias({s.dst.get_dims()[1]}, Type::f32, Tag::a);
@@ -130,12 +132,13 @@ std::unique_ptr<BiasedConvolution> MakeBiased(const Geometry& g) {
   with_relu.set_post_ops(relu);
   auto c = std::make_unique<BiasedConvolution>();
   c->hwio = s.hwio;
+  c->hwio_gradient = s.hwio_gradient;
   c->forward_pd = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, kDirect, s.src, s.kernel, bias, s.dst,
       s.strides, s.pad_l, s.pad_r, with_relu);
   c->forward = dnnl::convolution_forward(c->forward_pd);
   c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), kDirect, s.src, s.kernel, bias, s.dst, s.strides, s.pad_l, s.pad_r,
+      Engine(), kDirect, s.src, s.kernel_gradient, bias, s.dst, s.strides, s.pad_l, s.pad_r,
       c->forward_pd, OwnScratchpad());
   c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
   return c;
@@ -294,28 +297,33 @@ ffi::Error BackwardWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   });
 }
 
-ffi::Error ForwardBiasReluImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
-                               ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y,
+ffi::Error ForwardBiasReluImpl(ffi::AnyBuffer x, ffi::AnyBuffer kernel,
+                               ffi::Buffer<ffi::F32> bias, ffi::Result<ffi::AnyBuffer> y,
                                int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                                int64_t pad_right, int64_t threads) {
+  const Type type = TypeOf(x, kernel, *y);
+  if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     BiasedConvolution& c = GetBiased(GeometryOf(x.dimensions(), kernel.dimensions(), pad_top,
-                                                pad_bottom, pad_left, pad_right));
-    Forward(c.forward_pd, c.forward, c.hwio, x.typed_data(), kernel.typed_data(),
-            bias.typed_data(), y->typed_data());
+                                                pad_bottom, pad_left, pad_right, type));
+    Forward(c.forward_pd, c.forward, c.hwio, x.untyped_data(), kernel.untyped_data(),
+            bias.typed_data(), y->untyped_data());
   });
 }
 
-ffi::Error BackwardWeightsBiasImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+ffi::Error BackwardWeightsBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
                                    ffi::ResultBuffer<ffi::F32> dkernel,
                                    ffi::ResultBuffer<ffi::F32> dbias, int64_t pad_top,
                                    int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                                    int64_t threads) {
+  const Type type = TypeOf(x, dy);
+  if (type == Type::undef) return TypeError();
   return Run(threads, [&] {
     BiasedConvolution& c = GetBiased(GeometryOf(x.dimensions(), dkernel->dimensions(),
-                                                pad_top, pad_bottom, pad_left, pad_right));
-    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio, x.typed_data(),
-                    dy.typed_data(), dkernel->typed_data(), dbias->typed_data());
+                                                pad_top, pad_bottom, pad_left, pad_right, type));
+    BackwardWeights(c.backward_weights_pd, c.backward_weights, c.hwio_gradient,
+                    x.untyped_data(), dy.untyped_data(), dkernel->typed_data(),
+                    dbias->typed_data());
   });
 }
 
@@ -342,15 +350,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeights, BackwardWeightsImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBiasReluForward, ForwardBiasReluImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
+                                  .Ret<ffi::AnyBuffer>() VGG_JAX_PADS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeightsBias, BackwardWeightsBiasImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
 
