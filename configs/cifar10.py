@@ -72,7 +72,8 @@ Sizes:
             305 TFLOP give 13.7 % at width 3/8 (23 epochs) and 14.2 % at
             width 1/2 (13 epochs). In bfloat16 on a CPU with AMX
             (`--config.model.dtype=bfloat16`, oneDNN's bfloat16 kernels),
-            width 1/2 trains 14 epochs in 14.3 minutes: 14.1 % (2026-12-06).
+            width 1/2 trains 14 epochs in 14.3 minutes: 14.3 +- 0.4 % over
+            3 seeds (2026-12-06).
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
