@@ -14,8 +14,8 @@ machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
 FLOP budget across the last: a time budget at the machine's matmul peak
 (`python -m vgg_jax.benchmark --measure=peak`) is the most any kernel could train
 in it. DIR/budget.md tables each run's width, compute dtype, epochs, final error,
-training time, FLOPs and the rate they were trained at. Both regenerate from the committed runs
-alone (budget.md byte for byte, as the tests check).
+training time, FLOPs and the rate they were trained at. Both regenerate from the
+committed runs alone (budget.md byte for byte, as the tests check).
 """
 
 from __future__ import annotations

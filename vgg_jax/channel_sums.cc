@@ -116,58 +116,47 @@ ffi::Error TypeError() {
       "channel sums: the arrays must be float32 or bfloat16, both of one type");
 }
 
-template <typename T>
-void Moments(const ffi::AnyBuffer& x, float* sum, float* sum_squares, int64_t threads) {
-  const int64_t channels = Channels(x), rows = x.element_count() / channels;
-  const T* data = static_cast<const T*>(x.untyped_data());
-  ChannelSums(rows, channels, threads, sum, sum_squares,
-              [&](int64_t begin, int64_t end, double* s, double* q) {
-                MomentRows(data, begin, end, channels, s, q);
-              });
-}
-
-ffi::Error MomentsImpl(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> sum,
-                       ffi::ResultBuffer<ffi::F32> sum_squares, int64_t threads) {
+// `sums(element)` with a null pointer of x's element type, float or BFloat16;
+// an error for any other type.
+template <typename Sums>
+ffi::Error ForElementType(const ffi::AnyBuffer& x, Sums sums) {
   switch (x.element_type()) {
     case ffi::DataType::F32:
-      Moments<float>(x, sum->typed_data(), sum_squares->typed_data(), threads);
+      sums(static_cast<const float*>(nullptr));
       return ffi::Error::Success();
     case ffi::DataType::BF16:
-      Moments<BFloat16>(x, sum->typed_data(), sum_squares->typed_data(), threads);
+      sums(static_cast<const BFloat16*>(nullptr));
       return ffi::Error::Success();
     default:
       return TypeError();
   }
 }
 
-template <typename T>
-void GradientSums(const ffi::AnyBuffer& g, const ffi::AnyBuffer& x, const float* mean,
-                  float* sum_g, float* sum_g_centred, int64_t threads) {
+ffi::Error MomentsImpl(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> sum,
+                       ffi::ResultBuffer<ffi::F32> sum_squares, int64_t threads) {
   const int64_t channels = Channels(x), rows = x.element_count() / channels;
-  const T* gd = static_cast<const T*>(g.untyped_data());
-  const T* xd = static_cast<const T*>(x.untyped_data());
-  ChannelSums(rows, channels, threads, sum_g, sum_g_centred,
-              [&](int64_t begin, int64_t end, double* s, double* q) {
-                GradientRows(gd, xd, mean, begin, end, channels, s, q);
-              });
+  return ForElementType(x, [&](auto element) {
+    const auto* data = static_cast<decltype(element)>(x.untyped_data());
+    ChannelSums(rows, channels, threads, sum->typed_data(), sum_squares->typed_data(),
+                [&](int64_t begin, int64_t end, double* s, double* q) {
+                  MomentRows(data, begin, end, channels, s, q);
+                });
+  });
 }
 
 ffi::Error GradientSumsImpl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> mean,
                             ffi::ResultBuffer<ffi::F32> sum_g,
                             ffi::ResultBuffer<ffi::F32> sum_g_centred, int64_t threads) {
+  const int64_t channels = Channels(x), rows = x.element_count() / channels;
   if (g.element_type() != x.element_type()) return TypeError();
-  switch (x.element_type()) {
-    case ffi::DataType::F32:
-      GradientSums<float>(g, x, mean.typed_data(), sum_g->typed_data(),
-                          sum_g_centred->typed_data(), threads);
-      return ffi::Error::Success();
-    case ffi::DataType::BF16:
-      GradientSums<BFloat16>(g, x, mean.typed_data(), sum_g->typed_data(),
-                             sum_g_centred->typed_data(), threads);
-      return ffi::Error::Success();
-    default:
-      return TypeError();
-  }
+  return ForElementType(x, [&](auto element) {
+    const auto* gd = static_cast<decltype(element)>(g.untyped_data());
+    const auto* xd = static_cast<decltype(element)>(x.untyped_data());
+    ChannelSums(rows, channels, threads, sum_g->typed_data(), sum_g_centred->typed_data(),
+                [&](int64_t begin, int64_t end, double* s, double* q) {
+                  GradientRows(gd, xd, mean.typed_data(), begin, end, channels, s, q);
+                });
+  });
 }
 
 }  // namespace

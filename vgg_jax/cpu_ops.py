@@ -202,10 +202,8 @@ def _onednn_takes(pads, *operands) -> bool:
   """Whether oneDNN convolves these: non-negative pads, the library built, and
   float32, or bfloat16 where oneDNN has bfloat16 kernels for this CPU."""
   dtypes = {jnp.dtype(a.dtype) for a in operands}
-  if min(min(p) for p in pads) < 0 or len(dtypes) != 1 or not onednn.available():
-    return False
-  return (dtypes == {jnp.dtype(jnp.float32)}
-          or dtypes == {jnp.dtype(jnp.bfloat16)} and onednn.bfloat16_available())
+  return (min(min(p) for p in pads) >= 0 and len(dtypes) == 1
+          and onednn.convolves(dtypes.pop()))
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -288,9 +286,6 @@ def compiler_options() -> dict:
 
 def convolution_library(dtype=jnp.float32) -> str:
   """Whose convolutions a model of this dtype runs on the current backend (for the logs)."""
-  if on_cpu() and onednn.available():
-    if jnp.dtype(dtype) == jnp.float32:
-      return 'oneDNN'
-    if jnp.dtype(dtype) == jnp.bfloat16 and onednn.bfloat16_available():
-      return 'oneDNN (bfloat16)'
-  return 'XLA'
+  if not (on_cpu() and onednn.convolves(dtype)):
+    return 'XLA'
+  return 'oneDNN' if jnp.dtype(dtype) == jnp.float32 else 'oneDNN (bfloat16)'

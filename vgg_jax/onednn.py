@@ -166,6 +166,14 @@ def cpu_flags() -> frozenset[str]:
   return frozenset()
 
 
+def convolves(dtype) -> bool:
+  """Whether oneDNN convolves arrays of this dtype here: float32 where the
+  library is built, bfloat16 where `bfloat16_available`."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return available()
+  return jnp.dtype(dtype) == jnp.bfloat16 and bfloat16_available()
+
+
 @functools.cache
 def bfloat16_available() -> bool:
   """Whether oneDNN convolves bfloat16 here in hardware: a CPU with AVX-512 BF16

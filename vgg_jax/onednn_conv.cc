@@ -161,7 +161,7 @@ BiasedConvolution& GetBiased(const Geometry& g) {
 }
 
 Geometry GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> hwio, int64_t top,
-                    int64_t bottom, int64_t left, int64_t right, Type type = Type::f32) {
+                    int64_t bottom, int64_t left, int64_t right, Type type) {
   return {x[0], x[1], x[2], x[3], hwio[3], hwio[0], hwio[1], top, bottom, left, right,
           static_cast<int64_t>(type)};
 }
