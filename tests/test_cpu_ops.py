@@ -351,11 +351,13 @@ def test_cpu_compiler_options_keep_ynnpacks_matmuls_only_unless_asked_to_keep_de
 @pytest.mark.skipif(not onednn.bfloat16_available(),
                     reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
 @pytest.mark.parametrize('side, kernel, padding', [
-    (8, 3, 'SAME'), (8, 7, 'VALID'), (5, 1, 'SAME'), (3, 3, ((2, 0), (1, 3)))])
+    (8, 3, 'SAME'), (4, 3, 'SAME'), (8, 7, 'VALID'), (5, 1, 'SAME'), (3, 3, ((2, 0), (1, 3)))])
 def test_onednn_bfloat16_convolution_is_xlas_to_bfloat16_rounding(side, kernel, padding):
   # Both accumulate in float32 and round once: each value and gradient lies
   # within half a bfloat16 step (2**-8 relative) of the float32 convolution of
   # the same bfloat16 inputs, and within one step of XLA's own bfloat16 result.
+  # Maps of at most 16 output positions (4x4; 8 -> 2x2 under a 7x7 kernel;
+  # 3x5 under uneven pads) take the kernel gradient as patches times a matmul.
   x = normal(16, side, side, 24).astype(jnp.bfloat16)
   w = (normal(kernel, kernel, 24, 32) / kernel).astype(jnp.bfloat16)
   out_shape = jax.eval_shape(lambda: jax.lax.conv_general_dilated(
@@ -377,16 +379,30 @@ def test_onednn_bfloat16_convolution_is_xlas_to_bfloat16_rounding(side, kernel, 
 
 @pytest.mark.skipif(not onednn.bfloat16_available(),
                     reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
-def test_onednn_bfloat16_convolution_splits_the_batch_over_devices():
+def test_bfloat16_kernel_gradients_of_small_maps_are_a_matmul():
+  # oneDNN's bfloat16 kernel gradient of a map of a few positions ran 3x slower
+  # than a matmul of the same multiply-adds (onednn_conv.cc): up to 16 output
+  # positions take the matmul; float32, and larger maps, oneDNN's own pass.
+  def kernel_gradient(side, dtype):
+    return onednn.implementations(16, side, 24, 32, dtype).split(', ')[-1]
+  assert kernel_gradient(4, jnp.bfloat16).startswith('patches+matmul:')
+  assert not kernel_gradient(5, jnp.bfloat16).startswith('patches+matmul:')
+  assert not kernel_gradient(4, jnp.float32).startswith('patches+matmul:')
+
+
+@pytest.mark.skipif(not onednn.bfloat16_available(),
+                    reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
+@pytest.mark.parametrize('side', [8, 4])  # the kernel gradient by oneDNN's conv, by a matmul
+def test_onednn_bfloat16_convolution_splits_the_batch_over_devices(side):
   # Eight CPU devices (conftest): each convolves its share in bfloat16; the
   # outputs and input gradients are the whole batch's (each image's own), and
   # the kernel gradient is summed over the devices in float32 and rounded
   # once, as by XLA's own partitioned convolution, not as a sum of eight
   # rounded shares (0.4 % off before).
   mesh = Mesh(np.array(jax.devices()), ('data',))
-  x = normal(16, 8, 8, 16).astype(jnp.bfloat16)
+  x = normal(16, side, side, 16).astype(jnp.bfloat16)
   w = (normal(3, 3, 16, 24) / 3).astype(jnp.bfloat16)
-  dy = normal(16, 8, 8, 24, seed=1).astype(jnp.bfloat16)
+  dy = normal(16, side, side, 24, seed=1).astype(jnp.bfloat16)
   pads = ((1, 1), (1, 1))
 
   def passes(conv):
@@ -410,7 +426,8 @@ def test_onednn_bfloat16_convolution_splits_the_batch_over_devices():
 
 @pytest.mark.skipif(not onednn.bfloat16_available(),
                     reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
-@pytest.mark.parametrize('side, kernel, padding', [(8, 3, 'SAME'), (5, 1, 'SAME')])
+@pytest.mark.parametrize('side, kernel, padding', [(8, 3, 'SAME'), (4, 3, 'SAME'),
+                                                   (5, 1, 'SAME')])
 def test_bfloat16_conv_bias_relu_is_the_float32_one_rounded(side, kernel, padding):
   # bfloat16 activations and kernel, float32 bias: oneDNN adds the bias and
   # applies the ReLU before its one rounding (half a bfloat16 step, 2**-8).
