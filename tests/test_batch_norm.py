@@ -169,3 +169,33 @@ def test_bfloat16_batch_norm_is_flaxs_to_bfloat16_rounding():
     assert len(sums) == 2
     assert all('bf16[64,32,32,16]' in line and 'f32[64,32,32,16]' not in line
                for line in sums)
+
+
+class _ThenReLU(nn.Module):
+  """The model's layers before the fusion: batch norm, then jax.nn.relu."""
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.relu(batch_norm.BatchNorm(momentum=0.9, dtype=self.dtype, name='bn')(x))
+
+
+class _Fused(nn.Module):
+  dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):
+    return batch_norm.batch_norm_relu(x, momentum=0.9, dtype=self.dtype, name='bn')
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_batch_norm_relu_in_one_pass_is_batch_norm_then_relu(dtype):
+  # Same variables, values, statistics and gradients, bit for bit: the same
+  # arithmetic, the ReLU's gradient masked where its output is zero as
+  # jax.nn.relu's is where its input is not positive.
+  x = batch().astype(dtype)
+  got, want = loss_and_grads(_Fused(dtype), x), loss_and_grads(_ThenReLU(dtype), x)
+  assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))

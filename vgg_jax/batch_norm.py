@@ -108,12 +108,37 @@ def _normalize_bwd(dtype, residuals, g):
 normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def normalize_relu(x, mean, mul, bias, dtype):
+  """relu(`normalize(x, mean, mul, bias, dtype)`) in one pass: jax.nn.relu after
+  `normalize` keeps the normalised activations for the ReLU's gradient, an
+  extra write and read of every activation. The gradient is jax.nn.relu's
+  (zero where the output is zero, i.e. where the normalised value is not
+  positive), then `normalize`'s."""
+  return jnp.maximum(normalize(x, mean, mul, bias, dtype), 0)
+
+
+def _normalize_relu_fwd(x, mean, mul, bias, dtype):
+  out = normalize_relu(x, mean, mul, bias, dtype)
+  return out, (x, mean, mul, out)
+
+
+def _normalize_relu_bwd(dtype, residuals, g):
+  x, mean, mul, out = residuals
+  return _normalize_bwd(dtype, (x, mean, mul), jnp.where(out > 0, g, jnp.zeros_like(g)))
+
+
+normalize_relu.defvjp(_normalize_relu_fwd, _normalize_relu_bwd)
+
+
 class BatchNorm(nn.Module):
-  """`nn.BatchNorm` over all axes but the last, with accurate sums (see above)."""
+  """`nn.BatchNorm` over all axes but the last, with accurate sums (see above);
+  with `relu`, followed by a ReLU in the same pass (`normalize_relu`)."""
   use_running_average: bool = False
   momentum: float = 0.99
   epsilon: float = 1e-5
   dtype: Any = None
+  relu: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -136,10 +161,20 @@ class BatchNorm(nn.Module):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     mul = lax.rsqrt(var + self.epsilon) * scale
     dtype = self.dtype or jnp.result_type(x, scale)
-    return normalize(x, mean.astype(stats_dtype), mul.astype(stats_dtype),
-                     bias.astype(stats_dtype), jnp.dtype(dtype))
+    return (normalize_relu if self.relu else normalize)(
+        x, mean.astype(stats_dtype), mul.astype(stats_dtype), bias.astype(stats_dtype),
+        jnp.dtype(dtype))
 
 
 def default_batch_norm() -> type[nn.Module]:
   """This module on the CPU, whose reductions it fixes; Flax's elsewhere."""
   return BatchNorm if cpu_ops.on_cpu() else nn.BatchNorm
+
+
+def batch_norm_relu(x, **kwargs):
+  """relu(`default_batch_norm()(**kwargs)(x)`), in one pass where it is this module.
+  Called inside a Flax module's compact method, whose child the batch norm becomes."""
+  module = default_batch_norm()
+  if module is BatchNorm:
+    return BatchNorm(relu=True, **kwargs)(x)
+  return nn.relu(module(**kwargs)(x))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from vgg_jax import cpu_ops, pooling
-from vgg_jax.batch_norm import default_batch_norm
+from vgg_jax.batch_norm import batch_norm_relu
 
 # Per stage: (number of 3x3 convs, whether a 1x1 conv ends the stage).
 # Widths are fixed across the family (64, 128, 256, 512, 512); depth is what varies.
@@ -288,10 +288,10 @@ class VGG(nn.Module):
         x = nn.Conv(spec.features, (spec.kernel_size,) * 2, padding='SAME',
                     use_bias=not self.batch_norm, name=spec.name, **conv_kwargs)(x)
         if self.batch_norm:
-          x = default_batch_norm()(use_running_average=not train, momentum=0.9,
-                                   epsilon=1e-5, dtype=self.dtype,
-                                   name=spec.name.replace('conv', 'bn'))(x)
-        x = nn.relu(x)
+          x = batch_norm_relu(x, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                              dtype=self.dtype, name=spec.name.replace('conv', 'bn'))
+        else:
+          x = nn.relu(x)
       if self.use_lrn and spec.name == 'conv1_1':
         x = LocalResponseNorm(name='lrn')(x)
     x = pool(x)
