@@ -73,7 +73,8 @@ Sizes:
             width 1/2 (13 epochs). In bfloat16 on a CPU with AMX
             (`--config.model.dtype=bfloat16`, oneDNN's bfloat16 kernels),
             width 1/2 trains 14 epochs in 14.3 minutes: 14.3 +- 0.4 % over
-            3 seeds (2026-12-06).
+            3 seeds (2026-12-06); after that morning's faster bfloat16 step,
+            17 epochs in 14.4-14.6 minutes: 13.5 +- 0.1 % over 3 seeds.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured
