@@ -60,9 +60,15 @@ struct Shapes {
   memory::dims strides, pad_l, pad_r;
 };
 
+// The output's height and width.
+std::array<int64_t, 2> OutputSize(const Geometry& g) {
+  auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = g;
+  return {h + top + bottom - kh + 1, w + left + right - kw + 1};
+}
+
 Shapes ShapesOf(const Geometry& g) {
   auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = g;
-  const int64_t oh = h + top + bottom - kh + 1, ow = w + left + right - kw + 1;
+  const auto [oh, ow] = OutputSize(g);
   const Type type = static_cast<Type>(type_code);
   return {memory::desc({n, in, h, w}, type, Tag::nhwc),
           memory::desc({n, out, oh, ow}, type, Tag::nhwc),
@@ -107,7 +113,7 @@ struct PatchesMatmul {
 // The matmul for a geometry where it wins (above), else null.
 std::unique_ptr<PatchesMatmul> MakePatchesMatmul(const Geometry& g) {
   auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = g;
-  const int64_t oh = h + top + bottom - kh + 1, ow = w + left + right - kw + 1;
+  const auto [oh, ow] = OutputSize(g);
   const Type type = static_cast<Type>(type_code);
   if (type != Type::bf16 || oh * ow > kMaxMatmulPositions) return nullptr;
   const int64_t rows = kh * kw * in, positions = n * oh * ow;
@@ -126,7 +132,7 @@ std::unique_ptr<PatchesMatmul> MakePatchesMatmul(const Geometry& g) {
 // zero where the window leaves the padded image.
 void Patches(const Geometry& g, size_t element, const char* x, char* patches) {
   auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = g;
-  const int64_t oh = h + top + bottom - kh + 1, ow = w + left + right - kw + 1;
+  const auto [oh, ow] = OutputSize(g);
   const size_t run = in * element, row = kh * kw * run;
 #pragma omp parallel for collapse(2)
   for (int64_t b = 0; b < n; ++b) {
@@ -160,7 +166,8 @@ struct Convolution {
   dnnl::convolution_backward_weights backward_weights;
   memory::desc hwio;  // the kernel as the caller holds it
   memory::desc hwio_gradient;  // the kernel gradient as the caller takes it: float32
-  std::unique_ptr<PatchesMatmul> kernel_gradient_matmul;  // null: backward_weights's
+  // Where not null, the kernel gradient's pass, and backward_weights is unset.
+  std::unique_ptr<PatchesMatmul> kernel_gradient_matmul;
 };
 
 std::unique_ptr<Convolution> Make(const Geometry& g) {
@@ -176,11 +183,12 @@ std::unique_ptr<Convolution> Make(const Geometry& g) {
       Engine(), kDirect, s.src, s.kernel, s.dst, s.strides, s.pad_l, s.pad_r, c->forward_pd,
       OwnScratchpad());
   c->backward_data = dnnl::convolution_backward_data(c->backward_data_pd);
+  c->kernel_gradient_matmul = MakePatchesMatmul(g);
+  if (c->kernel_gradient_matmul) return c;
   c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
       Engine(), kDirect, s.src, s.kernel_gradient, s.dst, s.strides, s.pad_l, s.pad_r,
       c->forward_pd, OwnScratchpad());
   c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
-  c->kernel_gradient_matmul = MakePatchesMatmul(g);
   return c;
 }
 
@@ -192,7 +200,8 @@ struct BiasedConvolution {
   dnnl::convolution_backward_weights::primitive_desc backward_weights_pd;  // + bias's
   dnnl::convolution_backward_weights backward_weights;
   memory::desc hwio, hwio_gradient;
-  std::unique_ptr<PatchesMatmul> kernel_gradient_matmul;  // null: backward_weights's
+  // Where not null, the kernel gradient's pass, and backward_weights is unset.
+  std::unique_ptr<PatchesMatmul> kernel_gradient_matmul;
 };
 
 // The bias and its gradient float32 whatever the activations' type.
@@ -210,11 +219,12 @@ std::unique_ptr<BiasedConvolution> MakeBiased(const Geometry& g) {
       Engine(), dnnl::prop_kind::forward_training, kDirect, s.src, s.kernel, bias, s.dst,
       s.strides, s.pad_l, s.pad_r, with_relu);
   c->forward = dnnl::convolution_forward(c->forward_pd);
+  c->kernel_gradient_matmul = MakePatchesMatmul(g);
+  if (c->kernel_gradient_matmul) return c;
   c->backward_weights_pd = dnnl::convolution_backward_weights::primitive_desc(
       Engine(), kDirect, s.src, s.kernel_gradient, bias, s.dst, s.strides, s.pad_l, s.pad_r,
       c->forward_pd, OwnScratchpad());
   c->backward_weights = dnnl::convolution_backward_weights(c->backward_weights_pd);
-  c->kernel_gradient_matmul = MakePatchesMatmul(g);
   return c;
 }
 
@@ -330,7 +340,8 @@ void KernelGradientByMatmul(const PatchesMatmul& m, const void* x, void* dy, voi
   auto [n, h, w, in, out, kh, kw, top, bottom, left, right, type_code] = m.geometry;
   const Type type = static_cast<Type>(type_code);
   const size_t element = memory::data_type_size(type);
-  const int64_t positions = n * (h + top + bottom - kh + 1) * (w + left + right - kw + 1);
+  const auto [oh, ow] = OutputSize(m.geometry);
+  const int64_t positions = n * oh * ow;
   // One buffer per calling thread (each XLA device runs its shard on its own),
   // kept: a fresh one would take its pages from the kernel on every call.
   thread_local std::vector<char> patches;
