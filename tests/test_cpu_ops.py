@@ -158,12 +158,23 @@ def test_bfloat16_takes_onednn_where_the_cpu_multiplies_bfloat16(monkeypatch):
     assert onednn.bfloat16_available() == (
         in_hardware and bool(names) and not any(n.strip().startswith('ref')
                                                 for n in names.split(',')))
-  # A CPU without AVX-512 BF16 or AMX (AVX2 only, say): XLA's own.
+  # The last stage's 2x2 maps too: oneDNN's bfloat16 kernels, not the window
+  # matmul, which XLA runs in float32 (experiments/PERFORMANCE.md).
+  small, small_w = (normal(*shape).astype(jnp.bfloat16)
+                    for shape in ((2, 2, 2, 16), (3, 3, 16, 16)))
+  small_jaxpr = str(jax.make_jaxpr(lambda a, b: cpu_ops.conv_general_dilated(
+      a, b, (1, 1), 'SAME', dimension_numbers=LAYOUT))(small, small_w))
+  assert ('custom_partitioning' in small_jaxpr) == onednn.bfloat16_available()
+  # A CPU without AVX-512 BF16 or AMX (AVX2 only, say): XLA's own, and the
+  # window matmul on the 2x2 maps.
   monkeypatch.setattr(onednn, 'cpu_flags', lambda: frozenset({'avx2', 'fma'}))
   onednn.bfloat16_available.cache_clear()
   try:
     assert not onednn.bfloat16_available()
     assert not _routed_to_onednn(x, w, 'SAME')
+    small_jaxpr = str(jax.make_jaxpr(lambda a, b: cpu_ops.conv_general_dilated(
+        a, b, (1, 1), 'SAME', dimension_numbers=LAYOUT))(small, small_w))
+    assert 'optimization_barrier' in small_jaxpr and 'custom_partitioning' not in small_jaxpr
   finally:
     monkeypatch.undo()
     onednn.bfloat16_available.cache_clear()
@@ -351,7 +362,8 @@ def test_cpu_compiler_options_keep_ynnpacks_matmuls_only_unless_asked_to_keep_de
 @pytest.mark.skipif(not onednn.bfloat16_available(),
                     reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
 @pytest.mark.parametrize('side, kernel, padding', [
-    (8, 3, 'SAME'), (4, 3, 'SAME'), (8, 7, 'VALID'), (5, 1, 'SAME'), (3, 3, ((2, 0), (1, 3)))])
+    (8, 3, 'SAME'), (4, 3, 'SAME'), (2, 3, 'SAME'), (8, 7, 'VALID'), (5, 1, 'SAME'),
+    (3, 3, ((2, 0), (1, 3)))])
 def test_onednn_bfloat16_convolution_is_xlas_to_bfloat16_rounding(side, kernel, padding):
   # Both accumulate in float32 and round once: each value and gradient lies
   # within half a bfloat16 step (2**-8 relative) of the float32 convolution of
@@ -426,7 +438,7 @@ def test_onednn_bfloat16_convolution_splits_the_batch_over_devices(side):
 
 @pytest.mark.skipif(not onednn.bfloat16_available(),
                     reason='oneDNN has no bfloat16 kernels for this CPU (AVX-512 BF16 or AMX)')
-@pytest.mark.parametrize('side, kernel, padding', [(8, 3, 'SAME'), (4, 3, 'SAME'),
+@pytest.mark.parametrize('side, kernel, padding', [(8, 3, 'SAME'), (4, 3, 'SAME'), (2, 3, 'SAME'),
                                                    (5, 1, 'SAME')])
 def test_bfloat16_conv_bias_relu_is_the_float32_one_rounded(side, kernel, padding):
   # bfloat16 activations and kernel, float32 bias: oneDNN adds the bias and
@@ -451,18 +463,26 @@ def test_bfloat16_conv_bias_relu_is_the_float32_one_rounded(side, kernel, paddin
     assert np.all(np.abs(f - e) <= 2**-8 * np.abs(e) + slack), name
 
 
-def test_bfloat16_conv_bias_relu_elsewhere_is_nn_convs():
-  # Where oneDNN does not fuse it (here the 2x2 map's window matmul), the
-  # bfloat16 layer is nn.Conv's in bfloat16 and a ReLU: the bias rounded to
-  # bfloat16 and added to the rounded convolution.
-  x = normal(3, 2, 2, 16).astype(jnp.bfloat16)
-  w = (normal(3, 3, 16, 24) / 3).astype(jnp.bfloat16)
-  b = normal(24, seed=2)
-  got = jax.jit(lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, 'SAME'))(x, w, b)
-  want = jax.jit(lambda x, w, b: jax.nn.relu(cpu_ops.conv_general_dilated(
-      x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT) + b.astype(jnp.bfloat16)))(x, w, b)
-  assert got.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+def test_bfloat16_conv_bias_relu_elsewhere_is_nn_convs(monkeypatch):
+  # Where oneDNN does not fuse it (a CPU without bfloat16 kernels: here the 2x2
+  # map's window matmul), the bfloat16 layer is nn.Conv's in bfloat16 and a
+  # ReLU: the bias rounded to bfloat16 and added to the rounded convolution.
+  monkeypatch.setattr(onednn, 'cpu_flags', lambda: frozenset({'avx2', 'fma'}))
+  onednn.bfloat16_available.cache_clear()
+  try:
+    x = normal(3, 2, 2, 16).astype(jnp.bfloat16)
+    w = (normal(3, 3, 16, 24) / 3).astype(jnp.bfloat16)
+    b = normal(24, seed=2)
+    got = jax.jit(lambda x, w, b: cpu_ops.conv_bias_relu(x, w, b, 'SAME'))
+    want = jax.jit(lambda x, w, b: jax.nn.relu(cpu_ops.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=LAYOUT) + b.astype(jnp.bfloat16)))
+    assert 'optimization_barrier' in str(jax.make_jaxpr(got)(x, w, b))
+    got, want = got(x, w, b), want(x, w, b)
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  finally:
+    monkeypatch.undo()
+    onednn.bfloat16_available.cache_clear()
 
 
 def test_bfloat16_model_fuses_its_convs_and_relus_with_nn_convs_parameters():

@@ -11,7 +11,10 @@ Four routes for an NHWC convolution with stride 1 (`conv_general_dilated`):
   pace, one matmul per tap over the positions the tap joins
   (`tap_matmul_conv`). Forward and both gradients of 64x2x2x512 -> 512: the
   matrix 11.7 against oneDNN's 19.4 ms on the AMD EPYC; in VGG-D's step on a
-  2-core Intel Xeon, the taps made the whole step 9 % faster than the matrix;
+  2-core Intel Xeon, the taps made the whole step 9 % faster than the matrix.
+  Not in bfloat16 where oneDNN has bfloat16 kernels: XLA's CPU matmul and the
+  matrix's assembly run in float32 there, and oneDNN's kernels (with the kernel
+  gradient as one matmul) made VGG-D's bfloat16 step at width 1/2 5 % faster;
 * float32 with non-negative pads: oneDNN's (`vgg_jax.onednn`), where it is
   built; bfloat16 too on CPUs where oneDNN has bfloat16 kernels (AVX-512 BF16,
   AMX: `onednn.bfloat16_available`), whose kernel gradients of maps of at most
@@ -106,9 +109,12 @@ def _every_position_in_every_window(in_hw, kernel_hw, pads) -> bool:
 
 def _small_map_conv(lhs, rhs, pads):
   """`window_matmul_conv` or `tap_matmul_conv` where every input position lies
-  in every output position's window, else None."""
+  in every output position's window, except in bfloat16 that oneDNN takes;
+  else None."""
   in_hw, kernel_hw = lhs.shape[1:3], rhs.shape[:2]
   if not _every_position_in_every_window(in_hw, kernel_hw, pads):
+    return None
+  if lhs.dtype == jnp.bfloat16 and _onednn_takes(pads, lhs, rhs):
     return None
   matrix_bytes = (math.prod(in_hw) * math.prod(_output_hw(in_hw, kernel_hw, pads)) *
                   math.prod(rhs.shape[2:]) * rhs.dtype.itemsize)
