@@ -199,3 +199,49 @@ def test_batch_norm_relu_in_one_pass_is_batch_norm_then_relu(dtype):
   for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     assert a.dtype == b.dtype
     np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+
+
+def _fused_backward_here() -> bool:
+  return onednn.available() and 'avx512bw' in onednn.cpu_flags()
+
+
+def test_fused_backward_passes_are_autodiffs_split_over_devices():
+  # The C++ passes of train_normalize_relu's backward (the ReLU's gradient's
+  # channel sums; x's gradient through the normalisation and the sums), on
+  # eight devices (conftest), equal XLA's of the same jax arithmetic on one.
+  if not onednn.available():
+    pytest.skip('the native library is not built here')
+  dtype = jnp.bfloat16
+  rng = np.random.default_rng(2)
+  x = batch().astype(dtype)
+  g = rng.standard_normal(SHAPE).astype(dtype)
+  out = np.maximum(x.astype(np.float32) - 1, 0).astype(dtype)
+  mean, mul, sum_grad, square_grad = (rng.standard_normal(SHAPE[-1]).astype(np.float32)
+                                      for _ in range(4))
+  masked = jnp.where(out > 0, g, jnp.zeros_like(g))
+  want_sums = jax.jit(onednn.channel_gradient_sums)(masked, x, mean)
+  want_dx = jax.jit(lambda: ((masked.astype(jnp.float32) * mul).astype(dtype) + (
+      sum_grad + 2 * x.astype(jnp.float32) * square_grad).astype(dtype)))()
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  by_batch = NamedSharding(mesh, P('data'))
+  gs, outs, xs = (jax.device_put(a, by_batch) for a in (g, out, x))
+  for got in (jax.jit(onednn.relu_gradient_sums)(g, out, x, mean),
+              jax.jit(onednn.relu_gradient_sums)(gs, outs, xs, mean)):
+    for a, b in zip(got, want_sums):
+      assert rel(a, np.asarray(b, np.float64)) < 1e-6  # float32 partial sums added
+  split = jax.jit(onednn.normalize_relu_gradient)(gs, outs, xs, mul, sum_grad, square_grad)
+  assert split.sharding.spec == P('data') and split.dtype == dtype
+  for got in (jax.jit(onednn.normalize_relu_gradient)(g, out, x, mul, sum_grad, square_grad),
+              split):
+    np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(want_dx, np.float64))
+
+
+def test_bfloat16_batch_norm_relu_backward_is_two_native_passes():
+  module = _Fused(jnp.bfloat16)
+  x = batch().astype(jnp.bfloat16)
+  variables = module.init(jax.random.key(0), x[:2])
+  hlo = jax.jit(jax.grad(lambda v, x: jnp.sum(module.apply(
+      v, x, mutable=['batch_stats'])[0]).astype(jnp.float32), argnums=1)).lower(
+          variables, x).compile().as_text()
+  fused = ('VggJaxReluGradientSums' in hlo, 'VggJaxNormalizeReluGradient' in hlo)
+  assert fused == (_fused_backward_here(),) * 2

@@ -1,6 +1,8 @@
 // Batch norm's per-channel sums as XLA FFI handlers (float32 or bfloat16 in,
 // float32 out), built into the same library as oneDNN's convolutions
-// (vgg_jax/onednn.py).
+// (vgg_jax/onednn.py); and, in bfloat16, the backward pass of batch norm
+// followed by a ReLU in two reads of the activations where XLA's takes more
+// (vgg_jax/batch_norm.py, `train_normalize_relu`).
 //
 // Why: XLA's CPU reductions add N*H*W values one after the other (see
 // vgg_jax/batch_norm.py), and the staged sums that fix their accuracy pass over
@@ -15,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include <omp.h>
@@ -84,6 +87,76 @@ inline double Widen(BFloat16 v) {
 VGG_JAX_ROWS(float)
 VGG_JAX_ROWS(BFloat16)
 
+// The backward passes of batch norm followed by a ReLU, bfloat16 only (in
+// float32 XLA's own passes are as fast). They compute in float32 and round to
+// bfloat16 after every operation XLA rounds after, so that each value equals
+// what XLA computes from the same jax code (vgg_jax/batch_norm.py), bit for bit.
+inline float ToFloat(BFloat16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Round to nearest even, as XLA converts float32 to bfloat16; NaNs stay NaNs.
+inline BFloat16 ToBFloat16(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return {static_cast<uint16_t>(v != v ? (bits >> 16) | 0x40u : rounded)};
+}
+
+inline float Rounded(float v) { return ToFloat(ToBFloat16(v)); }
+
+// g where out > 0, else 0, as a select of bits: GCC vectorises that, where it
+// leaves a conditional scalar.
+inline float ReluGradient(BFloat16 g, BFloat16 out) {
+  const uint16_t mask = ToFloat(out) > 0.0f ? 0xFFFFu : 0u;
+  return ToFloat(BFloat16{static_cast<uint16_t>(g.bits & mask)});
+}
+
+// Clones as above, but with AVX-512 BW (in x86-64-v4): without its 16-bit
+// vector operations GCC leaves the roundings scalar (a pass 3-6 times as slow).
+#define VGG_JAX_CLONES_BW __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+
+// GradientRows of the ReLU's gradient.
+VGG_JAX_CLONES_BW void ReluGradientRows(const BFloat16* g, const BFloat16* out,
+                                        const BFloat16* x, const float* mean, int64_t begin,
+                                        int64_t end, int64_t channels, double* __restrict s,
+                                        double* __restrict q) {
+  for (int64_t r = begin; r < end; ++r) {
+    const BFloat16* grow = g + r * channels;
+    const BFloat16* orow = out + r * channels;
+    const BFloat16* xrow = x + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const double gv = ReluGradient(grow[c], orow[c]);
+      s[c] += gv;
+      q[c] += gv * (Widen(xrow[c]) - mean[c]);
+    }
+  }
+}
+
+// dx = round(round(gm * mul) + round(sum_grad + 2 * x * square_grad)), gm the
+// ReLU's gradient: the normalisation's gradient plus that through the two sums.
+VGG_JAX_CLONES_BW void NormalizeReluGradientRows(const BFloat16* g, const BFloat16* out,
+                                                 const BFloat16* x, const float* mul,
+                                                 const float* sum_grad,
+                                                 const float* square_grad, int64_t begin,
+                                                 int64_t end, int64_t channels,
+                                                 BFloat16* __restrict dx) {
+  for (int64_t r = begin; r < end; ++r) {
+    const BFloat16* grow = g + r * channels;
+    const BFloat16* orow = out + r * channels;
+    const BFloat16* xrow = x + r * channels;
+    BFloat16* drow = dx + r * channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float through_sums = sum_grad[c] + 2.0f * ToFloat(xrow[c]) * square_grad[c];
+      drow[c] = ToBFloat16(Rounded(ReluGradient(grow[c], orow[c]) * mul[c]) +
+                           Rounded(through_sums));
+    }
+  }
+}
+
 // first[c] and second[c]: the two sums `rows(begin, end, s, q)` accumulates,
 // in double over fixed blocks of rows whose partial sums are added in block
 // order, so that the result is the same whatever the number of threads.
@@ -110,6 +183,17 @@ void ChannelSums(int64_t rows, int64_t channels, int64_t threads, float* first,
 }
 
 int64_t Channels(const ffi::AnyBuffer& x) { return x.dimensions().back(); }
+
+// rows_fn(begin, end) over the rows in blocks, on `threads` OpenMP threads.
+template <typename Rows>
+void ForRowBlocks(int64_t rows, int64_t threads, Rows rows_fn) {
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  UseThreads(threads);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    rows_fn(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows));
+  }
+}
 
 ffi::Error TypeError() {
   return ffi::Error::InvalidArgument(
@@ -159,6 +243,55 @@ ffi::Error GradientSumsImpl(ffi::AnyBuffer g, ffi::AnyBuffer x, ffi::Buffer<ffi:
   });
 }
 
+ffi::Error BFloat16Only() {
+  return ffi::Error::InvalidArgument("batch norm's backward passes: bfloat16 arrays only");
+}
+
+bool AllBFloat16(std::initializer_list<ffi::DataType> types) {
+  for (ffi::DataType t : types) {
+    if (t != ffi::DataType::BF16) return false;
+  }
+  return true;
+}
+
+ffi::Error ReluGradientSumsImpl(ffi::AnyBuffer g, ffi::AnyBuffer out, ffi::AnyBuffer x,
+                                ffi::Buffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> sum_g,
+                                ffi::ResultBuffer<ffi::F32> sum_g_centred, int64_t threads) {
+  if (!AllBFloat16({g.element_type(), out.element_type(), x.element_type()})) {
+    return BFloat16Only();
+  }
+  const int64_t channels = Channels(x), rows = x.element_count() / channels;
+  const auto* gd = static_cast<const BFloat16*>(g.untyped_data());
+  const auto* od = static_cast<const BFloat16*>(out.untyped_data());
+  const auto* xd = static_cast<const BFloat16*>(x.untyped_data());
+  ChannelSums(rows, channels, threads, sum_g->typed_data(), sum_g_centred->typed_data(),
+              [&](int64_t begin, int64_t end, double* s, double* q) {
+                ReluGradientRows(gd, od, xd, mean.typed_data(), begin, end, channels, s, q);
+              });
+  return ffi::Error::Success();
+}
+
+ffi::Error NormalizeReluGradientImpl(ffi::AnyBuffer g, ffi::AnyBuffer out, ffi::AnyBuffer x,
+                                     ffi::Buffer<ffi::F32> mul,
+                                     ffi::Buffer<ffi::F32> sum_grad,
+                                     ffi::Buffer<ffi::F32> square_grad,
+                                     ffi::Result<ffi::AnyBuffer> dx, int64_t threads) {
+  if (!AllBFloat16({g.element_type(), out.element_type(), x.element_type(),
+                    dx->element_type()})) {
+    return BFloat16Only();
+  }
+  const int64_t channels = Channels(x), rows = x.element_count() / channels;
+  const auto* gd = static_cast<const BFloat16*>(g.untyped_data());
+  const auto* od = static_cast<const BFloat16*>(out.untyped_data());
+  const auto* xd = static_cast<const BFloat16*>(x.untyped_data());
+  auto* dd = static_cast<BFloat16*>(dx->untyped_data());
+  ForRowBlocks(rows, threads, [&](int64_t begin, int64_t end) {
+    NormalizeReluGradientRows(gd, od, xd, mul.typed_data(), sum_grad.typed_data(),
+                              square_grad.typed_data(), begin, end, channels, dd);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxChannelMoments, MomentsImpl,
@@ -175,4 +308,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxChannelGradientSums, GradientSumsImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxReluGradientSums, ReluGradientSumsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxNormalizeReluGradient, NormalizeReluGradientImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<int64_t>("threads"));

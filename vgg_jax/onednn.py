@@ -77,7 +77,9 @@ _TARGETS = {'forward': 'VggJaxConvForward', 'backward_data': 'VggJaxConvBackward
             'backward_weights': 'VggJaxConvBackwardWeights',
             'forward_bias_relu': 'VggJaxConvBiasReluForward',
             'backward_weights_bias': 'VggJaxConvBackwardWeightsBias',
-            'moments': 'VggJaxChannelMoments', 'gradient_sums': 'VggJaxChannelGradientSums'}
+            'moments': 'VggJaxChannelMoments', 'gradient_sums': 'VggJaxChannelGradientSums',
+            'relu_gradient_sums': 'VggJaxReluGradientSums',
+            'normalize_relu_gradient': 'VggJaxNormalizeReluGradient'}
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -381,15 +383,36 @@ def _sums_single(target: str, *args):
       *operands, threads=np.int64(threads)))
 
 
+def _per_channel_partitioned(single, rank: int, arrays: int, vectors: int, summed: bool):
+  """`single` of `arrays` operands of rank `rank` (N...C) and the `vectors`
+  per-channel operands after them, split over the batch: its results two
+  per-channel sums of the shares, psum'd (`summed`), or one array shaped as
+  the first operand."""
+  array = ' '.join(('n', *'hwxyz'[:rank - 2], 'c'))
+  rule = ', '.join([array] * arrays + ['c'] * vectors) + ' -> ' + ('c, c' if summed else array)
+  return _batch_partitioned(single, rule, (True,) * arrays + (False,) * vectors, summed)
+
+
 @functools.cache
 def _batch_summed(target: str, rank: int, arrays: int, vectors: int):
-  """`target`'s two per-channel sums of its `arrays` operands of rank `rank`
-  (N...C), and the `vectors` per-channel operands after them, each device
-  summing its share of the batch, the shares psum'd."""
-  array = ' '.join(('n', *'hwxyz'[:rank - 2], 'c'))
-  rule = ', '.join([array] * arrays + ['c'] * vectors) + ' -> c, c'
-  return _batch_partitioned(functools.partial(_sums_single, target), rule,
-                            (True,) * arrays + (False,) * vectors, summed=True)
+  """`target`'s two per-channel sums, each device summing its share of the batch."""
+  return _per_channel_partitioned(functools.partial(_sums_single, target), rank, arrays,
+                                  vectors, summed=True)
+
+
+def _elementwise_single(target: str, *args):
+  *operands, _, threads = args  # no pads
+  x = operands[0]
+  return jax.ffi.ffi_call(_TARGETS[target], jax.ShapeDtypeStruct(x.shape, x.dtype))(
+      *operands, threads=np.int64(threads))
+
+
+@functools.cache
+def _batch_elementwise(target: str, rank: int, arrays: int, vectors: int):
+  """`target`'s result shaped as its first operand, each device computing its
+  share of the batch."""
+  return _per_channel_partitioned(functools.partial(_elementwise_single, target), rank,
+                                  arrays, vectors, summed=False)
 
 
 def _moments(x):
@@ -424,3 +447,18 @@ def channel_gradient_sums(g, x, mean):
   batch norm's bias and scale gradients (not differentiable). g and x both
   float32 or both bfloat16, mean float32; the sums float32."""
   return _gradient_sums(g, x, mean)
+
+
+def relu_gradient_sums(g, out, x, mean):
+  """`channel_gradient_sums` of the ReLU's gradient (g where out > 0, else 0),
+  without writing it out. g, out and x bfloat16."""
+  return _batch_summed('relu_gradient_sums', x.ndim, 3, 1)(g, out, x, mean, None)
+
+
+def normalize_relu_gradient(g, out, x, mul, sum_grad, square_grad):
+  """x's gradient through `normalize_relu` and the two channel sums its
+  statistics came from: round(round(gm * mul) + round(sum_grad + 2 * x *
+  square_grad)), gm the ReLU's gradient, rounded where XLA rounds the same
+  jax code (vgg_jax/batch_norm.py), in one read of g, out and x (bfloat16)."""
+  return _batch_elementwise('normalize_relu_gradient', x.ndim, 3, 3)(
+      g, out, x, mul, sum_grad, square_grad, None)
