@@ -160,8 +160,23 @@ def test_cifar10_config_scales_and_runlocal():
   assert cifar10.get_config('A,runlocal,epochs=0.5').num_epochs == 0.5
   twocore = cifar10.get_config('D,twocore')
   assert twocore.model.width == 0.25 and twocore.optimizer.nesterov
-  with pytest.raises(ValueError, match='choose one'):
-    cifar10.get_config('D,runlocal,twocore')
+  for sizes in ('runlocal,twocore', 'twocore,amx', 'runlocal,amx'):
+    with pytest.raises(ValueError, match='choose one'):
+      cifar10.get_config(f'D,{sizes}')
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_amx_size_is_the_committed_runs_recipe(seed):
+  # The size the docstring reports on is what those runs trained: their
+  # config.json, saved by vgg_jax.train, up to the seed.
+  run = os.path.join(REPO, 'experiments', 'results', 'pilot_budget',
+                     f'width1_2_bfloat16_epochs20_batch256_seed{seed}')
+  with open(os.path.join(run, 'config.json')) as f:
+    committed = config_schema.complete(json.load(f))
+  amx = cifar10.get_config('D,amx,folder=ROOT')
+  amx.seed = seed
+  assert config_schema.to_json(amx) == committed
+  assert (amx.model.width, amx.model.dtype, amx.batch_size) == (0.5, 'bfloat16', 256)
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
