@@ -46,14 +46,16 @@ struct BFloat16 {
   uint16_t bits;
 };
 
-inline double Widen(float v) { return v; }
-
-inline double Widen(BFloat16 v) {
+inline float ToFloat(BFloat16 v) {
   const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
 }
+
+inline double Widen(float v) { return v; }
+
+inline double Widen(BFloat16 v) { return ToFloat(v); }
 
 // One definition per element type (target_clones does not take templates).
 #define VGG_JAX_ROWS(T)                                                                   \
@@ -91,12 +93,6 @@ VGG_JAX_ROWS(BFloat16)
 // float32 XLA's own passes are as fast). They compute in float32 and round to
 // bfloat16 after every operation XLA rounds after, so that each value equals
 // what XLA computes from the same jax code (vgg_jax/batch_norm.py), bit for bit.
-inline float ToFloat(BFloat16 v) {
-  const uint32_t bits = static_cast<uint32_t>(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
 
 // Round to nearest even, as XLA converts float32 to bfloat16; NaNs stay NaNs.
 inline BFloat16 ToBFloat16(float v) {
@@ -157,6 +153,18 @@ VGG_JAX_CLONES_BW void NormalizeReluGradientRows(const BFloat16* g, const BFloat
   }
 }
 
+// rows_fn(begin, end) over the rows in blocks of kBlockRows, on `threads`
+// OpenMP threads.
+template <typename Rows>
+void ForRowBlocks(int64_t rows, int64_t threads, Rows rows_fn) {
+  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+  UseThreads(threads);
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    rows_fn(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows));
+  }
+}
+
 // first[c] and second[c]: the two sums `rows(begin, end, s, q)` accumulates,
 // in double over fixed blocks of rows whose partial sums are added in block
 // order, so that the result is the same whatever the number of threads.
@@ -165,12 +173,10 @@ void ChannelSums(int64_t rows, int64_t channels, int64_t threads, float* first,
                  float* second, Rows rows_fn) {
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
   std::vector<double> partial(static_cast<size_t>(blocks * 2 * channels), 0.0);
-  UseThreads(threads);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    double* s = &partial[static_cast<size_t>(b * 2 * channels)];
-    rows_fn(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows), s, s + channels);
-  }
+  ForRowBlocks(rows, threads, [&](int64_t begin, int64_t end) {
+    double* s = &partial[static_cast<size_t>(begin / kBlockRows * 2 * channels)];
+    rows_fn(begin, end, s, s + channels);
+  });
   for (int64_t c = 0; c < channels; ++c) {
     double a = 0, q = 0;
     for (int64_t b = 0; b < blocks; ++b) {
@@ -183,17 +189,6 @@ void ChannelSums(int64_t rows, int64_t channels, int64_t threads, float* first,
 }
 
 int64_t Channels(const ffi::AnyBuffer& x) { return x.dimensions().back(); }
-
-// rows_fn(begin, end) over the rows in blocks, on `threads` OpenMP threads.
-template <typename Rows>
-void ForRowBlocks(int64_t rows, int64_t threads, Rows rows_fn) {
-  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
-  UseThreads(threads);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    rows_fn(b * kBlockRows, std::min(rows, (b + 1) * kBlockRows));
-  }
-}
 
 ffi::Error TypeError() {
   return ffi::Error::InvalidArgument(
