@@ -8,7 +8,9 @@ error after each evaluation, against the epoch, the training time the loop
 measured up to it, and the model's FLOPs trained up to it. The time is read back
 from metrics.jsonl's rates (each logged interval's images over its img/s): the
 loop's own clock, compilation included, evaluation excluded, so it is the time of
-the machine the run was made on; the FLOPs (`summary.train_flops_per_image` times
+the machine the run was made on (in runs made before the loop timed evaluations
+apart, an interval with an evaluation inside is timed at a neighbour's rate:
+`interval_rates`); the FLOPs (`summary.train_flops_per_image` times
 the images trained, the count behind the benchmark's MFU) are the same on every
 machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
 FLOP budget across the last: a time budget at the machine's matmul peak
@@ -37,13 +39,44 @@ MARKDOWN = 'budget.md'
 PLOT = 'budget.png'
 
 
-def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float]:
-  """{logged step: training seconds up to it}, from each interval's img/s."""
-  seconds, total, previous = {}, 0.0, 0
+def interval_rates(logged: Sequence[dict]) -> list[tuple[int, int, float]]:
+  """(first step, last step, img/s) of each logged interval, as the loop timed it,
+  except where an evaluation inside the interval was timed with the queued steps.
+
+  The loop sets an evaluation's time aside. Until it waited for the queued steps
+  first (the evaluation lines since then hold `eval/seconds`), that time held the
+  dozens of steps still running asynchronously when the evaluation began, and an
+  interval with an evaluation inside read 1.3-1.5 times as fast as the others
+  (experiments/results/pilot_budget/README.md, 2026-12-06 (afternoon)). Such an
+  interval takes the rate of the nearest interval after it without one (before
+  it, for the last): the first interval holds the compilation.
+  """
+  intervals, previous, untimed_evaluation = [], 0, False
   for line in logged:
+    # An evaluation at a logged step came after the log's wait: timed apart.
     if 'img_per_sec' in line:
-      total += (line['step'] - previous) * batch_size / line['img_per_sec']
-      previous = line['step']
+      intervals.append((previous, line['step'], line['img_per_sec'], untimed_evaluation))
+      previous, untimed_evaluation = line['step'], False
+    elif 'eval/top1_error' in line and 'eval/seconds' not in line:
+      untimed_evaluation = True
+  fair = [i for i, (*_, biased) in enumerate(intervals) if not biased]
+
+  def stand_in(i):
+    after = [j for j in fair if j > i]
+    return intervals[after[0] if after else fair[-1]][2]
+
+  return [(first, last, stand_in(i) if biased and fair else rate)
+          for i, (first, last, rate, biased) in enumerate(intervals)]
+
+
+def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float]:
+  """{logged step: training seconds up to it}, from each interval's img/s
+  (`interval_rates`)."""
+  ends = {last: (last - first) * batch_size / rate
+          for first, last, rate in interval_rates(logged)}
+  seconds, total = {}, 0.0
+  for line in logged:
+    total += ends.get(line['step'], 0.0)
     seconds[line['step']] = total
   return seconds
 
@@ -91,7 +124,9 @@ def markdown(curves: Sequence[dict]) -> str:
                  f'{100 * error:.1f} % | {minutes:.1f} min | {tflop:,.0f} TFLOP | '
                  f'{tflop * 1e3 / (minutes * 60):.0f} GFLOP/s |')
   return ('Test top-1 error (centre crop) after the last epoch, the training time the '
-          'loop measured (compilation included, evaluations excluded), and the '
+          'loop measured (compilation included, evaluations excluded; in runs made before '
+          'the loop timed evaluations apart, an interval with an evaluation inside at the '
+          "rate of the next one without, `budget.interval_rates`), and the "
           "model's FLOPs over every image trained (forward and backward, "
           '`summary.train_flops_per_image`) with the rate that time gives them, per run; '
           f'`python -m experiments.budget` wrote this file and `{PLOT}`.\n\n'

@@ -165,18 +165,20 @@ def test_cifar10_config_scales_and_runlocal():
       cifar10.get_config(f'D,{sizes}')
 
 
-@pytest.mark.parametrize('seed', [0, 1, 2])
-def test_amx_size_is_the_committed_runs_recipe(seed):
+@pytest.mark.parametrize('seed, run', [(0, 'width1_2_bfloat16_epochs19_batch256_2be2309'),
+                                       (1, 'width1_2_bfloat16_epochs19_batch256_seed1'),
+                                       (2, 'width1_2_bfloat16_epochs19_batch256_seed2')])
+def test_amx_size_is_the_committed_runs_recipe(seed, run):
   # The size the docstring reports on is what those runs trained: their
   # config.json, saved by vgg_jax.train, up to the seed.
-  run = os.path.join(REPO, 'experiments', 'results', 'pilot_budget',
-                     f'width1_2_bfloat16_epochs20_batch256_seed{seed}')
-  with open(os.path.join(run, 'config.json')) as f:
+  with open(os.path.join(REPO, 'experiments', 'results', 'pilot_budget', run,
+                         'config.json')) as f:
     committed = config_schema.complete(json.load(f))
   amx = cifar10.get_config('D,amx,folder=ROOT')
   amx.seed = seed
   assert config_schema.to_json(amx) == committed
-  assert (amx.model.width, amx.model.dtype, amx.batch_size) == (0.5, 'bfloat16', 256)
+  assert (amx.model.width, amx.model.dtype, amx.batch_size, amx.num_epochs) == (
+      0.5, 'bfloat16', 256, 19)
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
@@ -721,10 +723,28 @@ def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
 
 
 def test_budget_times_each_logged_interval_at_its_rate():
-  logged = [{'step': 100, 'img_per_sec': 100.0}, {'step': 150, 'eval/top1_error': 0.5},
-            {'step': 200, 'img_per_sec': 50.0, 'eval/top1_error': 0.4}]
+  logged = [{'step': 100, 'img_per_sec': 100.0},
+            {'step': 150, 'eval/top1_error': 0.5, 'eval/seconds': 3.0},
+            {'step': 200, 'img_per_sec': 50.0, 'eval/top1_error': 0.4, 'eval/seconds': 3.0}]
   # 100 steps of 10 images at 100 img/s, then 100 more at 50 img/s.
   assert budget.training_seconds(logged, batch_size=10) == {100: 10.0, 150: 10.0, 200: 30.0}
+
+
+def test_budget_times_an_interval_with_an_untimed_evaluation_at_its_neighbours_rate():
+  # Before the loop waited for the queued steps, an evaluation inside an interval
+  # (no `eval/seconds`) made it read fast: it takes the rate of the next interval
+  # without one, or of the last before it; evaluations at a logged step came after
+  # the log's wait and leave their interval as it was.
+  logged = [{'step': 100, 'img_per_sec': 40.0},
+            {'step': 150, 'eval/top1_error': 0.5},
+            {'step': 200, 'img_per_sec': 150.0},
+            {'step': 300, 'img_per_sec': 100.0, 'eval/top1_error': 0.4},
+            {'step': 350, 'eval/top1_error': 0.3},
+            {'step': 400, 'img_per_sec': 150.0, 'eval/top1_error': 0.2}]
+  assert budget.interval_rates(logged) == [(0, 100, 40.0), (100, 200, 100.0),
+                                           (200, 300, 100.0), (300, 400, 100.0)]
+  assert budget.training_seconds(logged, batch_size=10) == {
+      100: 25.0, 150: 25.0, 200: 35.0, 300: 45.0, 350: 45.0, 400: 55.0}
 
 
 def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
@@ -734,15 +754,16 @@ def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
   with open(os.path.join(committed, budget.MARKDOWN)) as f:
     assert open(path).read() == f.read()
   assert (tmp_path / 'runs' / budget.PLOT).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 24.1 of them training;
+  # The sweeps' recipe at 30 epochs: 14.8 % after 27 min wall, 25.6 of them training
+  # (the intervals with an evaluation inside at their neighbours' rates);
   # width 1/2's 12 %: 11,700 steps of 128 images at 472,751,616 FLOPs each; in
-  # bfloat16, 5,460 steps of the same at 384 GFLOP/s.
+  # bfloat16, 5,460 steps of the same at 361 GFLOP/s.
   text = open(path).read()
-  assert '| `epochs30` | D | 0.25 | float32 | 30 | 14.8 % | 24.1 min |' in text
-  assert ('| `width1_2_epochs30` | D | 0.5 | float32 | 30 | 12.1 % | 40.4 min | 708 TFLOP |'
+  assert '| `epochs30` | D | 0.25 | float32 | 30 | 14.8 % | 25.6 min |' in text
+  assert ('| `width1_2_epochs30` | D | 0.5 | float32 | 30 | 12.1 % | 43.1 min | 708 TFLOP |'
           in text)
-  assert ('| `width1_2_bfloat16_epochs14` | D | 0.5 | bfloat16 | 14 | 14.1 % | 14.3 min | '
-          '330 TFLOP | 384 GFLOP/s |' in text)
+  assert ('| `width1_2_bfloat16_epochs14` | D | 0.5 | bfloat16 | 14 | 14.1 % | 15.3 min | '
+          '330 TFLOP | 361 GFLOP/s |' in text)
   with pytest.raises(ValueError, match='no run'):
     budget.write_budget(str(tmp_path / 'empty'))
 

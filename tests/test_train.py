@@ -73,6 +73,7 @@ def test_run_leaves_checkpoints_metrics_and_config(uninterrupted):
   evals = [l for l in lines if 'eval/top1_error' in l]
   assert [l['step'] for l in evals] == [24, 48]
   assert evals[-1]['eval/top1_error'] == pytest.approx(result['top1_error'])
+  assert all(l['eval/seconds'] > 0 for l in evals)  # timed apart from training
   saved = json.load(open(workdir / 'config.json'))
   assert saved['model']['variant'] == 'A' and saved['num_train_steps'] == STEPS
 

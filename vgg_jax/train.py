@@ -393,13 +393,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                    num_steps, scalars['train/loss'], scalars['train/top1_error'], rate,
                    time.strftime('%H:%M:%S', time.gmtime(eta)))
     if step % eval_every == 0 or step == num_steps:
+      # Steps run asynchronously, dozens behind this loop: without the wait, the
+      # time set aside as evaluation's would hold the queued steps' training.
+      jax.block_until_ready(state)
       eval_start = time.perf_counter()
       result = run_eval()
       scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
       if update_plateau is not None:
         state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
       log_evaluation(step, result)
-      timer += time.perf_counter() - eval_start  # evaluation is not training time
+      scalars['eval/seconds'] = time.perf_counter() - eval_start
+      timer += scalars['eval/seconds']  # evaluation is not training time
     if scalars:
       log.write(step, scalars)
     preempted = preemption.reached(step) and step < num_steps
