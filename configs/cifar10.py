@@ -89,15 +89,15 @@ Sizes:
             learning rate (0.2), 19 epochs. Chosen by measurement on a 2-core
             Intel Xeon with AMX (experiments/results/pilot_budget/, 2026-12-06;
             training times as the loop measures them since that afternoon, the
-            earlier runs' corrected): 19 epochs 13.16, 13.49 and 13.01 % (13.2 +- 0.25 % over
-            3 seeds; dense over Q = 32, 37, 42 11.9, 12.4, 12.1 %) in 14.4 min
-            (seed 0, midday) and 18.5 and 17.5 min (seeds 1 and 2, on that
-            afternoon's VM at 690-1,060 img/s): within the 15 minutes only
-            on a fast hour of the VM; 20 epochs 12.6, 13.3 and
-            13.2 % (13.0 +- 0.35 % over 3 seeds; dense over Q = 32, 37, 42
+            earlier runs' corrected): 19 epochs 13.16, 13.49 and 13.01 %
+            (13.2 +- 0.25 % over 3 seeds; dense over Q = 32, 37, 42 11.9,
+            12.4, 12.1 %) in 14.4 min (seed 0, midday) and 18.5 and 17.5 min
+            (seeds 1 and 2, on that afternoon's VM at 690-1,060 img/s): within
+            the 15 minutes only on a fast hour of the VM; 20 epochs 12.6, 13.3
+            and 13.2 % (13.0 +- 0.35 % over 3 seeds; dense over Q = 32, 37, 42
             11.6-11.9 %) in 15.0-15.7 min at midday, 16.7 min for seed 0 again
             that afternoon (1,000 img/s), over the budget. The VM's speed
-            moves by 10-20 % from hour to hour, and the time with it. Batch 512
+            moves by 10-25 % from hour to hour, and the time with it. Batch 512
             (learning rate 0.4) trained only 1.06x as fast in the loop: 20
             epochs 13.1 % (seed 0; 12.6 at batch 256) in 15.8 min, 18 epochs
             13.8 and 14.0 % (seeds 0, 1) in 15.8 and 16.3 min on that

@@ -53,10 +53,10 @@ def interval_rates(logged: Sequence[dict]) -> list[tuple[int, int, float]]:
   """
   intervals, previous, untimed_evaluation = [], 0, False
   for line in logged:
-    # An evaluation at a logged step came after the log's wait: timed apart.
     if 'img_per_sec' in line:
       intervals.append((previous, line['step'], line['img_per_sec'], untimed_evaluation))
       previous, untimed_evaluation = line['step'], False
+    # An evaluation at a logged step came after the log's wait: timed apart.
     elif 'eval/top1_error' in line and 'eval/seconds' not in line:
       untimed_evaluation = True
   fair = [i for i, (*_, biased) in enumerate(intervals) if not biased]
