@@ -2,7 +2,7 @@
 commits each finished point, so that the campaign spans sittings and machines.
 
     python -m experiments.continue_sweeps --images=ROOT [--commit] [--seeds=3] [--dry_run]
-        [--epochs=E]
+        [--epochs=E] [--only=REGEX]
 
 Without --epochs, the size's own 10 epochs, in experiments/results/cifar10_twocore;
 with it, E epochs for every point, in experiments/results/cifar10_twocore_epochsE
@@ -14,7 +14,10 @@ configs name that relative path: a point's frozen config (point.json) must
 match for the point to count as done, whatever machine runs the campaign.
 
 Order: seed 0 of every distinct point of every sweep, then seed 1, then seed 2,
-so that a campaign cut off early has each configuration at least once. A
+so that a campaign cut off early has each configuration at least once
+(`--only` runs just the points whose names match: e.g. more seeds for the
+two configurations of one undecided comparison, `--seeds=5
+--only='^variant=(C|D),seed='`). A
 point shared by several sweeps (D at S = 37: depth, conv1x1, scale_jitter)
 trains once and gets every sweep's evaluations right after, while its
 checkpoints are on the machine. With --commit, each point's directory is
@@ -87,6 +90,20 @@ def campaign(seeds: int, epochs: float = 0.0) -> list[list[tuple[str, sweep.Poin
   return list(by_point.values())
 
 
+def select(points: list[list[tuple[str, sweep.Point]]], only: str
+           ) -> list[list[tuple[str, sweep.Point]]]:
+  """The campaign's points whose names match the regex `only`, in campaign order."""
+  try:
+    pattern = re.compile(only)
+  except re.error as e:
+    raise ValueError(f'--only={only!r} is not a regular expression ({e})') from None
+  selected = [m for m in points if pattern.search(m[0][1].name)]
+  if not selected:
+    raise ValueError(f'--only={only!r} matches none of the campaign\'s points, e.g. '
+                     f'{", ".join(m[0][1].name for m in points[:3])}')
+  return selected
+
+
 def point_state(name: str, point: sweep.Point, results: str) -> str:
   """`sweep.status` of the point in the campaign's directory `results`; an error
   where evaluations are missing and no checkpoint is here to make them from."""
@@ -144,13 +161,12 @@ def main(argv):
   if options.epochs < 0:  # before the link: a bad flag changes nothing on disk
     sys.exit(f'experiments.continue_sweeps: error: --epochs={options.epochs:g} is negative: '
              'give a number of epochs, or leave it out for the twocore size\'s own')
-  try:
-    link_images(options.images)
-  except ValueError as e:
-    sys.exit(f'experiments.continue_sweeps: error: {e}')
   results = results_dir(options.epochs)
   points = campaign(options.seeds, options.epochs)
   try:
+    if options.only:
+      points = select(points, options.only)
+    link_images(options.images)
     pending = [todo for todo in (pending_memberships(m, results) for m in points) if todo]
   except ValueError as e:
     sys.exit(f'experiments.continue_sweeps: error: {e}')
@@ -178,5 +194,6 @@ if __name__ == '__main__':
   flags.DEFINE_float('epochs', 0.0, 'Epochs of every point (0: the twocore size\'s own); '
                      'a campaign of its own, in experiments/results/cifar10_twocore_epochsE.')
   flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
+  flags.DEFINE_string('only', None, 'Only the points whose name matches this regex.')
   flags.DEFINE_bool('dry_run', False, 'List the points still to run; run nothing.')
   app.run(main)

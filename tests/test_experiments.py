@@ -217,6 +217,20 @@ def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed
     continue_sweeps.link_images(str(tmp_path))
 
 
+def test_only_selects_points_by_name_in_campaign_order():
+  points = continue_sweeps.campaign(seeds=5, epochs=25)
+  chosen = continue_sweeps.select(points, r'^variant=(C|D),seed=[34]$')
+  assert [m[0][1].name for m in chosen] == [
+      'variant=D,seed=3', 'variant=C,seed=3', 'variant=D,seed=4', 'variant=C,seed=4']
+  # The shared point keeps every sweep it belongs to, and so its evaluations.
+  assert [name for name, _ in chosen[0]] == ['depth', 'conv1x1', 'scale_jitter']
+  with pytest.raises(ValueError, match=r"--only='\^variant=F' matches none of the "
+                     r"campaign's points, e\.g\. variant=A,seed=0"):
+    continue_sweeps.select(points, '^variant=F')
+  with pytest.raises(ValueError, match=r"--only='\(' is not a regular expression"):
+    continue_sweeps.select(points, '(')
+
+
 def test_the_committed_campaign_is_complete():
   # Every point's frozen config matches the sweeps as they are now, so a fresh
   # clone's `continue_sweeps` has nothing to retrain.
