@@ -6,7 +6,8 @@
     --config=configs/cifar10.py:D,twocore            10 epochs: 7-8 min of a 2-core CPU
     --config=configs/cifar10.py:D,twocore,epochs=25  25 epochs: 15 min of a 2-core CPU
     --config=configs/cifar10.py:D,amx                 width 1/2 in bfloat16: 14-19 min
-                                                      of a 2-core CPU with AMX
+                                                      of a 2-core CPU with AMX (24
+                                                      with AVX-512 BF16 only)
     --config=configs/cifar10.py:A,runlocal           a quick look on a 2-core CPU
     --config=configs/cifar10.py:A,folder=/data/cifar10-jpg   an image folder
 
@@ -101,8 +102,11 @@ Sizes:
             (learning rate 0.4) trained only 1.06x as fast in the loop: 20
             epochs 13.1 % (seed 0; 12.6 at batch 256) in 15.8 min, 18 epochs
             13.8 and 14.0 % (seeds 0, 1) in 15.8 and 16.3 min on that
-            afternoon's slower VM. Issue #15's 12 % at the centre crop stays
-            out of reach.
+            afternoon's slower VM. On a 2-core AMD EPYC with AVX-512 BF16 and
+            no AMX (2026-12-06), seed 0 took 23.5 min of training (13.34 %):
+            its vector units multiply bfloat16 at about twice their float32
+            rate, and the step already runs at 88 % of that. Issue #15's 12 %
+            at the centre crop stays out of reach.
   runlocal  a 2-core CPU: width 1/8 (8..64 channels), FC 128, no dropout,
             batch 64, `epochs` epochs (default 2), evaluations 'single' (centre
             crop), 'dense' (Table 3's protocol) and 'dense:auto'. Measured

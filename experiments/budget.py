@@ -98,7 +98,8 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
-      'dtype': model['dtype'], 'epochs': config['num_epochs'],
+      'dtype': model['dtype'], 'batch_size': config['batch_size'],
+      'epochs': config['num_epochs'],
       'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
                  for step, epoch, error in evals],
   }
@@ -133,18 +134,32 @@ def markdown(curves: Sequence[dict]) -> str:
           + '\n'.join(lines) + '\n')
 
 
+def families(curves: Sequence[dict]) -> dict[str, list[dict]]:
+  """The runs grouped by what sets their speed and schedule (compute dtype, width,
+  batch), float32 first, then by width and batch: one colour and one legend entry
+  each, so that dozens of runs stay readable (budget.md names every run)."""
+  groups: dict[tuple, list[dict]] = {}
+  for c in curves:
+    key = (c['dtype'] != 'float32', c['dtype'], c['width'], c['batch_size'])
+    groups.setdefault(key, []).append(c)
+  return {f'width {width:g}, {dtype}, batch {batch}': groups[key]
+          for key in sorted(groups) for _, dtype, width, batch in [key]}
+
+
 def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None,
          budget_tflop: Optional[float] = None) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
-  for c in curves:
-    *abscissae, top1 = zip(*c['points'])
-    label = f'{c["run"]} (width {c["width"]:g}, {c["dtype"]})'
-    for ax, x in zip(axes, abscissae):
-      ax.plot(x, [100 * e for e in top1], marker='.', label=label)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+  for colour, (family, members) in zip(plt.cm.tab10.colors * 2, families(curves).items()):
+    for i, c in enumerate(members):
+      *abscissae, top1 = zip(*c['points'])
+      label = f'{family} ({len(members)} run{"s" * (len(members) > 1)})' if i == 0 else None
+      for ax, x in zip(axes, abscissae):
+        ax.plot(x, [100 * e for e in top1], color=colour, alpha=0.7, linewidth=1,
+                marker='.', markersize=3, label=label)
   if goal is not None:
     for ax in axes:
       ax.axhline(goal, color='black', linestyle='--', linewidth=1, label=f'goal, {goal:g} %')
@@ -155,8 +170,8 @@ def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None,
   axes[1].set_xlabel('training time (min), as measured on its machine')
   axes[2].set_xlabel("model FLOPs trained (TFLOP), the same on every machine")
   axes[0].set_ylabel('test top-1 error (%), centre crop')
-  fig.suptitle('What a training budget buys')
-  report.save_figure(fig, axes, path)
+  fig.suptitle('What a training budget buys (each run one line; budget.md names them)')
+  report.save_figure(fig, axes, path, legend_axes=(axes[0], axes[2]))
 
 
 def write_budget(root: str, goal: Optional[float] = None, num_classes: int = 10,

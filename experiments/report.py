@@ -434,11 +434,12 @@ def plot_sweep(sweep: str, entries: Sequence[dict], path: str) -> None:
   save_figure(fig, axes, path)
 
 
-def save_figure(fig, axes, path: str) -> None:
-  """Grid and legend on every axis, then the PNG written atomically (a reader
-  never sees half a file)."""
+def save_figure(fig, axes, path: str, legend_axes=None) -> None:
+  """Grid on every axis and a legend on each of `legend_axes` (default: every
+  axis), then the PNG written atomically (a reader never sees half a file)."""
   for ax in axes:
     ax.grid(alpha=0.3)
+  for ax in axes if legend_axes is None else legend_axes:
     ax.legend(fontsize=7)
   fig.tight_layout()
   with run_files.atomic_file(path, binary=True) as f:
