@@ -115,20 +115,37 @@ def weight_layers(model: dict) -> int:
   return len(config_layers(model)) + (3 if model['head'] == 'fc' else 2)
 
 
-def _sweep_orders(root: str) -> dict[str, dict[str, int]]:
-  """{sweep: {point: position}} from the manifests experiments.sweep writes."""
-  orders = {}
+def _sweep_manifests(root: str) -> dict[str, dict[str, tuple[int, list[str]]]]:
+  """{sweep: {point: (position, the sweep's evaluations of it)}} from the
+  manifests experiments.sweep writes."""
+  manifests = {}
   for directory, _, files in os.walk(root):
     if os.path.basename(directory) != 'sweeps':
       continue
     for file in sorted(files):
       manifest = run_files.read_json(os.path.join(directory, file))
       if isinstance(manifest, dict) and 'points' in manifest:
-        orders[manifest['sweep']] = {p['name']: i for i, p in enumerate(manifest['points'])}
-  return orders
+        manifests[manifest['sweep']] = {p['name']: (i, p.get('evals'))
+                                        for i, p in enumerate(manifest['points'])}
+  return manifests
 
 
-def run_rows(run_dir: str, orders: dict) -> list[dict]:
+def _order(manifests: dict, sweep: str, name: str) -> int:
+  return manifests.get(sweep, {}).get(name, (10**6, None))[0]
+
+
+def _sweep_eval_files(manifests: dict, sweep: str, name: str, done: dict):
+  """The eval/ files of the evaluations `sweep` asked of point `name` (`done`: the
+  point's evals.json, spec -> file), or None (every file) where the manifest or
+  evals.json does not say: a point shared by sweeps holds all their
+  evaluations, and each sweep's table and plot show its own."""
+  specs = manifests.get(sweep, {}).get(name, (None, None))[1]
+  if specs is None or not done:
+    return None
+  return {done[spec] for spec in specs if spec in done}
+
+
+def run_rows(run_dir: str, manifests: dict) -> list[dict]:
   saved = run_files.read_json(os.path.join(run_dir, run_files.CONFIG_FILE))
   config = config_schema.complete(saved)
   point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
@@ -149,6 +166,8 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
       'train_seconds': trained.get('wall_seconds', ''),
   }
   sweeps = point.get('sweeps') or [OTHER_RUNS]
+  done = run_files.read_json(os.path.join(run_dir, run_files.EVALS_FILE), {})
+  own_files = {sweep: _sweep_eval_files(manifests, sweep, name, done) for sweep in sweeps}
   rows = []
   eval_dir = os.path.join(run_dir, run_files.EVAL_DIR)
   for file in sorted(os.listdir(eval_dir)):
@@ -158,8 +177,10 @@ def run_rows(run_dir: str, orders: dict) -> list[dict]:
     if not isinstance(result, dict) or 'top1_error' not in result:
       continue
     for sweep in sweeps:
+      if own_files[sweep] is not None and file not in own_files[sweep]:
+        continue
       rows.append({
-          **base, 'sweep': sweep, 'order': orders.get(sweep, {}).get(name, 10**6),
+          **base, 'sweep': sweep, 'order': _order(manifests, sweep, name),
           'protocol': result['protocol'],
           'test_scales': ','.join(str(q) for q in result['scales']),
           'flip': result.get('flip'), 'step': result.get('step'),
@@ -180,7 +201,7 @@ def epoch_evaluations(logged: Sequence[dict], num_epochs: float) -> list[tuple[i
   return [(step, step * num_epochs / last, error) for step, error in evals]
 
 
-def curve_rows(run_dir: str, orders: dict) -> list[dict]:
+def curve_rows(run_dir: str, manifests: dict) -> list[dict]:
   """The run's test error after each evaluation during training (metrics.jsonl)."""
   logged = run_files.read_metrics(run_dir)
   if not any('eval/top1_error' in line for line in logged):
@@ -189,7 +210,7 @@ def curve_rows(run_dir: str, orders: dict) -> list[dict]:
                                                                    run_files.CONFIG_FILE)))
   point = run_files.read_json(os.path.join(run_dir, run_files.POINT_FILE), {})
   name = point.get('name', os.path.basename(os.path.normpath(run_dir)))
-  return [{'sweep': sweep, 'order': orders.get(sweep, {}).get(name, 10**6), 'point': name,
+  return [{'sweep': sweep, 'order': _order(manifests, sweep, name), 'point': name,
            'seed': config['seed'], 'config': config_label(config['model']),
            'train_scale': scale_label(config['data']['train_scale']),
            'epoch': epoch, 'step': step, 'top1_error': error}
@@ -198,14 +219,14 @@ def curve_rows(run_dir: str, orders: dict) -> list[dict]:
 
 
 def scan_curves(root: str) -> list[dict]:
-  orders = _sweep_orders(root)
-  rows = [row for run in find_runs(root) for row in curve_rows(run, orders)]
+  manifests = _sweep_manifests(root)
+  rows = [row for run in find_runs(root) for row in curve_rows(run, manifests)]
   return sorted(rows, key=lambda r: (r['sweep'], r['order'], r['point'], r['step']))
 
 
 def scan(root: str) -> list[dict]:
-  orders = _sweep_orders(root)
-  rows = [row for run in find_runs(root) for row in run_rows(run, orders)]
+  manifests = _sweep_manifests(root)
+  rows = [row for run in find_runs(root) for row in run_rows(run, manifests)]
   return sorted(rows, key=lambda r: (r['sweep'], r['order'], r['point'],
                                      _protocol_rank(r['protocol']), _scales_rank(r['test_scales'])))
 

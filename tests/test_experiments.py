@@ -736,6 +736,24 @@ def test_committed_cifar10_report_is_regenerated_from_its_csv(folder, tmp_path):
     assert {r['seed'] for r in rows} == {0, 1, 2}
 
 
+def test_a_shared_point_shows_in_each_sweep_the_evaluations_that_sweep_asked_for():
+  # VGG-D at S = 37 belongs to three sweeps and holds all their evaluations; the
+  # conv1x1 sweep's table and plot show its own three, not the scale sweep's
+  # test scales up to 73 (whose errors of up to 72 % squashed B, C and D together).
+  campaign_dir = os.path.join(REPO, 'experiments', 'results', 'cifar10_twocore_epochs25')
+  rows = report.run_rows(os.path.join(campaign_dir, 'variant=D,seed=0'),
+                         report._sweep_manifests(campaign_dir))
+  shown = {sweep: sorted({(r['protocol'], r['test_scales']) for r in rows if r['sweep'] == sweep})
+           for sweep in ('depth', 'conv1x1', 'scale_jitter')}
+  assert shown['conv1x1'] == shown['depth'] == [
+      ('dense', '32,37,42'), ('dense', '37'), ('single', '37')]
+  assert ('single', '73') in shown['scale_jitter']
+  assert ('multicrop', '32,37,42') in shown['scale_jitter']
+  assert len(shown['scale_jitter']) == 10
+  # Without a manifest (a run outside any sweep), every evaluation shows.
+  assert len(report.run_rows(os.path.join(campaign_dir, 'variant=D,seed=0'), {})) == 10 * 3
+
+
 def test_budget_times_each_logged_interval_at_its_rate():
   logged = [{'step': 100, 'img_per_sec': 100.0},
             {'step': 150, 'eval/top1_error': 0.5, 'eval/seconds': 3.0},
