@@ -138,12 +138,13 @@ def families(curves: Sequence[dict]) -> dict[str, list[dict]]:
   """The runs grouped by what sets their speed and schedule (compute dtype, width,
   batch), float32 first, then by width and batch: one colour and one legend entry
   each, so that dozens of runs stay readable (budget.md names every run)."""
-  groups: dict[tuple, list[dict]] = {}
-  for c in curves:
-    key = (c['dtype'] != 'float32', c['dtype'], c['width'], c['batch_size'])
-    groups.setdefault(key, []).append(c)
-  return {f'width {width:g}, {dtype}, batch {batch}': groups[key]
-          for key in sorted(groups) for _, dtype, width, batch in [key]}
+  groups: dict[str, list[dict]] = {}
+  # A stable sort: each family's runs stay in the order given.
+  for c in sorted(curves, key=lambda c: (c['dtype'] != 'float32', c['dtype'], c['width'],
+                                         c['batch_size'])):
+    groups.setdefault(f'width {c["width"]:g}, {c["dtype"]}, batch {c["batch_size"]}',
+                      []).append(c)
+  return groups
 
 
 def plot(curves: Sequence[dict], path: str, goal: Optional[float] = None,

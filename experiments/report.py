@@ -130,8 +130,14 @@ def _sweep_manifests(root: str) -> dict[str, dict[str, tuple[int, list[str]]]]:
   return manifests
 
 
+def _manifest_entry(manifests: dict, sweep: str, name: str) -> tuple[int, list[str] | None]:
+  """(position, evaluations) of point `name` in `sweep`'s manifest; a point no
+  manifest lists comes last and keeps every evaluation."""
+  return manifests.get(sweep, {}).get(name, (10**6, None))
+
+
 def _order(manifests: dict, sweep: str, name: str) -> int:
-  return manifests.get(sweep, {}).get(name, (10**6, None))[0]
+  return _manifest_entry(manifests, sweep, name)[0]
 
 
 def _sweep_eval_files(manifests: dict, sweep: str, name: str, done: dict):
@@ -139,7 +145,7 @@ def _sweep_eval_files(manifests: dict, sweep: str, name: str, done: dict):
   point's evals.json, spec -> file), or None (every file) where the manifest or
   evals.json does not say: a point shared by sweeps holds all their
   evaluations, and each sweep's table and plot show its own."""
-  specs = manifests.get(sweep, {}).get(name, (None, None))[1]
+  specs = _manifest_entry(manifests, sweep, name)[1]
   if specs is None or not done:
     return None
   return {done[spec] for spec in specs if spec in done}

@@ -799,12 +799,13 @@ def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
   with pytest.raises(ValueError, match='no run'):
     budget.write_budget(str(tmp_path / 'empty'))
   # The plot's colours: one per width, dtype and batch, float32 first, every run in one.
-  groups = budget.families(budget.find_curves(committed))
+  curves = budget.find_curves(committed)
+  groups = budget.families(curves)
   assert list(groups) == [
       'width 0.25, float32, batch 128', 'width 0.375, float32, batch 128',
       'width 0.5, float32, batch 128', 'width 0.5, bfloat16, batch 128',
       'width 0.5, bfloat16, batch 256', 'width 0.5, bfloat16, batch 512']
-  assert sum(map(len, groups.values())) == len(budget.find_curves(committed))
+  assert sum(map(len, groups.values())) == len(curves)
   assert [c['run'] for c in groups['width 0.5, float32, batch 128']] == [
       'width1_2', 'width1_2_epochs13', 'width1_2_epochs20', 'width1_2_epochs30']
 
