@@ -10,7 +10,11 @@ NCHW or channels-last; each the median of `windows` windows of `steps` steps),
 both formats' rates, the thread count and the versions. `vgg_jax.benchmark
 --compare=torch` times the same network side by side with vgg_jax; this script
 exists so that its PyTorch number can be checked by code that shares nothing
-with it.
+with it. For the like-for-like number, run it with vgg_jax's malloc tunables
+(`vgg_jax/malloc_tunables.py`), from which PyTorch gains as much as vgg_jax:
+
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:\
+glibc.malloc.trim_threshold=17179869184 python -m experiments.torch_reference ...
 """
 
 import argparse

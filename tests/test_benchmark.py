@@ -106,6 +106,15 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
       train['img_per_sec'] / report['torch']['img_per_sec'])
   assert report['torch']['ratio_best'] == pytest.approx(
       max(train['windows']) / max(report['torch']['windows']))
+  # PyTorch also with this process's malloc tunables, wherever it restarted with them.
+  ours = report['machine']['glibc_tunables']
+  if ours and ours != report['torch']['glibc_tunables']:
+    same = report['torch']['same_malloc']
+    assert same['glibc_tunables'] == ours
+    assert same['img_per_sec'] == max(same['rates'].values()) > 0
+    assert same['ratio'] == pytest.approx(train['img_per_sec'] / same['img_per_sec'])
+  else:
+    assert 'same_malloc' not in report['torch']
 
 
 def test_torch_is_compared_in_its_better_memory_format():
@@ -119,6 +128,31 @@ def test_torch_is_compared_in_its_better_memory_format():
   assert summary['ratio'] == pytest.approx(13 / 14)  # vgg_jax's median over the better one's
   assert summary['ratio_paired'] == pytest.approx(0.65)  # median of 7/14, 26/13, 13/20
   assert summary['ratio_best'] == pytest.approx(26 / 20)
+
+
+def test_torch_with_the_same_malloc_is_summarised_from_its_own_windows():
+  rates = {f'torch_{fmt}{suffix}': {'img_per_sec': rate, 'windows': [rate]}
+           for (fmt, suffix), rate in {('contiguous', ''): 10.0, ('channels_last', ''): 12.0,
+                                       ('contiguous', '_same_malloc'): 16.0,
+                                       ('channels_last', '_same_malloc'): 14.0}.items()}
+  train = {'windows': [20.0]}
+  assert benchmark.torch_summary(rates, train)['ratio'] == pytest.approx(20 / 12)
+  same = benchmark.torch_summary(rates, train, 'same')
+  assert same['memory_format'] == 'contiguous' and same['ratio'] == pytest.approx(20 / 16)
+
+
+@pytest.mark.parametrize('environ, mallocs', [
+    ({}, ('users',)),  # no restart: one environment
+    ({'GLIBC_TUNABLES': 'a=1:b=2', 'VGG_JAX_USERS_GLIBC_TUNABLES': ''}, ('users', 'same')),
+    ({'GLIBC_TUNABLES': 'a=1:b=2', 'VGG_JAX_USERS_GLIBC_TUNABLES': 'a=1'}, ('users', 'same')),
+    ({'GLIBC_TUNABLES': 'a=1'}, ('users',)),  # the user's own, unchanged
+])
+def test_pytorch_gets_a_second_malloc_only_where_ours_differs(monkeypatch, environ, mallocs):
+  for name in ('GLIBC_TUNABLES', 'VGG_JAX_USERS_GLIBC_TUNABLES'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in environ.items():
+    monkeypatch.setenv(name, value)
+  assert benchmark.torch_mallocs() == mallocs
 
 
 def test_side_by_side_ratios():

@@ -33,7 +33,10 @@ windows take turns, so both see the same background load.
 * --compare=torch: the same network, optimizer and batch in PyTorch (an
   optional dependency), contiguous and channels-last, and the ratio vgg_jax /
   PyTorch in the better of the two (`side_by_side`: of the medians, of
-  back-to-back windows, of the best windows).
+  back-to-back windows, of the best windows). PyTorch runs with glibc's malloc
+  as the user has it (`torch`: how it runs by default) and, where this process
+  restarted with `malloc_tunables`, also with the same tunables
+  (`torch.same_malloc`: like for like).
 """
 
 from __future__ import annotations
@@ -380,14 +383,26 @@ def torch_model(model: VGG):
 # channels-last on thin nets (1.3x at width 1/4, experiments/PERFORMANCE.md), so
 # both are timed and the better one is the rate vgg_jax is compared with.
 TORCH_MEMORY_FORMATS = ('contiguous', 'channels_last')
+# glibc's malloc for PyTorch's processes: the user's (PyTorch as it runs by
+# default), and this process's tunables ('same'), from which PyTorch gains as
+# much as vgg_jax, 13-35 % on the thin nets (experiments/PERFORMANCE.md,
+# 2026-12-06, evening). The rates' names: 'torch_{format}{suffix}'.
+TORCH_MALLOC_SUFFIXES = {'users': '', 'same': '_same_malloc'}
 
 
-def start_torch(model: VGG, batch_size: int, steps: int,
-                memory_format: str = 'contiguous') -> Callable[[], Callable[[], None]]:
+def torch_mallocs() -> tuple[str, ...]:
+  """'users', and 'same' where this process runs with other tunables than the user's."""
+  same = os.environ.get(malloc_tunables.TUNABLES_ENV) or None
+  return ('users',) if same == malloc_tunables.users_tunables() else ('users', 'same')
+
+
+def start_torch(model: VGG, batch_size: int, steps: int, memory_format: str = 'contiguous',
+                malloc: str = 'users') -> Callable[[], Callable[[], None]]:
   """Starts PyTorch's side in a process of its own (`vgg_jax.torch_windows` says
   why) and returns `ready`, which waits for it and returns a window of `steps`
   train steps of the same network and optimizer. The process starts (imports
-  torch, builds the network, runs a first step) while this one compiles."""
+  torch, builds the network, runs a first step) while this one compiles. Its
+  malloc: the user's, or this process's tunables ('same')."""
   try:
     import torch  # pylint: disable=unused-import
   except ImportError:
@@ -397,8 +412,10 @@ def start_torch(model: VGG, batch_size: int, steps: int,
   # spawn: forking a process that runs XLA's threads is unsafe.
   context = multiprocessing.get_context('spawn')
   conn, child_conn = context.Pipe()
-  # PyTorch's OpenMP and malloc as in a script of its own.
-  with onednn.users_openmp_environment(), malloc_tunables.users_environment():
+  # PyTorch's OpenMP as in a script of its own; its malloc as asked.
+  users_malloc = malloc == 'users'
+  with (onednn.users_openmp_environment(),
+        malloc_tunables.users_environment() if users_malloc else contextlib.nullcontext()):
     context.Process(target=torch_windows.serve, daemon=True, args=(
         child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
         steps, memory_format, model.dtype == jnp.bfloat16)).start()
@@ -420,10 +437,12 @@ def torch_info() -> dict:
   return {'threads': torch.get_num_threads(), 'version': torch.__version__}
 
 
-def torch_summary(rates: dict, train: Optional[dict]) -> dict:
+def torch_summary(rates: dict, train: Optional[dict], malloc: str = 'users') -> dict:
   """PyTorch's rate in its better memory format (by median), both formats' rates,
-  and the ratios of vgg_jax's training windows to the better format's."""
-  by_format = {fmt: rates[f'torch_{fmt}'] for fmt in TORCH_MEMORY_FORMATS}
+  and the ratios of vgg_jax's training windows to the better format's, for
+  PyTorch's processes with the given malloc."""
+  suffix = TORCH_MALLOC_SUFFIXES[malloc]
+  by_format = {fmt: rates[f'torch_{fmt}{suffix}'] for fmt in TORCH_MEMORY_FORMATS}
   best = max(by_format, key=lambda fmt: by_format[fmt]['img_per_sec'])
   result = {**by_format[best], 'memory_format': best,
             'rates': {fmt: rate['img_per_sec'] for fmt, rate in by_format.items()},
@@ -525,8 +544,10 @@ def main(argv):
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size
-  torch_ready = ({fmt: start_torch(model, f.batch_size, steps, fmt)
-                  for fmt in TORCH_MEMORY_FORMATS} if f.compare == 'torch' else {})
+  torch_ready = ({f'{fmt}{TORCH_MALLOC_SUFFIXES[malloc]}':
+                      start_torch(model, f.batch_size, steps, fmt, malloc)
+                  for malloc in torch_mallocs() for fmt in TORCH_MEMORY_FORMATS}
+                 if f.compare == 'torch' else {})
   compiled = None
   if 'train' in measure:
     train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
@@ -567,6 +588,10 @@ def main(argv):
   if f.compare == 'torch':
     report['torch'] = {**torch_summary(rates, report.get('train')),
                        'glibc_tunables': malloc_tunables.users_tunables()}
+    if 'same' in torch_mallocs():
+      report['torch']['same_malloc'] = {
+          **torch_summary(rates, report.get('train'), 'same'),
+          'glibc_tunables': os.environ.get(malloc_tunables.TUNABLES_ENV)}
   text = json.dumps(report, indent=2)
   print(text)
   if f.output:
