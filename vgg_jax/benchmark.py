@@ -413,9 +413,8 @@ def start_torch(model: VGG, batch_size: int, steps: int, memory_format: str = 'c
   context = multiprocessing.get_context('spawn')
   conn, child_conn = context.Pipe()
   # PyTorch's OpenMP as in a script of its own; its malloc as asked.
-  users_malloc = malloc == 'users'
   with (onednn.users_openmp_environment(),
-        malloc_tunables.users_environment() if users_malloc else contextlib.nullcontext()):
+        malloc_tunables.users_environment() if malloc == 'users' else contextlib.nullcontext()):
     context.Process(target=torch_windows.serve, daemon=True, args=(
         child_conn, torch_model(model), batch_size, model.image_size, model.num_classes,
         steps, memory_format, model.dtype == jnp.bfloat16)).start()
