@@ -23,7 +23,6 @@ committed runs alone (budget.md byte for byte, as the tests check).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import types
@@ -83,10 +82,9 @@ def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float
 
 
 @functools.cache
-def _train_flops_per_image(model_json: str, num_classes: int, image_size: int) -> int:
-  # Cached by the model's config: tracing the network takes a quarter of a second,
-  # and the runs share a few networks.
-  network = VGG.from_config(json.loads(model_json), num_classes, image_size)
+def _train_flops_per_image(network: VGG) -> int:
+  # Cached by the network (modules hash by their fields): tracing one takes a
+  # quarter of a second, and the runs share a few networks.
   return summary.train_flops_per_image(network)
 
 
@@ -102,8 +100,8 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
     raise ValueError(f'{run_dir} has no evaluation in its metrics.jsonl: a run that '
                      'evaluated at least once is needed')
   model = config['model']
-  flops_per_step = config['batch_size'] * _train_flops_per_image(
-      json.dumps(model, sort_keys=True), num_classes, config['data']['image_size'])
+  network = VGG.from_config(model, num_classes, config['data']['image_size'])
+  flops_per_step = config['batch_size'] * _train_flops_per_image(network)
   return {
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],

@@ -386,14 +386,19 @@ TORCH_MEMORY_FORMATS = ('contiguous', 'channels_last')
 # glibc's malloc for PyTorch's processes: the user's (PyTorch as it runs by
 # default), and this process's tunables ('same'), from which PyTorch gains as
 # much as vgg_jax, 13-35 % on the thin nets (experiments/PERFORMANCE.md,
-# 2026-12-06, evening). The rates' names: 'torch_{format}{suffix}'.
+# 2026-12-06, evening).
 TORCH_MALLOC_SUFFIXES = {'users': '', 'same': '_same_malloc'}
+
+
+def torch_run_name(memory_format: str, malloc: str = 'users') -> str:
+  """The name of a PyTorch process's windows among the timed runs."""
+  return f'torch_{memory_format}{TORCH_MALLOC_SUFFIXES[malloc]}'
 
 
 def torch_mallocs() -> tuple[str, ...]:
   """'users', and 'same' where this process runs with other tunables than the user's."""
-  same = os.environ.get(malloc_tunables.TUNABLES_ENV) or None
-  return ('users',) if same == malloc_tunables.users_tunables() else ('users', 'same')
+  ours = os.environ.get(malloc_tunables.TUNABLES_ENV) or None
+  return ('users',) if ours == malloc_tunables.users_tunables() else ('users', 'same')
 
 
 def start_torch(model: VGG, batch_size: int, steps: int, memory_format: str = 'contiguous',
@@ -440,8 +445,7 @@ def torch_summary(rates: dict, train: Optional[dict], malloc: str = 'users') -> 
   """PyTorch's rate in its better memory format (by median), both formats' rates,
   and the ratios of vgg_jax's training windows to the better format's, for
   PyTorch's processes with the given malloc."""
-  suffix = TORCH_MALLOC_SUFFIXES[malloc]
-  by_format = {fmt: rates[f'torch_{fmt}{suffix}'] for fmt in TORCH_MEMORY_FORMATS}
+  by_format = {fmt: rates[torch_run_name(fmt, malloc)] for fmt in TORCH_MEMORY_FORMATS}
   best = max(by_format, key=lambda fmt: by_format[fmt]['img_per_sec'])
   result = {**by_format[best], 'memory_format': best,
             'rates': {fmt: rate['img_per_sec'] for fmt, rate in by_format.items()},
@@ -543,10 +547,9 @@ def main(argv):
   }
   measure = f.measure
   runs, items = {}, steps * f.batch_size
-  torch_ready = ({f'{fmt}{TORCH_MALLOC_SUFFIXES[malloc]}':
-                      start_torch(model, f.batch_size, steps, fmt, malloc)
-                  for malloc in torch_mallocs() for fmt in TORCH_MEMORY_FORMATS}
-                 if f.compare == 'torch' else {})
+  mallocs = torch_mallocs() if f.compare == 'torch' else ()
+  torch_ready = {torch_run_name(fmt, malloc): start_torch(model, f.batch_size, steps, fmt, malloc)
+                 for malloc in mallocs for fmt in TORCH_MEMORY_FORMATS}
   compiled = None
   if 'train' in measure:
     train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
@@ -555,8 +558,8 @@ def main(argv):
     runs['end_to_end'] = (prepare_end_to_end(model, mesh, f.batch_size, steps,
                                              end_to_end_config(model, f.data_folder),
                                              f.end_to_end_epoch, compiled), items)
-  for fmt, ready in torch_ready.items():
-    runs[f'torch_{fmt}'] = (ready(), items)
+  for name, ready in torch_ready.items():
+    runs[name] = (ready(), items)
   rates = timed_rates(runs, windows)
   if f.profile_dir and 'train' in measure:
     trace_train_steps(runs['train'][0], f.profile_dir)
@@ -587,7 +590,7 @@ def main(argv):
   if f.compare == 'torch':
     report['torch'] = {**torch_summary(rates, report.get('train')),
                        'glibc_tunables': malloc_tunables.users_tunables()}
-    if 'same' in torch_mallocs():
+    if 'same' in mallocs:
       report['torch']['same_malloc'] = {
           **torch_summary(rates, report.get('train'), 'same'),
           'glibc_tunables': os.environ.get(malloc_tunables.TUNABLES_ENV)}
