@@ -10,9 +10,10 @@ step pays the page faults again. Two tunables fix it:
   ones, +1-5 % at width 1 and +9-15 % on the width-1/4 net (experiments/PERFORMANCE.md,
   2026-12-04). Where glibc is 2.35 or newer and the kernel's THP mode is `madvise`
   (in `always` mode the kernel gives them already, in `never` nothing can). With freed
-  memory kept (below) they still speed the bfloat16 width-1/2 step by a tenth, but slow
-  VGG-D at width 1/8 by about a sixth (2026-12-06, evening): `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
-  there.
+  memory kept (below) they still speed the bfloat16 width-1/2 step by a tenth; VGG-D at
+  width 1/8 they slowed by a sixth one evening and sped by a fifth that night
+  (2026-12-06), so they stay on for every model; `GLIBC_TUNABLES=glibc.malloc.hugetlb=0`
+  turns them off.
 * `glibc.malloc.mmap_max=0` and a 16 GiB `trim_threshold` keep freed memory in
   malloc's heap, so every step reuses the last one's pages: no page faults at all
   after the first step (240-330 a step of the width-1/4 net with huge pages alone),

@@ -301,13 +301,8 @@ class VGG(nn.Module):
     def dropout(x):
       if not train or self.dropout_rate == 0:
         return x
-      # The mask's random bits (a threefry loop on the CPU) depend on nothing but
-      # the key, so XLA drew them at the step's start, beside the first
-      # convolutions, whose OpenMP threads then waited for the core they took
-      # (VGG-A's conv1_1: 7-19 ms instead of 1.5-2): the barrier draws them once x
-      # exists, where nothing else is running.
-      rng, x = lax.optimization_barrier((self.make_rng('dropout'), x))
-      return nn.Dropout(self.dropout_rate, deterministic=False)(x, rng=rng)
+      return nn.Dropout(self.dropout_rate, deterministic=False)(
+          x, rng=self.make_rng('dropout'))
 
     if self.head == 'gap':
       x = jnp.mean(x, axis=(1, 2))
