@@ -39,8 +39,12 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             10 epochs unless `epochs=` says otherwise; evaluations 'single',
             'dense' and 'dense:auto'. The short cosine schedule, Nesterov and
             label smoothing because so few epochs leave no time for the paper's
-            plateau schedule; no dropout because these runs underfit. The
-            sweeps' second campaign trains `epochs=25`, 15 minutes of a free
+            plateau schedule; no dropout because these runs underfit. Chosen
+            by measurement (2026-12-01, 2-core AMD EPYC with AVX-512, CIFAR-10
+            as JPEGs, centre-crop error after the last epoch): width 1/8 for 20
+            epochs 20.6 % in 15 min (experiments/results/pilot_recipe/); width
+            1/4 for 12 epochs 17.8 % in 18 min, for 10 epochs 18.8 %, with
+            label smoothing 0.1 18.1 %. The sweeps' second campaign trains `epochs=25`, 15 minutes of a free
             2-core AMD EPYC with AVX-512 (15 min 39 s in all for VGG-D,
             2026-12-05): VGG-D 14.8 % top-1 error at the centre crop, mean of 3
             seeds (experiments/results/cifar10_twocore_epochs25/); at 10
