@@ -72,14 +72,30 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
       type_handler_registry=ocp.type_handlers.create_type_handler_registry(*handlers))
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, leaving JAX's preemption sync point to the training loop.
+
+  JAX's sync manager takes the step of its latest caller as the process's
+  position, and orbax asks it too, from its finalizing thread, with the older
+  step it is writing. A notice landing just then made two processes agree on
+  a step one of them had passed: the other stopped there, and the first waited
+  in its next step's all-reduce for ever (tests/test_reliability.py, once in
+  CI). The loop saves at the agreed step itself (`faults.PreemptionWatch`).
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 def manager(workdir: str, keep: Optional[int] = None,
             asynchronous: bool = True) -> ocp.CheckpointManager:
   """The run's checkpoint manager, keeping the newest `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                               item_handlers={STATE: _state_handler(),
-                                              CHECKSUMS: ocp.JsonCheckpointHandler()})
+  return _Manager(checkpoint_dir(workdir), options=options,
+                  item_handlers={STATE: _state_handler(),
+                                 CHECKSUMS: ocp.JsonCheckpointHandler()})
 
 
 # --------------------------------------------------------------------------

@@ -15,7 +15,9 @@ With several processes the step must be the same everywhere, or the
 collective save would hang. JAX's preemption service (started by
 `jax.distributed.initialize`) owns SIGTERM then: any process that receives it
 tells the others, and `multihost_utils.reached_preemption_sync_point` agrees
-on a step that every process reaches. A Python handler would replace JAX's, so
+on a step that every process reaches. It takes its latest caller's step as
+the process's, so the loop must be its only caller (`checkpoints.manager`
+keeps orbax from asking). A Python handler would replace JAX's, so
 none is installed for SIGTERM in that case; the other signals are passed on to
 JAX's service as a SIGTERM to the process itself.
 
