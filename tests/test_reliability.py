@@ -528,6 +528,7 @@ def test_a_program_error_while_restoring_is_raised_not_taken_for_damage(tmp_path
   assert snapshot(tmp_path) == before and mngr.all_steps() == [4, 8]
 
 
+@_ORBAX_ABANDONED_READS
 def test_no_good_checkpoint_stops_the_run_and_changes_nothing(reference, data_dir, copy_of):
   workdir = copy_of(reference)
   for step in checkpoints.available_steps(str(workdir)):
