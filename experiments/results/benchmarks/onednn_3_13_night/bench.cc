@@ -1,4 +1,5 @@
-// conv timing: fwd (bias+relu), bwd data, bwd weights; src/dst nhwc, weights any.
+// conv timing: fwd (bias+relu), bwd data, bwd weights; src/dst nhwc (ANYFMT=1: oneDNN's
+// choice), weights any. FRESH=1: a fresh forward output buffer per call.
 #include "oneapi/dnnl/dnnl.hpp"
 #include <chrono>
 #include <cstdio>
@@ -20,19 +21,21 @@ int main(int argc, char** argv) {
   for (auto& sh : shapes) {
     int N=sh[0], C=sh[1], K=sh[2], H=sh[3];
     memory::dims src_d={N,C,H,H}, w_d={K,C,3,3}, b_d={K}, dst_d={N,K,H,H}, st={1,1}, pad={1,1};
-    auto src_md=memory::desc(src_d, dt::f32, tag::nhwc), dst_md=memory::desc(dst_d, dt::f32, tag::nhwc);
+    const tag act = getenv("ANYFMT") ? tag::any : tag::nhwc;
+    auto src_md=memory::desc(src_d, dt::f32, act), dst_md=memory::desc(dst_d, dt::f32, act);
     auto w_any=memory::desc(w_d, dt::f32, tag::any), b_md=memory::desc(b_d, dt::f32, tag::x);
     post_ops po; po.append_eltwise(algorithm::eltwise_relu, 0.f, 0.f); primitive_attr attr; attr.set_post_ops(po);
     auto fpd = convolution_forward::primitive_desc(eng, prop_kind::forward_training, algorithm::convolution_direct, src_md, w_any, b_md, dst_md, st, pad, pad, attr);
     auto bdpd = convolution_backward_data::primitive_desc(eng, algorithm::convolution_direct, src_md, w_any, dst_md, st, pad, pad, fpd);
     auto bwpd = convolution_backward_weights::primitive_desc(eng, algorithm::convolution_direct, src_md, w_any, b_md, dst_md, st, pad, pad, fpd);
-    memory src(src_md, eng), dst(dst_md, eng), dsrc(src_md, eng), ddst(dst_md, eng), b(b_md, eng), db(b_md, eng);
+    memory src(fpd.src_desc(), eng), dst(fpd.dst_desc(), eng), dsrc(bdpd.diff_src_desc(), eng),
+        ddst(bwpd.diff_dst_desc(), eng), b(b_md, eng), db(b_md, eng);
     memory w(fpd.weights_desc(), eng), wbd(bdpd.weights_desc(), eng), dw(bwpd.diff_weights_desc(), eng);
     for (auto* m : {&src,&dst,&dsrc,&ddst,&b,&db,&w,&wbd,&dw}) { float* p=(float*)m->get_data_handle(); size_t n=m->get_desc().get_size()/4; for(size_t i=0;i<n;++i) p[i]=(i%7)*0.1f-0.3f; }
     convolution_forward f(fpd); convolution_backward_data bd(bdpd); convolution_backward_weights bw(bwpd);
     auto F=[&]{
       if (getenv("FRESH")) {  // a fresh output buffer per call (malloc'd, untouched), as a step's
-        memory d2(dst_md, eng);
+        memory d2(fpd.dst_desc(), eng);
         f.execute(s,{{DNNL_ARG_SRC,src},{DNNL_ARG_WEIGHTS,w},{DNNL_ARG_BIAS,b},{DNNL_ARG_DST,d2}}); s.wait();
         return;
       }
