@@ -110,12 +110,15 @@ class Run:
     try:
       return self.proc.wait(timeout)
     except subprocess.TimeoutExpired:
-      for run in Run.started:
-        if run.proc.poll() is None:
-          run.proc.kill()
-      logs = '\n'.join(f'--- {run.log_path} (exit {run.proc.wait()}):\n{run.stderr()[-3000:]}'
+      logs = '\n'.join(f'--- {run.log_path} (exit {run.kill()}):\n{run.stderr()[-3000:]}'
                         for run in Run.started)
       raise AssertionError(f'still running after {timeout} s:\n{logs}') from None
+
+  def kill(self):
+    """Kills the run if it is still going; its exit status."""
+    if self.proc.poll() is None:
+      self.proc.kill()
+    return self.proc.wait()
 
   def last_line(self):
     return self.stderr().strip().splitlines()[-1]
@@ -225,9 +228,7 @@ def no_run_left_behind():
   yield
   while Run.started:
     run = Run.started.pop()
-    if run.proc.poll() is None:
-      run.proc.kill()
-      run.proc.wait()
+    run.kill()
     run._log.close()  # pylint: disable=protected-access
 
 
