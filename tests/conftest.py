@@ -29,12 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # IEEE semantics at both, the only difference being where mul + add fuse into
 # one FMA (a last-bit rounding: a 30-step run's weights differ after it), and
 # the tests compare like with like (runs of the suite's own compiles, or a
-# reference within a tolerance). A fifth less CPU: the whole suite 6:02
-# against 7:20 of CPU time (wall 3:35 against 4:15), `-m "not slow"` 1:44-1:49
-# against 2:12-2:17 (wall 1:00-1:03 against 1:14-1:18; alternating pairs,
-# 2026-12-06, 2-core AMD EPYC with AVX-512). `XLA_FLAGS=
-# --xla_backend_optimization_level=3 python -m pytest -q tests` runs the suite
-# as users' programs compile.
+# reference within a tolerance). Measured in alternating pairs (2026-12-06,
+# 2-core AMD EPYC with AVX-512): the whole suite 6:02 and 6:41 of CPU time
+# against 7:20 and 7:16 (wall 3:35 and 3:57 against 4:15 and 4:11),
+# `-m "not slow"` 1:44-1:49 against 2:12-2:17 (wall 1:00-1:03 against
+# 1:14-1:18). `XLA_FLAGS=--xla_backend_optimization_level=3 python -m pytest
+# -q tests` runs the suite as users' programs compile.
 _TEST_XLA_FLAGS = {'--xla_force_host_platform_device_count': 8,
                    '--xla_backend_optimization_level': 0}
 # Once: pytest-xdist's workers inherit the controller's environment.
