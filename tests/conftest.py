@@ -70,9 +70,10 @@ SLOW_FIXTURES = {'reference', 'tiny_sweep', 'uninterrupted', 'run'}
 # pytest-xdist hands files to its workers in collection order (with
 # --no-loadscope-reorder), and starting the long ones first keeps one worker
 # from finishing a long file alone at the end.
-LONGEST_FIRST = ('test_experiments.py', 'test_reliability.py', 'test_cpu_ops.py',
-                 'test_convert.py', 'test_benchmark.py', 'test_evaluate.py', 'test_model.py',
-                 'test_parallel.py', 'test_train.py', 'test_data.py', 'test_console.py')
+LONGEST_FIRST = ('test_experiments.py', 'test_reliability.py', 'test_convert.py',
+                 'test_cpu_ops.py', 'test_benchmark.py', 'test_model.py', 'test_evaluate.py',
+                 'test_parallel.py', 'test_data.py', 'test_train.py', 'test_console.py',
+                 'test_structure.py')
 
 
 def pytest_collection_modifyitems(config, items):
