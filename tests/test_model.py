@@ -283,6 +283,7 @@ def test_architecture_labels_follow_the_knobs():
       + ['global avgpool', 'FC-256', 'FC-10', 'soft-max'])
 
 
+@pytest.mark.slow  # starts the command
 def test_cli_prints_and_draws_and_imports_define_no_flags(tmp_path):
   """`python -m vgg_jax.model` works; importing the library defines no flags.
 

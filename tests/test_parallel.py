@@ -93,6 +93,7 @@ def test_prefetch_keeps_order_and_runs_ahead_by_its_size():
   assert [int(first['x'][0, 0])] + rest == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow  # starts a command
 def test_compilation_cache_stores_compiled_programs(tmp_path):
   code = ('from vgg_jax import parallel; import jax, jax.numpy as jnp; '
           f'parallel.enable_compilation_cache({str(tmp_path / "cache")!r}, 0.0); '
@@ -102,6 +103,7 @@ def test_compilation_cache_stores_compiled_programs(tmp_path):
   assert [name for name in os.listdir(cache) if name.startswith('jit__lambda')], os.listdir(cache)
 
 
+@pytest.mark.slow  # starts two processes
 def test_a_step_with_onednn_convolutions_compiles_once_for_two_processes(tmp_path):
   # The convolutions' custom partitioning puts a per-process address into the
   # program: with it in the cache key, every process compiled the step anew.
