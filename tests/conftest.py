@@ -27,9 +27,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # starts: most of a tiny program's compile is LLVM's, and the suite compiles
 # hundreds. What a test asserts means the same at either level: XLA keeps
 # IEEE semantics at both, the only difference being where mul + add fuse into
-# one FMA (a last-bit rounding: a 30-step run's weights differ after it), and
-# the tests compare like with like (runs of the suite's own compiles, or a
-# reference within a tolerance). Measured in alternating pairs (2026-12-06,
+# one FMA (a last-bit rounding: a 30-step run's weights differ after it;
+# test_cpu_ops.py's test_the_suites_backend_level_changes_only_where_multiply_
+# adds_round checks it), and the tests compare like with like (runs of the
+# suite's own compiles, or a reference within a tolerance). Measured in alternating pairs (2026-12-06,
 # 2-core AMD EPYC with AVX-512): the whole suite 6:02 and 6:41 of CPU time
 # against 7:20 and 7:16 (wall 3:35 and 3:57 against 4:15 and 4:11),
 # `-m "not slow"` 1:44-1:49 against 2:12-2:17 (wall 1:00-1:03 against

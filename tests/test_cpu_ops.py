@@ -341,6 +341,36 @@ def test_whole_model_gradients_equal_the_plain_convolution():
       np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
 
 
+def test_the_suites_backend_level_changes_only_where_multiply_adds_round():
+  # tests/conftest.py compiles the suite at XLA's backend level 0, users' programs
+  # at level 3: elementwise functions, reductions and divisions must agree bit for
+  # bit, a multiply-add to its rounding (contracted into one FMA or not), and a
+  # network's loss and gradients to float rounding. Arrays as arguments: constants
+  # would be folded before either level compiled anything.
+  at = lambda level, f, *args: jax.jit(
+      f, compiler_options={'xla_backend_optimization_level': level})(*args)
+  a, b, c = normal(4096), normal(4096, seed=1), normal(4096, seed=2)
+  exact = {'exp': lambda a, b: jnp.exp(a), 'log': lambda a, b: jnp.log(jnp.abs(a) + 1),
+           'tanh': lambda a, b: jnp.tanh(a), 'sum': lambda a, b: jnp.sum(a * b),
+           'divide': lambda a, b: a / (jnp.abs(b) + 1), 'maximum': jnp.maximum}
+  for name, f in exact.items():
+    np.testing.assert_array_equal(at(0, f, a, b), at(3, f, a, b), err_msg=name)
+  multiply_add = lambda a, b, c: a * b + c
+  low, high = at(0, multiply_add, a, b, c), at(3, multiply_add, a, b, c)
+  np.testing.assert_allclose(low, high, rtol=0, atol=1e-6 * float(np.max(np.abs(high))))
+  if 'fma' in onednn.cpu_flags():  # level 3 did compile: it contracts into FMAs
+    assert not np.array_equal(low, high)
+  model = vgg.VGG(variant='A', image_size=32, width=1 / 16, fc_width=16, num_classes=5,
+                  dropout_rate=0.0)
+  x = normal(4, 32, 32, 3)
+  params = at(0, model.init, jax.random.key(0), x)
+  loss = jax.value_and_grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2))
+  (low, low_grads), (high, high_grads) = at(0, loss, params, x), at(3, loss, params, x)
+  np.testing.assert_allclose(low, high, rtol=1e-5)
+  for f, p in zip(jax.tree_util.tree_leaves(low_grads), jax.tree_util.tree_leaves(high_grads)):
+    np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(p))))
+
+
 def test_cpu_compiler_options_keep_ynnpacks_matmuls_only_unless_asked_to_keep_defaults(
     monkeypatch):
   monkeypatch.delenv(cpu_ops.KEEP_XLA_DEFAULTS_ENV, raising=False)
