@@ -44,11 +44,12 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             as JPEGs, centre-crop error after the last epoch): width 1/8 for 20
             epochs 20.6 % in 15 min (experiments/results/pilot_recipe/); width
             1/4 for 12 epochs 17.8 % in 18 min, for 10 epochs 18.8 %, with
-            label smoothing 0.1 18.1 %. The sweeps' second campaign trains `epochs=25`, 15 minutes of a free
-            2-core AMD EPYC with AVX-512 (15 min 39 s in all for VGG-D,
-            2026-12-05): VGG-D 14.8 % top-1 error at the centre crop, mean of 3
-            seeds (experiments/results/cifar10_twocore_epochs25/); at 10
-            epochs 18.3 % (experiments/results/cifar10_twocore/).
+            label smoothing 0.1 18.1 %. The sweeps' second campaign trains
+            `epochs=25`, 15 minutes of a free 2-core AMD EPYC with AVX-512
+            (15 min 39 s in all for VGG-D, 2026-12-05): VGG-D 14.8 % top-1
+            error at the centre crop, mean of 3 seeds
+            (experiments/results/cifar10_twocore_epochs25/); at 10 epochs
+            18.3 % (experiments/results/cifar10_twocore/).
   amx       VGG-D's best error in 15 minutes of a 2-core CPU that multiplies
             bfloat16 in hardware (AMX, or AVX-512 BF16; elsewhere bfloat16 is
             emulated and slow): the twocore recipe at width 1/2 (32..256

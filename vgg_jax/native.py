@@ -39,17 +39,17 @@ def _compiler() -> str:
 
 
 def _run(commands: Sequence[Sequence[str]]) -> None:
-  """Runs the compiler commands at once; the first failure, with its command, raised."""
+  """Runs the compiler commands at once; raises the first failure, with its command."""
   running = [(command, subprocess.Popen(command, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
              for command in commands]
-  failures = []
+  failure = None
   for command, proc in running:
     _, stderr = proc.communicate()
-    if proc.returncode:
-      failures.append(f'{" ".join(command)} failed:\n{stderr[-2000:]}')
-  if failures:
-    raise RuntimeError(failures[0])
+    if proc.returncode and failure is None:
+      failure = f'{" ".join(command)} failed:\n{stderr[-2000:]}'
+  if failure:
+    raise RuntimeError(failure)
 
 
 def _compile(output: pathlib.Path, sources: Sequence[pathlib.Path],
@@ -57,16 +57,13 @@ def _compile(output: pathlib.Path, sources: Sequence[pathlib.Path],
   compiler = _compiler()
   with tempfile.TemporaryDirectory(dir=output.parent) as scratch:
     built = pathlib.Path(scratch) / output.name
-    if len(sources) == 1:
-      _run([[compiler, *arguments, str(sources[0]), *link, '-o', str(built)]])
-    else:
-      # Each file on its own core: most of a file's compile is parsing the same
-      # headers (XLA's FFI, oneDNN's), so on two cores two files take the time of one.
-      objects = [pathlib.Path(scratch) / f'{i}-{source.stem}.o'
-                 for i, source in enumerate(sources)]
-      _run([[compiler, *arguments, '-c', str(source), '-o', str(obj)]
-            for source, obj in zip(sources, objects)])
-      _run([[compiler, *arguments, *map(str, objects), *link, '-o', str(built)]])
+    # Each file on its own core, then one link: most of a file's compile is
+    # parsing the same headers (XLA's FFI, oneDNN's), so on two cores two files
+    # take the time of one.
+    objects = [pathlib.Path(scratch) / f'{i}-{source.stem}.o' for i, source in enumerate(sources)]
+    _run([[compiler, *arguments, '-c', str(source), '-o', str(obj)]
+          for source, obj in zip(sources, objects)])
+    _run([[compiler, *arguments, *map(str, objects), *link, '-o', str(built)]])
     os.replace(built, output)  # whole or absent: other processes may load it now
 
 
