@@ -15,6 +15,9 @@ from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train import command_env  # pylint: disable=wrong-import-position
+
 TINY = dict(width=1 / 16, fc_width=16, num_classes=5, image_size=32)
 
 
@@ -36,9 +39,8 @@ def test_torch_counterpart_has_the_same_parameters(kwargs):
 
 
 def run_benchmark(*args):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
   return subprocess.run([sys.executable, '-m', 'vgg_jax.benchmark', *args],
-                        capture_output=True, text=True, env=env, timeout=600)
+                        capture_output=True, text=True, env=command_env(devices=2), timeout=600)
 
 
 def image_folder(root, side=40, per_split=16):

@@ -13,6 +13,9 @@ import pytest
 from vgg_jax import checkpoints, config_schema, optim, parallel, train
 from vgg_jax.model import VGG
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_train import command_env  # pylint: disable=wrong-import-position
+
 OPTIMIZER = config_schema.base_config().optimizer
 OPTIMIZER.update(learning_rate=0.05, schedule='cosine')
 
@@ -119,7 +122,7 @@ def test_a_step_with_onednn_convolutions_compiles_once_for_two_processes(tmp_pat
       'grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w, ((1, 1), (1, 1)))), 1))',
       'print(float(grad(x, jnp.ones((3, 3, 3, 5))).sum()))',
       'print(jax.config.jax_compilation_cache_dir, file=sys.stderr)'])
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = command_env(devices=2)
   env.pop('JAX_REMOVE_CUSTOM_PARTITIONING_PTR_FROM_CACHE_KEY', None)  # conftest's
   runs = [subprocess.run([sys.executable, '-c', code], check=True, env=env,
                          capture_output=True, text=True) for _ in range(2)]
