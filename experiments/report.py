@@ -35,7 +35,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import json
 import os
 import sys
 import types
