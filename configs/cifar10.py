@@ -68,7 +68,10 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
 Issue #15's 12 % at the centre crop within 15 minutes of 2 cores is not reached:
 the recipe first gets there at width 1/2 after 29-30 epochs (12.0-12.1 %, 43
 minutes of float32 training on the Xeon), 2.3 times the FLOPs that 15 minutes at
-that CPU's float32 matmul peak hold (experiments/results/pilot_budget/).
+that CPU's float32 matmul peak hold (experiments/results/pilot_budget/). Screened
+at 10 epochs and not kept (experiments/results/pilot_levers/): conv1_1 started as
+a patch-whitening filter bank, batch 64, weight decay 2e-3; weight decay 1e-3
+gained 0.6 points at 10 epochs and 0.3 at 25, within the seeds' spread there.
 Training times are the loop's (compilation included, evaluations excluded).
 """
 

@@ -779,6 +779,17 @@ def test_budget_times_an_interval_with_an_untimed_evaluation_at_its_neighbours_r
       100: 25.0, 150: 25.0, 200: 35.0, 300: 45.0, 350: 45.0, 400: 55.0}
 
 
+def test_committed_levers_budget_is_regenerated_from_its_runs(tmp_path):
+  committed = os.path.join(REPO, 'experiments', 'results', 'pilot_levers')
+  shutil.copytree(committed, tmp_path / 'runs')
+  with open(budget.write_budget(str(tmp_path / 'runs'))) as f:
+    text = f.read()
+  assert text == open(os.path.join(committed, budget.MARKDOWN)).read()
+  # The recipe as it is and with weight decay 1e-3, after 10 epochs.
+  assert '| `glorot_seed0` | D | 0.25 | float32 | 10 | 18.3 % |' in text
+  assert '| `weight_decay_1e-3_seed0` | D | 0.25 | float32 | 10 | 17.6 % |' in text
+
+
 def test_committed_budget_is_regenerated_from_its_runs(tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', 'pilot_budget')
   shutil.copytree(committed, tmp_path / 'runs')

@@ -2,7 +2,7 @@
 set to a patch-whitening filter bank, as fast CIFAR-10 recipes start their first
 layer (Page's DAWNBench entry, Jordan's airbench); here trainable, like every layer.
 
-    PYTHONPATH=. python experiments/results/pilot_whitening/whitening_init.py \
+    PYTHONPATH=. python experiments/results/pilot_levers/whitening_init.py \
         whiten ROOT WORKDIR        # or: glorot ROOT WORKDIR (the recipe as it is)
 
 ROOT: CIFAR-10 as an image folder (ROOT/train/<class>/*, ROOT/test/<class>/*).
