@@ -71,7 +71,8 @@ minutes of float32 training on the Xeon), 2.3 times the FLOPs that 15 minutes at
 that CPU's float32 matmul peak hold (experiments/results/pilot_budget/). Screened
 at 10 epochs and not kept (experiments/results/pilot_levers/): conv1_1 started as
 a patch-whitening filter bank, batch 64, weight decay 2e-3; weight decay 1e-3
-gained 0.6 points at 10 epochs and 0.3 at 25, within the seeds' spread there.
+gained 0.6 points at 10 epochs and 0.3 at 25 (two seeds each; at 25 within the
+recipe's spread over five seeds).
 Training times are the loop's (compilation included, evaluations excluded).
 """
 
