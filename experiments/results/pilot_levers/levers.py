@@ -12,6 +12,7 @@ import sys
 import time
 
 from configs import cifar10
+from experiments import sweep
 from vgg_jax import console, train
 
 
@@ -19,11 +20,7 @@ def main(size, workdir, *overrides):
   config = cifar10.get_config(size)
   for override in overrides:
     key, value = override.split('=', 1)
-    *sections, field = key.split('.')
-    target = config
-    for section in sections:
-      target = target[section]
-    target[field] = ast.literal_eval(value)
+    sweep.set_field(config, key, ast.literal_eval(value))  # a misspelt field is an error
   console.quiet_libraries()
   start = time.time()
   result = train.train_and_evaluate(config, workdir)
