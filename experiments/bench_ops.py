@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jax import lax
 
-from vgg_jax import batch_norm, cpu_ops, pooling
+from vgg_jax import batch_norm, cli, cpu_ops, pooling
 
 _LAYOUT = ('NHWC', 'HWIO', 'NHWC')
 
@@ -119,4 +119,5 @@ def main(argv, command: types.SimpleNamespace):
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, command=_define_flags()))
+  app.run(functools.partial(main, command=_define_flags()),
+          flags_parser=cli.flags_parser('experiments.bench_ops'))

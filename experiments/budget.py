@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 from absl import app, flags
 
 from experiments import report
-from vgg_jax import config_schema, errors, summary
+from vgg_jax import cli, config_schema, errors, summary
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG
 
@@ -205,9 +205,7 @@ def _define_flags() -> types.SimpleNamespace:
 
 
 def main(argv, command: types.SimpleNamespace):
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m experiments.budget DIR [--goal=PERCENT] '
-                         '[--budget_tflop=TFLOP] [--num_classes=N]')
+  """`argv` is [program, DIR] (`cli.flags_parser` refuses any other)."""
   try:
     path = write_budget(argv[1], command.goal.value, command.num_classes.value,
                         command.budget_tflop.value)
@@ -217,4 +215,5 @@ def main(argv, command: types.SimpleNamespace):
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, command=_define_flags()))
+  app.run(functools.partial(main, command=_define_flags()),
+          flags_parser=cli.flags_parser('experiments.budget', usage='DIR'))

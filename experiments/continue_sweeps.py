@@ -42,6 +42,7 @@ import time
 from absl import app, flags
 
 from experiments import sweep
+from vgg_jax import cli
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,4 +197,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
   flags.DEFINE_string('only', None, 'Only the points whose name matches this regex.')
   flags.DEFINE_bool('dry_run', False, 'List the points still to run; run nothing.')
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('experiments.continue_sweeps'))

@@ -168,8 +168,7 @@ class PointJob(submitit.helpers.Checkpointable):
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m experiments.point DIR/<point>')
+  """`argv` is [program, DIR/<point>] (`cli.flags_parser` refuses any other)."""
   try:
     start_worker()
     run_point(argv[1])
@@ -182,4 +181,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('experiments.point', usage='DIR/<point>'))

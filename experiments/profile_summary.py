@@ -22,6 +22,7 @@ import sys
 import jax
 from absl import app, flags
 
+from vgg_jax import cli
 from vgg_jax import workdir as run_files
 
 _OPS_LINE = 'XLA Ops'
@@ -73,12 +74,11 @@ def summarize(profile_dir: str, top: int) -> dict:
 
 
 def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError('give one PROFILE_DIR')
+  """`argv` is [program, PROFILE_DIR] (`cli.flags_parser` refuses any other)."""
   try:
     result = summarize(argv[1], flags.FLAGS.top)
   except FileNotFoundError as e:
-    sys.exit(f'profile_summary: error: {e}')
+    sys.exit(f'experiments.profile_summary: error: {e}')
   text = json.dumps(result, indent=2)
   print(text)
   if flags.FLAGS.output:
@@ -88,4 +88,5 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_integer('top', 25, 'Ops listed per device, the most time first.')
   flags.DEFINE_string('output', None, 'Also write the JSON to this file.')
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('experiments.profile_summary',
+                                              usage='PROFILE_DIR'))

@@ -44,7 +44,7 @@ from typing import Optional, Sequence
 from absl import app, flags
 
 from experiments import claims
-from vgg_jax import config_schema, errors, evaluation
+from vgg_jax import cli, config_schema, errors, evaluation
 from vgg_jax import workdir as run_files
 from vgg_jax.model import CONFIGS, config_layers
 
@@ -544,8 +544,7 @@ def _define_flags() -> types.SimpleNamespace:
 
 
 def main(argv, command: types.SimpleNamespace):
-  if len(argv) != 2:
-    raise app.UsageError('usage: python -m experiments.report DIR [--out=OUT] [--from_csv]')
+  """`argv` is [program, DIR] (`cli.flags_parser` refuses any other)."""
   try:
     path = make_report(argv[1], command.out.value, command.from_csv.value)
   except errors.USER_ERRORS as e:
@@ -554,4 +553,5 @@ def main(argv, command: types.SimpleNamespace):
 
 
 if __name__ == '__main__':
-  app.run(functools.partial(main, command=_define_flags()))
+  app.run(functools.partial(main, command=_define_flags()),
+          flags_parser=cli.flags_parser('experiments.report', usage='DIR'))

@@ -47,24 +47,32 @@ Launchers:
          pickles are in DIR/<name>/slurm/.
 --dry_run prints what would run (commands, or each job's sbatch script as
 submitit would write it) and writes nothing; no SLURM is needed for it.
+
+Every point's config is checked (`vgg_jax.train.validate`) before anything runs
+or is written. SIGTERM or Ctrl-C to the local launcher stops its running points
+(each checkpoints the step it reached), starts no more and exits with status
+143; the same command continues. A point never outlives its launcher.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
+import functools
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_jax import config_schema, console, errors, evaluation
+from vgg_jax import cli, config_schema, console, errors, evaluation, faults, train
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +179,10 @@ def make_points(base, overrides_list: Sequence[dict], workdir: str) -> list[Poin
         depends_on = (value[1:],)
         value = os.path.join(workdir, value[1:])
       set_field(config, key, value)
+    try:  # a bad value fails at launch, not when its point's turn comes
+      train.validate(config)
+    except ValueError as e:
+      raise ValueError(f'point {name}: {e}') from e
     data = config_schema.to_json(config)
     evals = tuple(data.pop('evals', None) or DEFAULT_EVALS)
     for spec in evals:  # a typo fails at launch, not after training
@@ -276,13 +288,62 @@ def _duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s'
 
 
+class StopRequest:
+  """SIGTERM or SIGINT (Ctrl-C) to the local launcher, noted in `received`: the
+  launcher then passes SIGTERM on to its running points, which checkpoint the
+  step they reached and exit, and waits for them (`launch_local`)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: Optional[str] = None
+    self._previous: dict = {}
+
+  def __enter__(self) -> 'StopRequest':
+    self._previous = {s: signal.signal(s, self._take_note) for s in self.SIGNALS}
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+
+  def _take_note(self, signum, frame) -> None:
+    del frame
+    self.received = self.received or signal.Signals(signum).name
+
+
+def _end_with_the_launcher() -> Optional[Callable[[], int]]:
+  """What a point's process runs before it starts: SIGTERM to it when the
+  launcher dies, however it dies (Linux's PR_SET_PDEATHSIG, kept across exec), so
+  that no point trains on unwatched beside a rerun of the sweep. Resolved here, in
+  the launcher: the forked child only calls it."""
+  if not sys.platform.startswith('linux'):
+    return None
+  prctl = ctypes.CDLL(None, use_errno=True).prctl
+  return functools.partial(prctl, 1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
-                 gpus_per_point: int, finished: set[str]) -> list[str]:
+                 gpus_per_point: int, finished: set[str],
+                 stop: Optional[StopRequest] = None) -> list[str]:
   """Runs `points` in child processes, `parallel` at a time, each after the
-  points it starts from. Returns the names of the points that failed."""
+  points it starts from. Returns the names of the points that failed. Once
+  `stop.received`, starts nothing more and stops the running points (each
+  checkpoints; not a failure). Each point runs in a session of its own, so a
+  Ctrl-C in the terminal reaches the launcher only, which stops them in order."""
+  stop = stop or StopRequest()
+  end_with_the_launcher = _end_with_the_launcher()
   pending, running, failed = list(points), {}, []
   free_slots = list(range(max(1, parallel)))
+  stopping = False
   while pending or running:
+    if stop.received and not stopping:
+      stopping = True
+      pending.clear()
+      print(f'{stop.received}: stopping {len(running)} running point(s); each checkpoints '
+            'the step it reached', flush=True)
+      for proc, *_ in running.values():
+        proc.send_signal(signal.SIGTERM)
     for point in list(pending):
       if len(running) >= max(1, parallel):
         break
@@ -302,7 +363,8 @@ def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
             str(slot * gpus_per_point + i) for i in range(gpus_per_point))
       log = open(os.path.join(point_dir, 'log.txt'), 'ab')
       proc = subprocess.Popen(worker_command(point_dir), cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT)
+                              stderr=subprocess.STDOUT, start_new_session=True,
+                              preexec_fn=end_with_the_launcher)
       running[point.name] = (proc, log, slot, time.time(), point_dir)
       print(f'started {point.name} ({status(point_dir, point.evals)}), log: '
             f'{os.path.join(point_dir, "log.txt")}', flush=True)
@@ -322,6 +384,9 @@ def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
       if proc.returncode == 0:
         finished.add(name)
         print(f'finished {name} in {_duration(time.time() - start)}: {_summary(point_dir)}',
+              flush=True)
+      elif stopping:  # checkpointed in training; an evaluation restarts (its files are atomic)
+        print(f'stopped {name} (exit status {proc.returncode}): a rerun continues it',
               flush=True)
       else:
         failed.append(name)
@@ -510,8 +575,13 @@ def run_sweep(options) -> int:
   if options.launcher == 'slurm':
     launch_slurm(todo, workdir, sweep_name, options, dry_run=False, finished=finished)
     return 0
-  failed = launch_local(todo, workdir, parallel=options.parallel,
-                        gpus_per_point=options.gpus_per_point, finished=finished)
+  with StopRequest() as stop:
+    failed = launch_local(todo, workdir, parallel=options.parallel,
+                          gpus_per_point=options.gpus_per_point, finished=finished, stop=stop)
+  if stop.received:
+    print(f'sweep {sweep_name}: stopped by {stop.received}; rerun the same command to '
+          'continue', flush=True)
+    return faults.PREEMPTED_EXIT_CODE
   print(f'sweep {sweep_name}: {len(todo) - len(failed)} run, {len(failed)} failed'
         + (f' ({", ".join(failed)})' if failed else ''), flush=True)
   return 1 if failed else 0
@@ -532,4 +602,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('experiments.sweep'))

@@ -353,7 +353,8 @@ def test_older_step_and_other_split_get_their_own_file(run):
     (dict(scales='16,32'), 'Q=16 is smaller than the 32x32 crop'),
     (dict(scales='big'), 'comma-separated integers'),
     (dict(protocol='multicrop', flip=False), 'drop --noflip'),
-    (dict(batch_size=12), 'not a multiple of the 8 local devices'),
+    (dict(batch_size=12), 'not a positive multiple of the 8 local devices'),
+    (dict(batch_size=0), r'batch_size=0 is not a positive multiple .* --batch_size=8'),
     (dict(split='nosuchsplit'), 'nosuchsplit'),
 ])
 def test_bad_arguments_fail_clearly_and_touch_nothing(run, kwargs, message):

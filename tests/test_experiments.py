@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -521,6 +522,7 @@ def test_changed_config_is_an_error_not_a_mix(tiny_sweep):
       'batch_size: 16 -> 8' in last
 
 
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')  # as in the test below
 def test_local_launcher_starts_a_warm_start_after_its_source(tmp_path, monkeypatch, capsys):
   """Scheduling alone: each worker only writes train_result.json."""
   base = tiny_config(str(tmp_path))
@@ -543,6 +545,65 @@ def test_local_launcher_starts_a_warm_start_after_its_source(tmp_path, monkeypat
   b, a1 = 'variant=B,from=variant=A+seed=0,seed=0', 'variant=A,seed=1'
   assert out.index(f'started {A_POINT}') < out.index(f'started {a1}') < \
       out.index(f'finished {A_POINT}') < out.index(f'started {b}')
+
+
+STOPPABLE_WORKER = """
+import ctypes, os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(faults.PREEMPTED_EXIT_CODE))
+death_signal = ctypes.c_int()
+ctypes.CDLL(None).prctl(2, ctypes.byref(death_signal))  # 2: PR_GET_PDEATHSIG
+own_session = os.getsid(0) == os.getpid()
+with open(os.path.join(sys.argv[1], 'worker.txt'), 'w') as f:
+  f.write(f'{death_signal.value} {own_session}')
+time.sleep(60)
+""".replace('faults.PREEMPTED_EXIT_CODE', str(faults.PREEMPTED_EXIT_CODE))
+
+
+# The launcher forks its points (to run a function before exec): JAX warns of
+# forks where its threads run, as in this test's process, not in a launcher's.
+@pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
+def test_a_stopped_local_sweep_stops_its_running_points_and_starts_no_more(
+    tmp_path, monkeypatch, capsys):
+  """SIGTERM (or Ctrl-C) to the launcher: each running point gets SIGTERM (a real
+  one checkpoints the step it reached), nothing more starts. Each point runs in a
+  session of its own (a Ctrl-C reaches the launcher only) and gets SIGTERM if the
+  launcher dies, however it dies."""
+  points = sweep.make_points(tiny_config(str(tmp_path)), [{'seed': s} for s in range(3)],
+                             str(tmp_path))
+  for point in points:
+    sweep.prepare(point, str(tmp_path), 'stop')
+  monkeypatch.setattr(sweep, 'worker_command',
+                      lambda point_dir: [sys.executable, '-c', STOPPABLE_WORKER, point_dir])
+  reports = [tmp_path / point.name / 'worker.txt' for point in points]
+
+  def stop_when_both_run():
+    deadline = time.monotonic() + 60
+    while not all(r.exists() for r in reports[:2]) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  before = signal.getsignal(signal.SIGTERM)
+  threading.Thread(target=stop_when_both_run, daemon=True).start()
+  start = time.monotonic()
+  with sweep.StopRequest() as stop:
+    failed = sweep.launch_local(points, str(tmp_path), parallel=2, gpus_per_point=0,
+                                finished=set(), stop=stop)
+  assert signal.getsignal(signal.SIGTERM) == before
+  assert time.monotonic() - start < 50  # not the workers' 60 s
+  out = capsys.readouterr().out
+  assert stop.received == 'SIGTERM' and failed == []
+  assert 'SIGTERM: stopping 2 running point(s)' in out
+  for point in points[:2]:
+    assert f'stopped {point.name} (exit status {faults.PREEMPTED_EXIT_CODE})' in out
+  assert f'started {points[2].name}' not in out and not reports[2].exists()
+  assert [r.read_text() for r in reports[:2]] == [f'{int(signal.SIGTERM)} True'] * 2
+
+
+def test_a_point_with_a_bad_value_fails_the_sweep_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match=r'^point width=0\.0: width=0\.0 must be a positive'):
+    sweep.make_points(tiny_config(str(tmp_path / 'tfds')),
+                      [{'model.width': 0.5}, {'model.width': 0.0}], str(tmp_path / 'sweep'))
+  assert not os.path.exists(tmp_path / 'sweep')
 
 
 def test_slurm_dry_run_prints_one_job_per_point(tiny_sweep, tmp_path):

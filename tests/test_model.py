@@ -297,3 +297,9 @@ def test_cli_prints_and_draws_and_imports_define_no_flags(tmp_path):
       [sys.executable, '-m', 'vgg_jax.model', '--variant', 'A-LRN', '--plot', str(path)],
       check=True, capture_output=True, text=True).stdout
   assert '\nlrn ' in out and '132,863,336' in out and path.read_bytes()
+  missing = tmp_path / 'no_such_dir' / 'c.png'
+  proc = subprocess.run([sys.executable, '-m', 'vgg_jax.model', '--plot', str(missing)],
+                        capture_output=True, text=True)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+      f'vgg_jax.model: error: --plot={missing}: the directory {missing.parent} does not '
+      'exist; create it or draw elsewhere')

@@ -94,6 +94,11 @@ def test_prefetch_keeps_order_and_runs_ahead_by_its_size():
   assert first['x'].sharding == parallel.batch_sharded(mesh)
   rest = [int(b['x'][0, 0]) for b in stream]
   assert [int(first['x'][0, 0])] + rest == [0, 1, 2, 3, 4]
+  # Nothing ahead (size 0) still yields every batch, each pulled when asked for.
+  pulled.clear()
+  stream = parallel.prefetch_to_device(local_batches(), mesh, size=0)
+  assert int(next(stream)['x'][0, 0]) == 0 and pulled == [0]
+  assert [int(b['x'][0, 0]) for b in stream] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow  # starts a command

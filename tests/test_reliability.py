@@ -664,13 +664,27 @@ def test_flag_errors_are_one_line(tmp_path):
       good + ['--config.batch_size=abc'],
       [f'--config={tmp_path / "nope.py"}', good[1]],
       [f'--config={syntax_error}', good[1]],
+      [f'--config={CONFIG_FILE}:D', good[1]],  # default.py's get_config takes no string
+      [f'--config={os.path.join(REPO, "configs/cifar10.py")}:D,S=20', good[1]],
   ]
   for args in cases:
     line = parse_train_flags(*args)
     assert line.startswith(TRAIN_ERROR) and '\n' not in line, line
-    assert_in_readme(line.replace(CONFIG_FILE, 'configs/default.py'), DIR=tmp_path)
+    assert 'Traceback' not in line, line
+    assert_in_readme(line.replace(CONFIG_FILE, 'configs/default.py').replace(
+        os.path.join(REPO, 'configs/cifar10.py'), 'configs/cifar10.py'), DIR=tmp_path)
   assert parse_train_flags(*good) == 'no error'
   assert not (tmp_path / 'w').exists()
+
+
+def test_a_command_with_one_positional_argument_names_it_when_it_is_missing():
+  parse = cli.flags_parser('experiments.report', usage='DIR')
+  usage = 'python -m experiments.report DIR [--flags]'
+  assert in_child(lambda: parse(['experiments.report'])) == (
+      f'experiments.report: error: one DIR expected: {usage}')
+  assert in_child(lambda: parse(['experiments.report', 'a', 'b'])) == (
+      f'experiments.report: error: only one DIR expected: {usage}')
+  assert in_child(lambda: parse(['experiments.report', 'a'])) == 'no error'
 
 
 @pytest.mark.slow
@@ -690,12 +704,60 @@ def test_the_command_line_reports_flag_errors_in_one_line(tmp_path):
     {'optimizer.schedule': 'linear'},
     {'data.name': 'no_such_dataset_xyz'},
     {'data.name': 'image_folder', 'data.folder': '/nonexistent/folder'},
+    {'num_train_steps': -1, 'num_epochs': -1.0},
+    {'keep_checkpoints': 0},
+    {'optimizer.momentum': 1.5},
+    {'optimizer.learning_rate': -0.1},
+    {'model.dropout_rate': 1.5},
+    {'model.fc_width': 0},
+    {'model.dtype': 'float33'},
 ])
 def test_bad_config_values(data_dir, tmp_path, override):
   with pytest.raises(ValueError) as error:
-    train.train_and_evaluate(tiny_config(data_dir, **RUN, **override), str(tmp_path / 'w'))
+    train.train_and_evaluate(tiny_config(data_dir, **{**RUN, **override}), str(tmp_path / 'w'))
   assert_in_readme(error_line(error.value))
   assert not (tmp_path / 'w').exists()
+
+
+def test_the_config_is_checked_before_the_dataset_is_opened(data_dir, tmp_path, monkeypatch):
+  """A typo fails at once, not after a dataset's download (minutes, or a network
+  error that would hide it)."""
+  def no_dataset(cfg):
+    raise AssertionError('the dataset was opened before the config was checked')
+  monkeypatch.setattr(data, 'dataset_info', no_dataset)
+  for override in ({'model.variant': 'F'}, {'model.head': 'gapp'}, {'keep_checkpoints': 0}):
+    with pytest.raises(ValueError):
+      train.train_and_evaluate(tiny_config(data_dir, **{**RUN, **override}),
+                               str(tmp_path / 'w'))
+
+
+def test_a_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  def offline(self, *args, **kwargs):
+    raise ConnectionError("HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): "
+                          'Max retries exceeded')
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
+  config = tiny_config(tmp_path / 'tfds', **RUN)
+  config.data.update(name='cifar10', builder_config=None)
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert_in_readme(error_line(error.value), DIR=tmp_path / 'tfds')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_a_second_run_in_a_workdir_in_use_stops_and_changes_nothing(reference, data_dir,
+                                                                     copy_of):
+  workdir = copy_of(reference)
+  before = snapshot(workdir)
+  with run_files.exclusive(str(workdir)):  # the run already training there
+    with pytest.raises(errors.WorkdirInUse) as error:
+      train.train_and_evaluate(tiny_config(data_dir, **RUN), str(workdir))
+    assert f'(process {os.getpid()})' in str(error.value)
+    assert_in_readme(error_line(error.value), DIR=workdir)
+  assert snapshot(workdir) == before
+  with run_files.exclusive(str(workdir)):  # released when the block ended
+    pass
 
 
 def make_image_folder(root, size=8):

@@ -236,3 +236,29 @@ def test_no_module_imports_a_module_that_imports_it_back():
 def test_the_cycle_finder_finds_a_cycle():
   assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == ['a', 'b', 'c', 'a']
   assert find_cycle({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) is None
+
+
+def app_run_calls() -> dict:
+  """{module: [each `app.run(...)` call]} over the project's modules."""
+  calls = {}
+  for module, path in project_modules().items():
+    with open(path) as f:
+      tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+      if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == 'run' and isinstance(node.func.value, ast.Name)
+          and node.func.value.id == 'app'):
+        calls.setdefault(module, []).append(node)
+  return calls
+
+
+def test_every_command_reports_flag_errors_in_one_line():
+  """Each `python -m` command parses its flags with `cli.flags_parser`, named after
+  itself: absl's own parser prints two lines, or the whole help."""
+  calls = app_run_calls()
+  assert {'vgg_jax.train', 'vgg_jax.evaluate', 'experiments.sweep'} <= set(calls)
+  for module, nodes in calls.items():
+    for node in nodes:
+      parser = next((k.value for k in node.keywords if k.arg == 'flags_parser'), None)
+      assert (isinstance(parser, ast.Call) and ast.unparse(parser.func) == 'cli.flags_parser'
+              and ast.literal_eval(parser.args[0]) == module), (module, ast.unparse(node))

@@ -62,8 +62,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import (config_schema, console, cpu_ops, data, malloc_tunables, onednn, optim,
-                     parallel, pooling, summary, train)
+from vgg_jax import (cli, config_schema, console, cpu_ops, data, malloc_tunables, onednn,
+                     optim, parallel, pooling, summary, train)
 from vgg_jax import workdir as run_files
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
@@ -603,4 +603,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('vgg_jax.benchmark'))

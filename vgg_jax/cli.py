@@ -1,4 +1,4 @@
-"""Conventions shared by the command lines (`vgg_jax.train`, `vgg_jax.evaluate`).
+"""Conventions shared by the command lines (`python -m vgg_jax.train` and the others).
 
 A mistake on the command line, in the config or in the data ends the program
 with one line on stderr, `PROG: error: WHAT: FIX`, and exit status 1, before
@@ -58,12 +58,27 @@ def _config_argument(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def flags_parser(prog: str, config_flag=None) -> Callable[[list[str]], list[str]]:
+def _config_argument_error(message: str) -> Optional[str]:
+  """The exception that a config file's get_config(arg) raised, as 'Type: text'.
+
+  ml_collections re-raises get_config's TypeError and ValueError (a bad config
+  string, e.g. `configs/cifar10.py:D,S=20`) with the whole traceback as the
+  message, which absl then wraps in a flag error: its last line is the exception.
+  """
+  if 'Error whilst parsing config file' not in message:
+    return None
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  return lines[-1]
+
+
+def flags_parser(prog: str, config_flag=None,
+                 usage: Optional[str] = None) -> Callable[[list[str]], list[str]]:
   """An `app.run(flags_parser=...)` that reports every flag error in one line.
 
   With `config_flag` (from `config_flags.DEFINE_config_file`), the config is
   loaded here, so that a missing file, a syntax error or an unknown override
-  is a flag error like the others.
+  is a flag error like the others. `usage` ('DIR', say) is the one positional
+  argument a command takes, if any.
   """
 
   def parse(argv: list[str]) -> list[str]:
@@ -73,6 +88,10 @@ def flags_parser(prog: str, config_flag=None) -> Callable[[list[str]], list[str]
         # A config that failed to load is a stand-in raising on first use.
         config_flag.value.keys  # pylint: disable=pointless-statement
     except flags.Error as e:
+      refused = _config_argument_error(str(e))
+      if refused:
+        sys.exit(f'{prog}: error: --config={_config_argument(argv)}: {refused}; fix the '
+                 "config string after ':' (the config file's docstring lists what it takes)")
       sys.exit(f'{prog}: error: {one_line(e).rstrip(".")}; see --helpfull for the flags')
     except Exception as e:  # pylint: disable=broad-except
       # A config file is Python: anything can go wrong in it or its overrides.
@@ -95,7 +114,10 @@ def flags_parser(prog: str, config_flag=None) -> Callable[[list[str]], list[str]
       sys.exit(f'{prog}: error: cannot load --config={config_file}: '
                f'{type(cause).__name__}: {one_line(cause)}; fix the file (it needs a '
                'get_config() returning the config, like configs/default.py)')
-    if len(rest) > 1:
+    if usage is not None and len(rest) != 2:
+      sys.exit(f'{prog}: error: {"one " + usage if len(rest) < 2 else "only one " + usage} '
+               f'expected: python -m {prog} {usage} [--flags]')
+    if usage is None and len(rest) > 1:
       sys.exit(f'{prog}: error: unexpected arguments {" ".join(rest[1:])}: flags take the '
                'form --name=value; see --helpfull')
     return rest

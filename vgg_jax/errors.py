@@ -24,6 +24,10 @@ class NonFiniteError(ValueError):
   """The loss or the training state stopped being finite: the run diverged."""
 
 
+class WorkdirInUse(ValueError):
+  """Another run is training in the workdir (`vgg_jax.workdir.exclusive`)."""
+
+
 class Preempted(Exception):
   """The run stopped on a preemption notice after checkpointing `step`."""
 

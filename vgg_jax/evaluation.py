@@ -480,8 +480,9 @@ def evaluate_protocols(model, variables, data_cfg, *, protocols: Sequence[str],
   mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
   devices = mesh.devices.size
   if batch_size <= 0 or batch_size % devices:
-    raise ValueError(f'batch_size={batch_size} is not a multiple of the {devices} local '
-                     f'devices: use e.g. --batch_size={max(1, -(-batch_size // devices)) * devices}')
+    raise ValueError(f'batch_size={batch_size} is not a positive multiple of the {devices} '
+                     f'local devices: use e.g. '
+                     f'--batch_size={max(1, -(-batch_size // devices)) * devices}')
   check = getattr(model, 'check_input', None)
   if check is not None:
     for part in parts:

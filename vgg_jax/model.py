@@ -222,7 +222,11 @@ class VGG(nn.Module):
     """The network of a config's `model` group (a ConfigDict or its JSON form):
     the dtype named by a string, the depths a tuple as a module attribute must be."""
     kwargs = dict(model_cfg)
-    kwargs['dtype'] = jnp.dtype(model_cfg['dtype'])
+    try:
+      kwargs['dtype'] = jnp.dtype(model_cfg['dtype'])
+    except TypeError:
+      raise ValueError(f"model.dtype={model_cfg['dtype']!r} is not a dtype: use 'float32' "
+                       "or 'bfloat16'") from None
     if model_cfg['depths'] is not None:
       kwargs['depths'] = tuple(model_cfg['depths'])
     return cls(num_classes=num_classes, image_size=image_size, **kwargs)
@@ -248,9 +252,20 @@ class VGG(nn.Module):
     """Whether LRN follows conv1_1: `lrn` if set, else the variant's (A-LRN)."""
     return CONFIGS[self.variant]['lrn'] if self.lrn is None else self.lrn
 
-  def check_input(self, height: int, width: int) -> None:
+  def check_settings(self) -> None:
+    """The knobs that `layers()` does not check: the head and the classifier."""
     if self.head not in HEADS:
       raise ValueError(f'unknown head {self.head!r}: choose one of {HEADS}')
+    for name in ('fc_width', 'num_classes'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'{name}={getattr(self, name)} must be at least 1')
+    if not 0 <= self.dropout_rate < 1:
+      raise ValueError(f'dropout_rate={self.dropout_rate} must be in [0, 1): the fraction '
+                       'of FC activations dropped')
+    _initializers(self.weight_init)
+
+  def check_input(self, height: int, width: int) -> None:
+    self.check_settings()
     if self.head == 'fc' and self.fc1_window < 1:
       raise ValueError(
           f'image_size={self.image_size} is too small for the fc head: five 2x2 '
@@ -329,20 +344,32 @@ class VGG(nn.Module):
 def _main(argv, report):
   """The command line; `report` is `vgg_jax.summary`, which does the work."""
   del argv
+  import os
+  import sys
   from absl import flags
+  from vgg_jax import cli, errors
   FLAGS = flags.FLAGS
-  if FLAGS.all:
-    print(report.table2(FLAGS.num_classes, FLAGS.image_size))
-    return
-  model = VGG(variant=FLAGS.variant, num_classes=FLAGS.num_classes,
-              image_size=FLAGS.image_size, kernel_size=FLAGS.kernel_size,
-              width=FLAGS.width, head=FLAGS.head, lrn=FLAGS.lrn,
-              conv1x1=FLAGS.conv1x1, batch_norm=FLAGS.batch_norm,
-              fc_width=FLAGS.fc_width)
-  print(report.summary(model))
-  if FLAGS.plot:
-    report.plot(model, FLAGS.plot)
-    print(f'architecture drawn to {FLAGS.plot}')
+  try:
+    if FLAGS.all:
+      print(report.table2(FLAGS.num_classes, FLAGS.image_size))
+      return
+    model = VGG(variant=FLAGS.variant, num_classes=FLAGS.num_classes,
+                image_size=FLAGS.image_size, kernel_size=FLAGS.kernel_size,
+                width=FLAGS.width, head=FLAGS.head, lrn=FLAGS.lrn,
+                conv1x1=FLAGS.conv1x1, batch_norm=FLAGS.batch_norm,
+                fc_width=FLAGS.fc_width)
+    model.layers()
+    model.check_input(FLAGS.image_size, FLAGS.image_size)
+    folder = FLAGS.plot and os.path.dirname(os.path.abspath(FLAGS.plot))
+    if folder and not os.path.isdir(folder):  # before the summary, not after
+      raise FileNotFoundError(f'--plot={FLAGS.plot}: the directory {folder} does not exist; '
+                              'create it or draw elsewhere')
+    print(report.summary(model))
+    if FLAGS.plot:
+      report.plot(model, FLAGS.plot)
+      print(f'architecture drawn to {FLAGS.plot}')
+  except errors.USER_ERRORS as e:
+    sys.exit(cli.error_line('vgg_jax.model', e))
 
 
 def _define_flags():
@@ -366,6 +393,7 @@ if __name__ == '__main__':
   # defines no flags and loads no summary or plotting code. The command runs
   # the imported `vgg_jax.model`, the one `summary` sees, not this `__main__` copy.
   from absl import app
-  from vgg_jax import model, summary
+  from vgg_jax import cli, model, summary
   model._define_flags()  # pylint: disable=protected-access
-  app.run(functools.partial(model._main, report=summary))  # pylint: disable=protected-access
+  app.run(functools.partial(model._main, report=summary),  # pylint: disable=protected-access
+          flags_parser=cli.flags_parser('vgg_jax.model'))

@@ -69,6 +69,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
+  if global_batch_size <= 0:
+    raise ValueError(f'batch_size={global_batch_size} must be positive')
   if global_batch_size % devices:
     raise ValueError(
         f'batch_size={global_batch_size} is not divisible by the {devices} '
@@ -90,6 +92,7 @@ def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mes
   Host-to-device copies are asynchronous, so while step t runs the copies of
   batches t+1 .. t+size are in flight and the step never waits for its input
   (the pattern of flax's `jax_utils.prefetch_to_device`, for global arrays).
+  `size` 0 or 1: each batch is copied when the step before it has been issued.
   """
   queue = collections.deque()
 
@@ -97,7 +100,7 @@ def prefetch_to_device(local_batches: Iterator[dict[str, np.ndarray]], mesh: Mes
     for local in itertools.islice(local_batches, n):
       queue.append(global_batch(local, mesh))
 
-  enqueue(size)
+  enqueue(max(1, size))
   while queue:
     yield queue.popleft()
     enqueue(1)

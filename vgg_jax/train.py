@@ -170,14 +170,36 @@ def every(n: int, default: int) -> int:
   return n if n and n > 0 else default
 
 
+# Numeric fields and the values they may take: (field, test, what it must be).
+_RANGES = (
+    ('batch_size', lambda v: v > 0, 'positive'),
+    ('label_smoothing', lambda v: 0 <= v < 1,
+     'in [0, 1): the weight moved from the true class to all classes'),
+    ('optimizer.learning_rate', lambda v: v >= 0, 'non-negative'),
+    ('optimizer.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('optimizer.weight_decay', lambda v: v >= 0, 'non-negative'),
+    ('optimizer.warmup_epochs', lambda v: v >= 0, 'non-negative'),
+    ('data.color_shift', lambda v: v >= 0, 'non-negative: the std of the PCA colour shift'),
+    # orbax's max_to_keep=0 deletes every checkpoint, the newest too.
+    ('keep_checkpoints', lambda v: v >= 1, 'at least 1: 0 would delete every checkpoint'),
+    ('prefetch_to_device', lambda v: v >= 0, 'non-negative'),
+)
+
+
 def validate(config) -> None:
-  """Config errors found before anything touches the disk."""
+  """Config errors found before anything touches the disk or the network."""
+  image_size = config.data.image_size
+  model = VGG.from_config(config.model, num_classes=1, image_size=image_size)
+  model.layers()  # unknown variants and bad knobs
+  model.check_input(image_size, image_size)
   data.check_scales(config.data)
-  if config.batch_size <= 0:
-    raise ValueError(f'batch_size={config.batch_size} must be positive')
-  if not 0 <= config.label_smoothing < 1:
-    raise ValueError(f'label_smoothing={config.label_smoothing} must be in [0, 1): the '
-                     'weight moved from the true class to all classes')
+  for field, valid, what in _RANGES:
+    value = functools.reduce(getattr, field.split('.'), config)
+    if not valid(value):
+      raise ValueError(f'{field}={value} must be {what}')
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    raise ValueError(f'num_epochs={config.num_epochs} trains no step: set a positive '
+                     '--config.num_epochs (or --config.num_train_steps)')
   if config.optimizer.schedule not in optim.SCHEDULES:
     raise ValueError(f'unknown optimizer.schedule {config.optimizer.schedule!r}: choose '
                      f'one of {", ".join(optim.SCHEDULES)}')
@@ -308,8 +330,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   info = data.dataset_info(config.data)
   image_size = config.data.image_size
   model = VGG.from_config(config.model, info.num_classes, image_size)
-  model.layers()  # unknown variants and bad knobs fail here, before any I/O
-  model.check_input(image_size, image_size)
   for change in resume.check_config(workdir, config, allow_config_change):
     logging.warning('config changed since the last run in %s: %s', workdir, change)
 
@@ -328,104 +348,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.model.width, f'{summary.count_params(state.params):,}')
 
   os.makedirs(workdir, exist_ok=True)
-  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
-  if mngr.latest_step() is not None:
-    state = checkpoints.restore_newest_good(mngr, checkpoints.abstract_like(state))
-    logging.info('resumed from the checkpoint at step %d', int(state.step))
-  else:
-    state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
-    parameter_overview.log_parameter_overview(state.params)  # shown with --v=1
-  save_config(config, workdir)
-  start_step = int(state.step)
+  with run_files.exclusive(workdir, primary=jax.process_index() == 0):
+    mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    if mngr.latest_step() is not None:
+      state = checkpoints.restore_newest_good(mngr, checkpoints.abstract_like(state))
+      logging.info('resumed from the checkpoint at step %d', int(state.step))
+    else:
+      state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
+      parameter_overview.log_parameter_overview(state.params)  # shown with --v=1
+    save_config(config, workdir)
+    start_step = int(state.step)
 
-  step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh,
-                               deterministic=config.deterministic,
-                               label_smoothing=config.label_smoothing)
-  update_plateau = (compile_plateau_update(config.optimizer, mesh)
-                    if config.optimizer.schedule == 'plateau' else None)
-  def run_eval():
-    # The paper's single-scale protocol, through the same machinery as
-    # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    return evaluation.evaluate_protocol(
-        model, variables, config.data, split=config.data.eval_split,
-        protocol=evaluation.TRAINING_PROTOCOL,
-        batch_size=config.batch_size // jax.process_count())
+    step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh,
+                                 deterministic=config.deterministic,
+                                 label_smoothing=config.label_smoothing)
+    update_plateau = (compile_plateau_update(config.optimizer, mesh)
+                      if config.optimizer.schedule == 'plateau' else None)
+    def run_eval():
+      # The paper's single-scale protocol, through the same machinery as
+      # `vgg_jax.evaluate`; each process evaluates its share on its own devices.
+      variables = {'params': state.params, 'batch_stats': state.batch_stats}
+      return evaluation.evaluate_protocol(
+          model, variables, config.data, split=config.data.eval_split,
+          protocol=evaluation.TRAINING_PROTOCOL,
+          batch_size=config.batch_size // jax.process_count())
 
-  log = MetricsLog(workdir, start_step)
-  log_every = every(config.log_every_steps, 50)
-  eval_every = every(config.eval_every_steps, epoch_steps)
-  checkpoint_every = every(config.checkpoint_every_steps, epoch_steps)
-  # Losses are looked at where logging waits for the device anyway.
-  losses = faults.LossCheck(log_every, last_checkpoint=lambda: checkpoints.newest_finished(mngr))
-  preemption = preemption or faults.PreemptionWatch()
-  batches = parallel.prefetch_to_device(
-      data.train_batches(config.data, global_batch_size=config.batch_size,
-                         seed=config.seed, start_step=start_step,
-                         process_index=jax.process_index(),
-                         process_count=jax.process_count()),
-      mesh, size=config.prefetch_to_device)
-  profile = profile_window(config, workdir, start_step, num_steps)
-  logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d, '
-               'convolutions by %s', start_step, num_steps, epoch_steps, jax.device_count(),
-               config.batch_size, cpu_ops.convolution_library(jnp.dtype(config.model.dtype)))
+    log = MetricsLog(workdir, start_step)
+    log_every = every(config.log_every_steps, 50)
+    eval_every = every(config.eval_every_steps, epoch_steps)
+    checkpoint_every = every(config.checkpoint_every_steps, epoch_steps)
+    # Losses are looked at where logging waits for the device anyway.
+    losses = faults.LossCheck(log_every, last_checkpoint=lambda: checkpoints.newest_finished(mngr))
+    preemption = preemption or faults.PreemptionWatch()
+    batches = parallel.prefetch_to_device(
+        data.train_batches(config.data, global_batch_size=config.batch_size,
+                           seed=config.seed, start_step=start_step,
+                           process_index=jax.process_index(),
+                           process_count=jax.process_count()),
+        mesh, size=config.prefetch_to_device)
+    profile = profile_window(config, workdir, start_step, num_steps)
+    logging.info('training steps %d..%d (%d per epoch) on %d devices, global batch %d, '
+                 'convolutions by %s', start_step, num_steps, epoch_steps, jax.device_count(),
+                 config.batch_size, cpu_ops.convolution_library(jnp.dtype(config.model.dtype)))
 
-  pending, result = [], None
-  timer_step, timer = start_step, time.perf_counter()
-  for step in range(start_step + 1, num_steps + 1):
-    profile.before(step)
-    state, metrics = step_fn(state, next(batches))
-    profile.after(step, state)
-    losses.add(step, metrics['train/loss'])
-    pending.append(metrics)
-    scalars = {}
-    if step % log_every == 0 or step == num_steps:
-      scalars.update({k: float(np.mean(v)) for k, v in
-                      jax.device_get(jax.tree_util.tree_map(
-                          lambda *xs: jnp.stack(xs), *pending)).items()})
-      pending = []
-      now = time.perf_counter()
-      rate = (step - timer_step) * config.batch_size / (now - timer)
-      timer_step, timer = step, now
-      scalars['img_per_sec'] = rate
-      eta = (num_steps - step) * config.batch_size / max(rate, 1e-9)
-      logging.info('step %d/%d  loss %.4f  top-1 error %.4f  %.0f img/s  ETA %s', step,
-                   num_steps, scalars['train/loss'], scalars['train/top1_error'], rate,
-                   time.strftime('%H:%M:%S', time.gmtime(eta)))
-    if step % eval_every == 0 or step == num_steps:
-      # Steps run asynchronously, dozens behind this loop: without the wait, the
-      # time set aside as evaluation's would hold the queued steps' training.
-      jax.block_until_ready(state)
-      eval_start = time.perf_counter()
+    pending, result = [], None
+    timer_step, timer = start_step, time.perf_counter()
+    for step in range(start_step + 1, num_steps + 1):
+      profile.before(step)
+      state, metrics = step_fn(state, next(batches))
+      profile.after(step, state)
+      losses.add(step, metrics['train/loss'])
+      pending.append(metrics)
+      scalars = {}
+      if step % log_every == 0 or step == num_steps:
+        scalars.update({k: float(np.mean(v)) for k, v in
+                        jax.device_get(jax.tree_util.tree_map(
+                            lambda *xs: jnp.stack(xs), *pending)).items()})
+        pending = []
+        now = time.perf_counter()
+        rate = (step - timer_step) * config.batch_size / (now - timer)
+        timer_step, timer = step, now
+        scalars['img_per_sec'] = rate
+        eta = (num_steps - step) * config.batch_size / max(rate, 1e-9)
+        logging.info('step %d/%d  loss %.4f  top-1 error %.4f  %.0f img/s  ETA %s', step,
+                     num_steps, scalars['train/loss'], scalars['train/top1_error'], rate,
+                     time.strftime('%H:%M:%S', time.gmtime(eta)))
+      if step % eval_every == 0 or step == num_steps:
+        # Steps run asynchronously, dozens behind this loop: without the wait, the
+        # time set aside as evaluation's would hold the queued steps' training.
+        jax.block_until_ready(state)
+        eval_start = time.perf_counter()
+        result = run_eval()
+        scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
+        if update_plateau is not None:
+          state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
+        log_evaluation(step, result)
+        scalars['eval/seconds'] = time.perf_counter() - eval_start
+        timer += scalars['eval/seconds']  # evaluation is not training time
+      if scalars:
+        log.write(step, scalars)
+      preempted = preemption.reached(step) and step < num_steps
+      if step % checkpoint_every == 0 or step == num_steps or preempted:
+        losses.check()  # no checkpoint after a non-finite loss
+        checkpoints.save(mngr, state, step)
+        logging.info('checkpoint at step %d (written in the background)', step)
+      if preempted:
+        mngr.wait_until_finished()
+        mngr.close()  # no background thread left to print at exit, after the last line
+        log.close()
+        raise errors.Preempted(step, preemption.received or 'SIGTERM')
+
+    if result is None:  # resumed after the last step: evaluate what is there
       result = run_eval()
-      scalars.update({f'eval/{k}': result[k] for k in ('top1_error', 'top5_error', 'nll')})
-      if update_plateau is not None:
-        state = state.replace(plateau=update_plateau(state.plateau, result['top1_error']))
-      log_evaluation(step, result)
-      scalars['eval/seconds'] = time.perf_counter() - eval_start
-      timer += scalars['eval/seconds']  # evaluation is not training time
-    if scalars:
-      log.write(step, scalars)
-    preempted = preemption.reached(step) and step < num_steps
-    if step % checkpoint_every == 0 or step == num_steps or preempted:
-      losses.check()  # no checkpoint after a non-finite loss
-      checkpoints.save(mngr, state, step)
-      logging.info('checkpoint at step %d (written in the background)', step)
-    if preempted:
-      mngr.wait_until_finished()
-      mngr.close()  # no background thread left to print at exit, after the last line
-      log.close()
-      raise errors.Preempted(step, preemption.received or 'SIGTERM')
-
-  if result is None:  # resumed after the last step: evaluate what is there
-    result = run_eval()
-    log_evaluation(num_steps, result)
-  mngr.wait_until_finished()
-  mngr.close()
-  log.close()
-  logging.info('final test accuracy %.2f%% (top-1 error %.4f) at step %d',
-               100 * (1 - result['top1_error']), result['top1_error'], num_steps)
-  return result
+      log_evaluation(num_steps, result)
+    mngr.wait_until_finished()
+    mngr.close()
+    log.close()
+    logging.info('final test accuracy %.2f%% (top-1 error %.4f) at step %d',
+                 100 * (1 - result['top1_error']), result['top1_error'], num_steps)
+    return result
 
 
 # --------------------------------------------------------------------------

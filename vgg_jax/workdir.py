@@ -19,6 +19,7 @@ directories without it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import uuid
@@ -26,7 +27,7 @@ from typing import IO, Any, Iterator, Optional
 
 from flax import traverse_util
 
-from vgg_jax import config_schema
+from vgg_jax import config_schema, errors
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -106,6 +107,48 @@ def read_metrics(workdir: str) -> list[dict]:
                        'restore it from a backup, or move it aside to read the run without it')
     records.append(record)
   return records
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str, primary: bool = True) -> Iterator[None]:
+  """Holds a lock on the workdir while the block runs, so that a second run in
+  the same workdir (the command started twice, a sweep rerun beside a point
+  still training) stops at once with `errors.WorkdirInUse` instead of writing
+  the same checkpoints. The lock is the kernel's (flock on the directory
+  itself): nothing is written, and a killed run leaves none behind. Only the
+  `primary` process of a multi-process run takes it; a file system without
+  locks (some NFS mounts) runs unguarded.
+  """
+  if not primary:
+    yield
+    return
+  fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _flock_holder(os.fstat(fd))
+      raise errors.WorkdirInUse(
+          f'--workdir={workdir} is in use by another run'
+          + (f' (process {holder})' if holder else '')
+          + ': wait for it to end or stop it, or choose another --workdir') from None
+    except OSError:  # a file system without locks
+      pass
+    yield
+  finally:
+    os.close(fd)  # releases the lock
+
+
+def _flock_holder(stat: os.stat_result) -> Optional[str]:
+  """The pid holding a flock on the file of `stat`, from /proc/locks (Linux)."""
+  file = f'{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}'
+  with contextlib.suppress(OSError):
+    with open('/proc/locks') as f:
+      for line in f:
+        fields = line.split()  # '1: FLOCK ADVISORY WRITE <pid> <maj>:<min>:<inode> 0 EOF'
+        if len(fields) > 5 and fields[1] == 'FLOCK' and fields[5] == file:
+          return fields[4]
+  return None
 
 
 @contextlib.contextmanager

@@ -148,12 +148,15 @@ def _tfds_builder(cfg) -> tfds.core.DatasetBuilder:
       if not builder.is_prepared():
         try:
           builder.download_and_prepare(file_format='array_record')
-        except Exception as e:
-          raise RuntimeError(
-              f'could not prepare TFDS dataset {name!r} in {builder.data_dir_root}: '
-              f'{e}. Prepare it once with `tfds build {name} --file_format='
-              'array_record` (some datasets, e.g. imagenet2012, need a manual '
-              'download first)') from e
+        except Exception as e:  # pylint: disable=broad-except
+          # Mostly the network or a manual download missing: the user's to fix.
+          root = builder.data_dir_root
+          raise ValueError(
+              f'could not prepare TFDS dataset {name!r} in {root} ({type(e).__name__}: '
+              f"{e}): prepare it once with 'tfds build {name} --file_format=array_record' "
+              f'where its source can be reached (some datasets, e.g. imagenet2012, need a '
+              f'manual download first) and copy {root}/{name} here, or read an image folder '
+              'instead (data.name=image_folder, data.folder=ROOT)') from e
     builder = tfds.builder(name, data_dir=data_dir, config=config)
   _supervised_keys(builder)  # Fail early on datasets that are not image classification.
   return builder

@@ -114,5 +114,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vgg_jax import cli  # the command's conventions; the library needs none of it
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('vgg_jax.data.store'))
