@@ -406,6 +406,17 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
                              [expected[s] for s in sorted(expected)], rtol=1e-5)
 
 
+def test_a_ctrl_c_is_a_preemption_notice_and_a_second_one_interrupts():
+  previous = signal.getsignal(signal.SIGINT)
+  with faults.PreemptionWatch((signal.SIGTERM, signal.SIGINT)) as watch:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert watch.reached(1) and watch.received == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(5)
+  assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_saving_leaves_the_preemption_sync_point_to_the_loop(tmp_path, monkeypatch):
   # JAX's sync manager takes its latest caller's step as the process's; orbax's
   # finalizing thread, asking with the older step it writes, once made a pair
@@ -551,6 +562,17 @@ def test_evaluate_names_a_damaged_checkpoint_and_the_older_one(reference, copy_o
   before = snapshot(workdir)
   with pytest.raises(errors.CheckpointError,
                      match=rf'step {STEPS} .* is damaged .*--step={STEPS - 4}') as error:
+    evaluate.evaluate_run(str(workdir))
+  assert snapshot(workdir) == before
+  assert_in_readme(cli.error_line('vgg_jax.evaluate', error.value), DIR=workdir)
+
+
+def test_evaluate_names_a_damaged_config_file(reference, copy_of):
+  workdir = copy_of(reference)
+  config = workdir / run_files.CONFIG_FILE
+  config.write_text(config.read_text()[:50])  # cut off, as by a copy that stopped
+  before = snapshot(workdir)
+  with pytest.raises(ValueError, match='is damaged') as error:
     evaluate.evaluate_run(str(workdir))
   assert snapshot(workdir) == before
   assert_in_readme(cli.error_line('vgg_jax.evaluate', error.value), DIR=workdir)

@@ -9,7 +9,9 @@ Rerunning the same command continues from that step exactly.
 
 Other notices can be watched as well: submitit, which runs the SLURM sweeps,
 sends SIGUSR2 ahead of a time limit (`PreemptionWatch(signals=(SIGTERM,
-SIGUSR2))`, see experiments/point.py).
+SIGUSR2))`, see experiments/point.py), and `vgg_jax.train` takes a Ctrl-C
+(SIGINT) as a notice too, so that stopping a run by hand keeps the step it
+reached; a second Ctrl-C interrupts at once, checkpoint or not.
 
 With several processes the step must be the same everywhere, or the
 collective save would hang. JAX's preemption service (started by
@@ -82,6 +84,8 @@ class PreemptionWatch:
     # state is whole and nothing else is being written.
     del frame
     self.received = self.received or signal.Signals(signum).name
+    if signum == signal.SIGINT:  # a second Ctrl-C is the user's impatience: obey it
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def reached(self, step: int) -> bool:
     """True at the step where the run should checkpoint and stop."""

@@ -19,6 +19,7 @@ if __name__ == '__main__':  # first: a restart would repeat every import below
 import functools
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -490,7 +491,7 @@ def main(argv, command: types.SimpleNamespace):
                                     command.num_processes.value, command.process_id.value)
     logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
                  jax.process_count(), jax.local_devices())
-    with faults.PreemptionWatch() as preemption:
+    with faults.PreemptionWatch((signal.SIGTERM, signal.SIGINT)) as preemption:
       result = train_and_evaluate(command.config.value, command.workdir.value,
                                   preemption=preemption,
                                   allow_config_change=command.allow_config_change.value)

@@ -66,11 +66,17 @@ def read_point(point_dir: str) -> Optional[dict]:
 
 
 def read_json(path: str, default: Any = None) -> Any:
-  """The JSON data in `path`, or `default` if there is no such file."""
+  """The JSON data in `path`, or `default` if there is no such file; a ValueError
+  naming the file if it is not JSON (this module writes files whole, but a
+  copy, an editor or another program may not)."""
   if not os.path.isfile(path):
     return default
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is damaged (not JSON: {e}): restore it from a backup, or '
+                       'move it aside') from None
 
 
 def _record(line: str) -> Optional[dict]:
