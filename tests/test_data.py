@@ -414,6 +414,22 @@ def test_decode_converts_every_mode_to_rgb(tmp_path):
   np.testing.assert_array_equal(transforms.decode(str(tmp_path / 'photo.bmp')), rgb)
 
 
+def test_decode_keeps_the_high_byte_of_16_bit_images_and_refuses_32_bit_ones(tmp_path):
+  """Pillow reads a 16-bit colour PNG as its high bytes but converts 16-bit grey
+  by clipping at 255 (a white image): grey must scale like colour."""
+  grey16 = np.arange(0, 65536, 257, dtype=np.uint16)[None, :].repeat(3, axis=0)  # 0..255 x 257
+  grey16[1] += 200  # the low byte does not round up
+  Image.fromarray(grey16).save(tmp_path / 'grey16.png')
+  out = transforms.decode(str(tmp_path / 'grey16.png'))
+  np.testing.assert_array_equal(out, np.repeat((grey16 >> 8).astype(np.uint8)[..., None], 3, -1))
+  Image.fromarray(np.ones((4, 4), np.float32), 'F').save(tmp_path / 'float.tif')
+  with pytest.raises(ValueError, match=r'^cannot read image .*float\.tif: its pixels are '
+                     r'32-bit floats.*; fix or delete the file$'):
+    transforms.decode(str(tmp_path / 'float.tif'))
+  with pytest.raises(ValueError, match='image arrays must be uint8'):
+    transforms.decode(grey16)
+
+
 def test_decode_reduces_large_jpegs_but_keeps_the_scale(tmp_path):
   Image.fromarray(random_image(600, 800)).save(tmp_path / 'big.jpg')
   path = str(tmp_path / 'big.jpg')

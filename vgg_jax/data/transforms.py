@@ -52,7 +52,8 @@ def decode(data: ImageData, min_side: Optional[int] = None,
   """Any common image (bytes, a file path, or an array) as uint8 RGB HxWx3.
 
   Grayscale, palette, CMYK and alpha images are converted to RGB (alpha is
-  dropped). With `min_side`, a JPEG much larger than needed is decoded at a
+  dropped); 16-bit ones keep their high byte; 32-bit integer or float pixels,
+  and arrays other than uint8, are refused (no scale to 0-255 is standard). With `min_side`, a JPEG much larger than needed is decoded at a
   reduced size (DCT scaling by 1/2, 1/4 or 1/8) whose smaller side stays
   >= min_side: a large saving on full-size photographs, and the following
   antialiased rescale makes the result nearly the same. `name` (the file) is
@@ -160,12 +161,24 @@ def _decode_full_size_jpeg(data: bytes, min_side: Optional[int]) -> Optional[np.
 def _as_rgb(img: Image.Image) -> Image.Image:
   if img.mode == 'RGB':
     return img
+  if img.mode.startswith('I;16'):
+    # Pillow's conversion clips 16-bit grey at 255 (a white image): keep the high
+    # byte instead, as Pillow itself does when it opens a 16-bit colour PNG.
+    grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+    return Image.fromarray(grey, 'L').convert('RGB')
+  if img.mode in ('I', 'F'):
+    raise ValueError(f'its pixels are 32-bit {"integers" if img.mode == "I" else "floats"}, '
+                     'which have no standard 8-bit scale: save it with 8 or 16 bits per '
+                     'channel')
   if img.mode == 'P' and 'transparency' in img.info:
     img = img.convert('RGBA')  # Pillow warns on palette -> RGB with transparency.
   return img.convert('RGB')
 
 
 def _as_rgb_array(image: np.ndarray) -> np.ndarray:
+  if image.dtype != np.uint8:  # a cast would wrap or truncate the values silently
+    raise ValueError(f'image arrays must be uint8 (got {image.dtype}): scale them to 0-255 '
+                     'first')
   if image.ndim == 2:
     image = image[..., None]
   if image.shape[-1] == 1:
