@@ -733,6 +733,7 @@ def test_the_command_line_reports_flag_errors_in_one_line(tmp_path):
     {'model.dropout_rate': 1.5},
     {'model.fc_width': 0},
     {'model.dtype': 'float33'},
+    {'data.mean_rgb': (1, 2)},
 ])
 def test_bad_config_values(data_dir, tmp_path, override):
   with pytest.raises(ValueError) as error:

@@ -198,6 +198,9 @@ def validate(config) -> None:
     value = functools.reduce(getattr, field.split('.'), config)
     if not valid(value):
       raise ValueError(f'{field}={value} must be {what}')
+  if len(config.data.mean_rgb) != 3:
+    raise ValueError(f'data.mean_rgb={tuple(config.data.mean_rgb)} must hold 3 values: the '
+                     'training set\'s mean red, green and blue')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     raise ValueError(f'num_epochs={config.num_epochs} trains no step: set a positive '
                      '--config.num_epochs (or --config.num_train_steps)')
