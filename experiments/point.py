@@ -176,7 +176,7 @@ def main(argv):
     print(f'experiments.point: {e}', file=sys.stderr)
     sys.exit(faults.PREEMPTED_EXIT_CODE)
   except errors.USER_ERRORS as e:
-    sys.exit(f'experiments.point: error: {e}')
+    sys.exit(cli.error_line('experiments.point', e))
 
 
 if __name__ == '__main__':

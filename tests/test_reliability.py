@@ -406,6 +406,18 @@ def test_two_processes_train_like_one_and_one_resumes_their_checkpoint(
                              [expected[s] for s in sorted(expected)], rtol=1e-5)
 
 
+def test_a_full_disk_is_named_with_its_fix():
+  # What orbax's writer (tensorstore) raised when a checkpoint filled a 300 KB tmpfs
+  # (2026-12-07); after space was freed, the same command trained to the same result.
+  error = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "params.bn5_2.scale/0" in OCDBT database at local '
+      'file "/w/checkpoints/250.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.'
+      'process_0/": Failed to write 4562944 bytes to file 9: No space left on device '
+      "[os_error_code='28']")
+  assert_in_readme(error_line(error))
+  assert_in_readme(error_line(OSError(28, 'No space left on device', '/w/metrics.jsonl')))
+
+
 def test_a_ctrl_c_is_a_preemption_notice_and_a_second_one_interrupts():
   previous = signal.getsignal(signal.SIGINT)
   with faults.PreemptionWatch((signal.SIGTERM, signal.SIGINT)) as watch:

@@ -24,8 +24,17 @@ def one_line(error: BaseException) -> str:
   return ' '.join(str(error).split()) or type(error).__name__
 
 
+# A full disk, in the words of the OS or of tensorstore (orbax's checkpoints):
+# whatever was writing, the fix is the same.
+_NO_SPACE = 'No space left on device'
+
+
 def error_line(prog: str, error: BaseException) -> str:
-  return f'{prog}: error: {one_line(error)}'
+  line = f'{prog}: error: {one_line(error)}'
+  if _NO_SPACE in line:
+    line += ('; free space there (or keep fewer checkpoints, --config.keep_checkpoints) '
+             'and rerun the same command: it goes on from the newest complete checkpoint')
+  return line
 
 
 def keep_tensorflow_off_gpus() -> None:

@@ -12,8 +12,9 @@ command lines exit with `faults.PREEMPTED_EXIT_CODE` instead.
 from __future__ import annotations
 
 # Bad config values and arguments, missing runs or files, a workdir inside a
-# file, one that cannot be written.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# file, one that cannot be written, the file system or the network failing (a
+# full disk, a lost mount).
+USER_ERRORS = (ValueError, OSError)
 
 
 class CheckpointError(ValueError):
