@@ -165,8 +165,11 @@ def test_side_by_side_ratios():
 
 
 @pytest.mark.slow  # starts the command in a subprocess
-def test_more_devices_than_visible_is_a_one_line_error():
-  proc = run_benchmark('--devices=3', '--measure=train')
+@pytest.mark.parametrize('args, line', [
+    (('--devices=3',), 'vgg_jax.benchmark: error: --devices=3 but only 2 are visible'),
+    (('--windows=0',), 'vgg_jax.benchmark: error: --windows=0 must be at least 1'),
+])
+def test_bad_arguments_are_one_line_errors(args, line):
+  proc = run_benchmark(*args, '--measure=train')
   assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith(
-      'vgg_jax.benchmark: error: --devices=3 but only 2 are visible')
+  assert proc.stderr.strip().splitlines()[-1].startswith(line)

@@ -512,6 +512,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   console.quiet_libraries()
+  for name in ('steps', 'windows'):
+    if f[name].value < 1:
+      sys.exit(f'vgg_jax.benchmark: error: --{name}={f[name].value} must be at least 1')
   unknown = set(f.measure) - set(MEASUREMENTS)
   if unknown:
     sys.exit(f'vgg_jax.benchmark: error: unknown --measure entries {sorted(unknown)}: '
