@@ -1,7 +1,9 @@
 """Training: `python -m vgg_jax.train --config=configs/default.py --workdir=DIR`.
 
-The same command resumes a stopped run from its newest checkpoint. Config
-fields are overridden on the command line (`--config.model.variant=D`).
+The same command resumes a stopped run from its newest checkpoint (SIGTERM or
+a Ctrl-C checkpoints the step reached first); one run at a time holds a workdir.
+Config fields are overridden on the command line (`--config.model.variant=D`)
+and checked before anything is read or written (`validate`).
 
 The step is data-parallel with `pmap` semantics, written as `jax.jit` over a
 one-axis device mesh (see `vgg_jax.parallel`). Everything the loop does besides
