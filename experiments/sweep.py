@@ -48,8 +48,8 @@ Launchers:
 --dry_run prints what would run (commands, or each job's sbatch script as
 submitit would write it) and writes nothing; no SLURM is needed for it.
 
-Every point's config is checked (`vgg_jax.train.validate`) before anything runs
-or is written. SIGTERM or Ctrl-C to the local launcher stops its running points
+Every point's config is checked (`vgg_jax.train.validate`), and locally each
+dataset opened once (`open_datasets`), before anything runs or is written. SIGTERM or Ctrl-C to the local launcher stops its running points
 (each checkpoints the step it reached), starts no more and exits with status
 143; the same command continues. A point never outlives its launcher.
 """
@@ -69,10 +69,11 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from vgg_jax import cli, config_schema, console, errors, evaluation, faults, train
+from vgg_jax import cli, config_schema, console, data, errors, evaluation, faults, train
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -253,6 +254,20 @@ def prepare(point: Point, workdir: str, sweep_name: str) -> None:
       'evals': list(dict.fromkeys([*old.get('evals', []), *point.evals])),
       'sweeps': list(dict.fromkeys([*old.get('sweeps', []), sweep_name])),
   })
+
+
+def open_datasets(points: Sequence[Point]) -> None:
+  """Opens each distinct dataset of `points` once, in the launcher: a TFDS dataset
+  is downloaded and prepared before any point starts, not by every point (or by
+  several at once), and one that cannot be read fails the sweep at once instead
+  of every point in turn (offline, each after minutes of TFDS's retries)."""
+  opened = set()
+  for point in points:
+    cfg = ml_collections.ConfigDict(point.config['data'])
+    where = (cfg.name, cfg.builder_config, cfg.data_dir, cfg.folder)
+    if where not in opened:
+      data.dataset_info(cfg)
+      opened.add(where)
 
 
 def write_manifest(workdir: str, sweep_name: str, sweep_arg: str, points: Sequence[Point]):
@@ -566,6 +581,8 @@ def run_sweep(options) -> int:
     else:
       launch_slurm(todo, workdir, sweep_name, options, dry_run=True, finished=finished)
     return 0
+  if options.launcher == 'local':  # a SLURM job's nodes may see other paths than this one
+    open_datasets(todo)
   for point in points:  # every point, so the manifest's points all have point.json
     prepare(point, workdir, sweep_name)
   write_manifest(workdir, sweep_name, arg, points)

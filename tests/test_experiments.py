@@ -599,6 +599,22 @@ def test_a_stopped_local_sweep_stops_its_running_points_and_starts_no_more(
   assert [r.read_text() for r in reports[:2]] == [f'{int(signal.SIGTERM)} True'] * 2
 
 
+def test_the_launcher_opens_each_dataset_once_and_fails_on_one_it_cannot_read(
+    tmp_path, monkeypatch):
+  opened = []
+  real = sweep.data.dataset_info
+  monkeypatch.setattr(sweep.data, 'dataset_info', lambda cfg: opened.append(cfg.name) or real(cfg))
+  base = tiny_config(str(tmp_path / 'tfds'))
+  points = sweep.make_points(base, [{'seed': 0}, {'seed': 1}, {'model.variant': 'B'}],
+                             str(tmp_path / 'sweep'))
+  sweep.open_datasets(points)
+  assert opened == ['vgg_shapes']
+  base.data.update(name='image_folder', folder=str(tmp_path / 'no_such_folder'))
+  points = sweep.make_points(base, [{'seed': 0}], str(tmp_path / 'sweep'))
+  with pytest.raises(ValueError, match='no_such_folder.* does not exist'):
+    sweep.open_datasets(points)
+
+
 def test_a_point_with_a_bad_value_fails_the_sweep_before_anything_is_written(tmp_path):
   with pytest.raises(ValueError, match=r'^point width=0\.0: width=0\.0 must be a positive'):
     sweep.make_points(tiny_config(str(tmp_path / 'tfds')),
