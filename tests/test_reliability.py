@@ -579,6 +579,17 @@ def test_evaluate_names_a_damaged_checkpoint_and_the_older_one(reference, copy_o
   assert_in_readme(cli.error_line('vgg_jax.evaluate', error.value), DIR=workdir)
 
 
+def test_a_schedule_shorter_than_the_run_stops_and_changes_nothing(reference, data_dir,
+                                                                   copy_of):
+  workdir = copy_of(reference)
+  before = snapshot(workdir)
+  with pytest.raises(ValueError, match=f'trained to step {STEPS}, past') as error:
+    train.train_and_evaluate(tiny_config(data_dir, **{**RUN, 'num_train_steps': STEPS // 2}),
+                             str(workdir))
+  assert snapshot(workdir) == before
+  assert_in_readme(error_line(error.value), DIR=workdir)
+
+
 def test_evaluate_names_a_damaged_config_file(reference, copy_of):
   workdir = copy_of(reference)
   config = workdir / run_files.CONFIG_FILE

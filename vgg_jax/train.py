@@ -362,8 +362,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     else:
       state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
       parameter_overview.log_parameter_overview(state.params)  # shown with --v=1
-    save_config(config, workdir)
     start_step = int(state.step)
+    if start_step > num_steps:
+      raise ValueError(
+          f'{workdir} holds a run trained to step {start_step}, past the last step of this '
+          f'config\'s schedule ({num_steps}): a schedule cannot end before its run\'s '
+          f'step; evaluate the run (python -m vgg_jax.evaluate --workdir={workdir}), or '
+          'train the shorter schedule in a new --workdir')
+    save_config(config, workdir)
 
     step_fn = compile_train_step(model, tx, lr_fn, dropout_key, mesh,
                                  deterministic=config.deterministic,
