@@ -39,6 +39,7 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from vgg_jax import errors
@@ -86,6 +87,8 @@ class PreemptionWatch:
     self.received = self.received or signal.Signals(signum).name
     if signum == signal.SIGINT:  # a second Ctrl-C is the user's impatience: obey it
       signal.signal(signal.SIGINT, signal.default_int_handler)
+      logging.warning('Ctrl-C: checkpointing at the next step, then stopping; '
+                      'Ctrl-C again stops at once')
 
   def reached(self, step: int) -> bool:
     """True at the step where the run should checkpoint and stop."""
