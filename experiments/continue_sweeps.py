@@ -181,7 +181,7 @@ def main(argv):
     for name, point, _ in todo:
       if run_point(name, point, options.seeds, options.epochs) != 0:
         sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
-                 f'{os.path.join(results, point.name, "log.txt")}')
+                 f'{os.path.join(results, point.name, run_files.LOG_FILE)}')
     if options.commit:
       try:
         commit(', '.join(name for name, _, _ in todo), todo[0][1], results)

@@ -80,7 +80,8 @@ def find_runs(root: str, marker: str = run_files.EVAL_DIR) -> list[str]:
   (by default eval/, the evaluated runs)."""
   runs = []
   for directory, subdirs, files in os.walk(root):
-    subdirs[:] = sorted(d for d in subdirs if d not in (run_files.CHECKPOINT_DIR, 'slurm'))
+    subdirs[:] = sorted(d for d in subdirs
+                        if d not in (run_files.CHECKPOINT_DIR, run_files.SLURM_DIR))
     if run_files.CONFIG_FILE in files and os.path.exists(os.path.join(directory, marker)):
       runs.append(directory)
   return sorted(runs)

@@ -49,9 +49,10 @@ Launchers:
 submitit would write it) and writes nothing; no SLURM is needed for it.
 
 Every point's config is checked (`vgg_jax.train.validate`), and locally each
-dataset opened once (`open_datasets`), before anything runs or is written. SIGTERM or Ctrl-C to the local launcher stops its running points
-(each checkpoints the step it reached), starts no more and exits with status
-143; the same command continues. A point never outlives its launcher.
+dataset opened once (`open_datasets`), before anything runs or is written.
+SIGTERM or Ctrl-C to the local launcher stops its running points (each
+checkpoints the step it reached), starts no more and exits with status 143;
+the same command continues. A point never outlives its launcher.
 """
 
 from __future__ import annotations
@@ -376,13 +377,13 @@ def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
       if gpus_per_point > 0:
         env['CUDA_VISIBLE_DEVICES'] = ','.join(
             str(slot * gpus_per_point + i) for i in range(gpus_per_point))
-      log = open(os.path.join(point_dir, 'log.txt'), 'ab')
+      log = open(os.path.join(point_dir, run_files.LOG_FILE), 'ab')
       proc = subprocess.Popen(worker_command(point_dir), cwd=REPO, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True,
                               preexec_fn=end_with_the_launcher)
       running[point.name] = (proc, log, slot, time.time(), point_dir)
       print(f'started {point.name} ({status(point_dir, point.evals)}), log: '
-            f'{os.path.join(point_dir, "log.txt")}', flush=True)
+            f'{os.path.join(point_dir, run_files.LOG_FILE)}', flush=True)
     if pending and not running:
       # Nothing runs and nothing can start: a dependency is missing.
       for point in pending:
@@ -405,10 +406,10 @@ def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
               flush=True)
       else:
         failed.append(name)
-        with open(os.path.join(point_dir, 'log.txt'), errors='replace') as f:
+        with open(os.path.join(point_dir, run_files.LOG_FILE), errors='replace') as f:
           tail = ''.join(f.readlines()[-5:])
         print(f'FAILED {name} (exit status {proc.returncode}); last lines of '
-              f'{point_dir}/log.txt:\n{tail}', flush=True)
+              f'{os.path.join(point_dir, run_files.LOG_FILE)}:\n{tail}', flush=True)
   return failed
 
 
@@ -482,7 +483,7 @@ def launch_slurm(points: Sequence[Point], workdir: str, sweep_name: str, options
       print(f'queued already: {point.name} is SLURM job {active}', flush=True)
       job_ids[point.name] = active
       continue
-    folder = os.path.join(point_dir, 'slurm')
+    folder = os.path.join(point_dir, run_files.SLURM_DIR)
     executor = _slurm_executor(folder, options.slurm_max_requeues, dry_run)
     params = slurm_parameters(f'{sweep_name}.{point.name}', options)
     waits = [d for d in point.depends_on if d not in finished]

@@ -579,6 +579,25 @@ def test_evaluate_names_a_damaged_checkpoint_and_the_older_one(reference, copy_o
   assert_in_readme(cli.error_line('vgg_jax.evaluate', error.value), DIR=workdir)
 
 
+def test_a_workdir_of_other_things_is_refused_and_a_sweep_point_s_is_not(data_dir, tmp_path):
+  others = tmp_path / 'sweep_root'
+  (others / 'variant=A,seed=0').mkdir(parents=True)
+  (others / 'README.md').write_text('results')
+  before = snapshot(others)
+  with pytest.raises(ValueError, match=r'holds other things \(README.md, variant=A,seed=0\)'
+                     ) as error:
+    train.train_and_evaluate(tiny_config(data_dir, **RUN), str(others))
+  assert snapshot(others) == before
+  assert_in_readme(error_line(error.value), DIR=others)
+  point = tmp_path / 'point'  # as experiments.sweep prepares one, and as a run leaves it
+  point.mkdir()
+  for name in (run_files.POINT_FILE, run_files.LOG_FILE, f'{run_files.EVENTS_PREFIX}1.vm.2',
+               '.hidden'):
+    (point / name).write_text('')
+  (point / run_files.CHECKPOINT_DIR).mkdir()
+  resume.check_own(str(point))
+
+
 def test_a_schedule_shorter_than_the_run_stops_and_changes_nothing(reference, data_dir,
                                                                    copy_of):
   workdir = copy_of(reference)

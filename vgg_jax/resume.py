@@ -3,6 +3,10 @@
 `check_writable`: the workdir (or the directory it would be created in) must
 be writable, so that a week-long job does not fail at its first checkpoint.
 
+`check_own`: a workdir without a run of its own must hold nothing else (a
+sweep point's files aside), so that a run started in a sweep's directory, a
+dataset or a home directory does not mix its files into theirs.
+
 `check_config`: a workdir with checkpoints belongs to the config in its
 config.json. Resuming with different values of fields that define the
 experiment (the model, the data and its order, the optimizer) would mix two
@@ -60,6 +64,19 @@ def check_writable(workdir: str) -> None:
           f'cannot write to --workdir={workdir}: {target} refused a test directory '
           f'({e.strerror}); choose a --workdir you can write to, or fix its permissions'
       ) from e
+
+
+def check_own(workdir: str) -> None:
+  """Raises (one line, with the fix) if `workdir` holds other things and no run."""
+  if not os.path.isdir(workdir) or os.path.isfile(os.path.join(workdir, run_files.CONFIG_FILE)):
+    return
+  others = run_files.foreign_entries(workdir)
+  if others:
+    shown = ', '.join(others[:3]) + (', ...' if len(others) > 3 else '')
+    raise ValueError(
+        f'--workdir={workdir} holds other things ({shown}) and no run: a run writes '
+        'config.json, metrics.jsonl and checkpoints/ into its workdir; choose a new or empty '
+        'directory')
 
 
 def is_experiment_field(key: str) -> bool:

@@ -235,7 +235,7 @@ class MetricsLog:
     self.events = None
     if self.primary:
       self._truncate_after(start_step)
-      name = (f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.'
+      name = (f'{run_files.EVENTS_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.'
               f'{os.getpid()}')
       self.events = record_writer.RecordWriter(open(os.path.join(workdir, name), 'wb'))
       self._add_event(event_pb2.Event(file_version='brain.Event:2'))
@@ -310,7 +310,7 @@ def profile_window(config, workdir: str, start_step: int, num_steps: int) -> Pro
     return ProfileWindow()
   first = min(num_steps, start_step + 1 + config.profile_skip_steps)
   last = min(num_steps, first + config.profile_num_steps - 1)
-  directory = os.path.join(workdir, 'profile', f'process_{jax.process_index()}')
+  directory = os.path.join(workdir, run_files.PROFILE_DIR, f'process_{jax.process_index()}')
   return ProfileWindow(directory, first, last)
 
 
@@ -331,6 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   validate(config)
   resume.check_writable(workdir)
+  resume.check_own(workdir)
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   info = data.dataset_info(config.data)

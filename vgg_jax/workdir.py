@@ -5,10 +5,13 @@
     WORKDIR/checkpoints/<step>/   orbax checkpoints (vgg_jax.checkpoints)
     WORKDIR/checkpoints_damaged/  damaged ones, moved aside
     WORKDIR/eval/<name>.json      evaluations (vgg_jax.evaluate)
+    WORKDIR/events.out.tfevents.* TensorBoard's events
+    WORKDIR/profile/              a profiler trace (config.profile)
 
 A point of a sweep (experiments.sweep launches it, experiments.point runs it)
-adds point.json (its config and evaluations), train_result.json (training
-done) and evals.json (evaluations done).
+adds point.json (its config and evaluations), log.txt (its console),
+train_result.json (training done), evals.json (evaluations done) and, under
+SLURM, slurm/ (submitit's files).
 
 Every JSON file is written to a temporary file beside it and renamed over it,
 so a reader, or a run killed while writing, never leaves or sees half a file.
@@ -37,6 +40,13 @@ EVAL_DIR = 'eval'
 POINT_FILE = 'point.json'
 TRAIN_RESULT_FILE = 'train_result.json'
 EVALS_FILE = 'evals.json'
+LOG_FILE = 'log.txt'
+PROFILE_DIR = 'profile'
+SLURM_DIR = 'slurm'
+EVENTS_PREFIX = 'events.out.tfevents.'
+RUN_ENTRIES = frozenset((CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, DAMAGED_DIR, EVAL_DIR,
+                         PROFILE_DIR, POINT_FILE, LOG_FILE, TRAIN_RESULT_FILE, EVALS_FILE,
+                         SLURM_DIR))
 
 # A field one side of a config comparison lacks.
 UNSET = object()
@@ -46,6 +56,13 @@ def has_checkpoints(workdir: str) -> bool:
   """Whether `workdir` holds a committed checkpoint (a step directory)."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def foreign_entries(workdir: str) -> list[str]:
+  """What `workdir` holds besides a run's and a sweep point's own files (this
+  module's layout; hidden files aside), sorted."""
+  return sorted(name for name in os.listdir(workdir) if not name.startswith('.')
+                and name not in RUN_ENTRIES and not name.startswith(EVENTS_PREFIX))
 
 
 def is_trained(point_dir: str) -> bool:
