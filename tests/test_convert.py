@@ -8,6 +8,8 @@ a wrong layout changes the output by O(1) of its scale, while float32 rounding
 differences between libraries stay near 1e-6 of it.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -83,6 +85,41 @@ def test_keras_outputs_match(name, variant, image_size, num_classes):
 
   assert kwargs == dict(variant=variant, num_classes=num_classes, image_size=image_size)
   assert_logits_close(apply(variables, x, **kwargs), reference(x, training=False))
+
+
+def test_keras_weights_take_vgg_jax_s_rgb_input():
+  """Folded for RGB pixels minus `data.mean_rgb`, the imported net gives what the
+  Keras net gives on Keras's own preprocessing (BGR minus the mean pixel)."""
+  import keras  # pylint: disable=import-outside-toplevel
+  keras.utils.set_random_seed(0)
+  reference = keras.applications.VGG19(weights=None, input_shape=(64, 64, 3), classes=10,
+                                        classifier_activation=None)
+  pixels = np.random.default_rng(2).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+  expected = reference(keras.applications.vgg19.preprocess_input(pixels.copy()), training=False)
+
+  variables, kwargs = convert.from_keras(reference)
+  variables, mean_rgb = convert.for_rgb_input(variables, 'keras')
+
+  assert_logits_close(apply(variables, pixels - np.float32(mean_rgb), **kwargs), expected)
+
+
+def test_torchvision_weights_take_vgg_jax_s_rgb_input():
+  """conv1_1 folded: on RGB pixels minus `data.mean_rgb` it computes what the
+  original computes on torchvision's input, (pixels / 255 - mean) / std."""
+  rng = np.random.default_rng(3)
+  kernel = rng.normal(size=(3, 3, 3, 8)).astype(np.float32)
+  params = {'conv1_1': {'kernel': kernel, 'bias': np.zeros(8, np.float32)}, 'fc3': {}}
+  folded, mean_rgb = convert.for_rgb_input({'params': params}, 'torchvision')
+  pixels = rng.uniform(0, 255, (2, 9, 9, 3)).astype(np.float32)
+  normalised = (pixels / 255 - np.float32([0.485, 0.456, 0.406])) / np.float32(
+      [0.229, 0.224, 0.225])
+  conv = lambda x, k: jax.lax.conv_general_dilated(  # pylint: disable=g-long-lambda
+      x, k, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      precision=jax.lax.Precision.HIGHEST)
+  np.testing.assert_allclose(
+      conv(pixels - np.float32(mean_rgb), folded['params']['conv1_1']['kernel']),
+      conv(normalised, kernel), rtol=1e-5, atol=1e-4)
+  assert folded['params']['fc3'] is params['fc3'] and params['conv1_1']['kernel'] is kernel
 
 
 def test_keras_without_top_is_refused():
@@ -207,6 +244,20 @@ def test_torchvision_outputs_match(variant, batch_norm, as_numpy, pass_variant):
   assert_logits_close(ours, reference)
 
 
+def test_a_run_config_takes_the_imported_network_and_its_mean_pixel():
+  from configs import imagenet  # pylint: disable=import-outside-toplevel
+  from vgg_jax import summary, train  # pylint: disable=import-outside-toplevel
+  variables = convert.from_torchvision(torchvision_shapes('E', batch_norm=True))
+  variables, mean_rgb = convert.for_rgb_input(variables, 'torchvision')
+  config = convert.run_config(variables, mean_rgb, imagenet.get_config('A'))
+  train.validate(config)
+  assert (config.model.variant, config.model.batch_norm) == ('E', True)
+  np.testing.assert_allclose(config.data.mean_rgb, (123.675, 116.28, 103.53))
+  model = VGG.from_config(config.model, 1000, config.data.image_size)
+  assert jax.tree.map(np.shape, summary.abstract_variables(model)) == jax.tree.map(
+      np.shape, variables)
+
+
 def test_torchvision_wrong_variant_names_the_right_one():
   with pytest.raises(ValueError,
                      match=r"13 conv layers but variant 'A' has 8: use variant='D'"):
@@ -218,3 +269,15 @@ def test_torchvision_same_depth_wrong_shape_names_the_layer():
   with pytest.raises(ValueError, match=r'conv3_3/kernel has shape \(3, 3, 256, 256\), '
                                        r'expected \(1, 1, 256, 256\)'):
     convert.from_torchvision(torchvision_shapes('D'), 'C')
+
+
+@pytest.mark.slow  # starts the command
+def test_the_command_names_what_it_needs_in_one_line(tmp_path):
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  proc = subprocess.run([sys.executable, '-m', 'vgg_jax.convert', '--config=configs/imagenet.py:D',
+                         f'--workdir={tmp_path / "run"}'], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+      'vgg_jax.convert: error: give --config=FILE, --workdir=DIR and one of '
+      '--torchvision=FILE.pth or --keras=VGG16|VGG19')
+  assert not (tmp_path / 'run').exists()

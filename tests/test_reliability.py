@@ -40,6 +40,7 @@ from PIL import Image
 
 from vgg_jax import checkpoints, cli, cpu_ops, data, errors, evaluate, faults, resume, train
 from vgg_jax import workdir as run_files
+from vgg_jax.model import VGG
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_train import REPO, cli_args, command_env, tiny_config  # pylint: disable=wrong-import-position
@@ -596,6 +597,34 @@ def test_a_workdir_of_other_things_is_refused_and_a_sweep_point_s_is_not(data_di
     (point / name).write_text('')
   (point / run_files.CHECKPOINT_DIR).mkdir()
   resume.check_own(str(point))
+
+
+def test_imported_weights_become_a_run_that_evaluates_and_fine_tunes(data_dir, tmp_path):
+  """`start_run_from` (what `python -m vgg_jax.convert` writes): a run at step 0
+  that evaluates, and trains on from the given weights (at learning rate 0 they
+  stay exactly the given ones)."""
+  config = tiny_config(data_dir, **{**RUN, 'num_train_steps': 4, 'eval_every_steps': 4})
+  config.optimizer.learning_rate = 0.0
+  model = VGG.from_config(config.model, data.dataset_info(config.data).num_classes,
+                          config.data.image_size)
+  size = config.data.image_size
+  imported = jax.tree.map(np.asarray, model.init(jax.random.key(7), np.zeros((1, size, size, 3))))
+  workdir = str(tmp_path / 'imported')
+  train.start_run_from(imported, config, workdir)
+
+  assert checkpoints.available_steps(workdir) == [0]
+  restored = checkpoints.restore_variables(workdir)
+  jax.tree.map(np.testing.assert_array_equal, restored, imported)
+  assert evaluate.evaluate_run(workdir)['step'] == 0
+  train.train_and_evaluate(config, workdir)
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.restore_variables(workdir, 4)['params'],
+               imported['params'])
+  with pytest.raises(ValueError, match='holds a run already'):
+    train.start_run_from(imported, config, workdir)
+  config.model.width /= 2
+  with pytest.raises(ValueError, match=r'the weights do not fit .*: params/bn1_1/bias'):
+    train.start_run_from(imported, config, str(tmp_path / 'narrower'))
+  assert not os.path.exists(tmp_path / 'narrower')
 
 
 def test_a_schedule_shorter_than_the_run_stops_and_changes_nothing(reference, data_dir,

@@ -15,6 +15,11 @@ Both return flax variables of float32 jax arrays: {'params': ...}, plus
 against the model it targets and raises a one-line ValueError on a mismatch.
 Neither library is imported here: they are only needed to produce the weights.
 
+`python -m vgg_jax.convert --torchvision=FILE.pth | --keras=VGG16 --config=...
+--workdir=DIR` writes them as a run at step 0 (`vgg_jax.train.start_run_from`),
+their library's preprocessing folded into conv1_1 (`for_rgb_input`), for
+`vgg_jax.evaluate`, `config.init_from` and fine-tuning.
+
 A downloaded `.pth` file is read with `load_torch_file`, which unpickles
 nothing but tensors and containers (`torch.load(..., weights_only=True)`): a
 pickle can run any code, so a file from elsewhere is never unpickled whole.
@@ -160,6 +165,38 @@ def from_keras(keras_model) -> tuple[dict[str, Any], dict[str, Any]]:
   return _checked({'params': params}, vgg.VGG(**kwargs), 'keras model'), kwargs
 
 
+# What each reference's networks were trained on, against vgg_jax's input (RGB
+# pixels in 0-255 minus data.mean_rgb, as its pipelines make it). Keras (caffe
+# mode): BGR pixels minus the ImageNet mean pixel; torchvision: (RGB / 255 -
+# mean) / std per channel.
+KERAS_MEAN_RGB = (123.68, 116.779, 103.939)
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+SOURCES = ('keras', 'torchvision')
+
+
+def for_rgb_input(variables: dict[str, Any], source: str) -> tuple[dict[str, Any], tuple]:
+  """(variables, mean_rgb) that take vgg_jax's input where `variables` (from
+  `from_keras` or `from_torchvision`) took their library's preprocessing:
+  conv1_1's input channels reversed (Keras feeds BGR) or divided by 255 std
+  (torchvision), and the mean pixel to set as `data.mean_rgb`. Exact up to
+  float32 rounding, so the paper's evaluations and the training pipeline feed
+  imported weights as they feed trained ones (`vgg_jax.train.start_run_from`).
+  """
+  if source not in SOURCES:
+    raise ValueError(f'unknown source {source!r}: choose one of {", ".join(SOURCES)}')
+  kernel = np.asarray(variables['params']['conv1_1']['kernel'])  # (k, k, 3, C)
+  if source == 'keras':
+    kernel, mean_rgb = kernel[:, :, ::-1, :], KERAS_MEAN_RGB
+  else:
+    scale = 255.0 * np.asarray(TORCHVISION_STD, np.float64)
+    kernel = (kernel / scale[None, None, :, None]).astype(np.float32)
+    mean_rgb = tuple(float(255.0 * m) for m in TORCHVISION_MEAN)
+  params = dict(variables['params'])
+  params['conv1_1'] = {**params['conv1_1'], 'kernel': jnp.asarray(np.ascontiguousarray(kernel))}
+  return {**variables, 'params': params}, mean_rgb
+
+
 def load_torch_file(path: str) -> Mapping[str, Any]:
   """A PyTorch state_dict file (`torch.save(model.state_dict(), path)`), safely.
 
@@ -236,3 +273,56 @@ def from_torchvision(state_dict: Mapping[str, Any],
   model = vgg.VGG(variant=variant, num_classes=fc3.shape[-1], batch_norm=batch_norm,
                   image_size=32 * params['fc1']['kernel'].shape[0])
   return _checked(variables, model, 'torchvision state_dict')
+
+
+def run_config(variables: dict[str, Any], mean_rgb: tuple, config) -> Any:
+  """`config` with its model set to the network of `variables` (variant, batch
+  norm, full width, FC width) and its mean pixel to `mean_rgb` (both from
+  `for_rgb_input`), for `vgg_jax.train.start_run_from`."""
+  params = variables['params']
+  config.model.update(variant=_variant_for(sum(k.startswith('conv') for k in params)),
+                      batch_norm='batch_stats' in variables, width=1.0, head='fc',
+                      fc_width=int(params['fc2']['bias'].shape[0]))
+  config.data.mean_rgb = tuple(mean_rgb)
+  return config
+
+
+if __name__ == '__main__':
+  # The command; its flags and the training service it writes the run with are
+  # only here, so that importing the library defines and imports neither.
+  import sys
+  from absl import app, flags
+  from ml_collections import config_flags
+  from vgg_jax import cli, errors, train
+
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'The new run\'s config (e.g. configs/imagenet.py:D): its model and '
+      'mean pixel are set to those of the weights.')
+  flags.DEFINE_string('torchvision', None, 'A torchvision VGG state_dict file (.pth).')
+  flags.DEFINE_enum('keras', None, ['VGG16', 'VGG19'], 'A keras.applications VGG.')
+  flags.DEFINE_string('keras_weights', 'imagenet',
+                      "--keras's weights: 'imagenet' (Keras downloads them) or a file.")
+  flags.DEFINE_string('workdir', None, 'The new run\'s directory.')
+
+  def main(argv):
+    del argv
+    f = flags.FLAGS
+    try:
+      if (f.torchvision is None) == (f.keras is None) or not f.workdir or _CONFIG.value is None:
+        raise ValueError('give --config=FILE, --workdir=DIR and one of --torchvision=FILE.pth '
+                         'or --keras=VGG16|VGG19')
+      if f.torchvision:
+        source, variables = 'torchvision', from_torchvision(load_torch_file(f.torchvision))
+      else:
+        import keras  # pylint: disable=g-import-not-at-top
+        keras_model = getattr(keras.applications, f.keras)(weights=f.keras_weights)
+        source, (variables, _) = 'keras', from_keras(keras_model)
+      variables, mean_rgb = for_rgb_input(variables, source)
+      config = run_config(variables, mean_rgb, _CONFIG.value)
+      train.start_run_from(variables, config, f.workdir)
+    except errors.USER_ERRORS as e:
+      sys.exit(cli.error_line('vgg_jax.convert', e))
+    print(f'wrote {f.workdir}: VGG-{config.model.variant} from {source} as a run at step 0; '
+          f'python -m vgg_jax.evaluate --workdir={f.workdir} evaluates it')
+
+  app.run(main, flags_parser=cli.flags_parser('vgg_jax.convert', _CONFIG))

@@ -319,6 +319,51 @@ def profile_window(config, workdir: str, start_step: int, num_steps: int) -> Pro
 # --------------------------------------------------------------------------
 
 
+def _shapes(tree) -> dict[str, tuple]:
+  return {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(tree, sep='/').items()}
+
+
+def start_run_from(variables: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes a new `workdir` as a run at step 0 that holds `variables` (imported
+  weights, `vgg_jax.convert`): `vgg_jax.evaluate` evaluates it with the paper's
+  protocols, `config.init_from` warm-starts from it, and `vgg_jax.train` in the
+  same workdir fine-tunes it from step 0 (momentum and the schedule start
+  afresh). The variables must have the shapes of `config.model` at
+  `config.data.image_size`, the classes being their classifier's."""
+  validate(config)
+  resume.check_writable(workdir)
+  resume.check_own(workdir)
+  if os.path.isfile(os.path.join(workdir, run_files.CONFIG_FILE)):
+    raise ValueError(f'--workdir={workdir} holds a run already: choose a new workdir')
+  head = 'fc3' if config.model.head == 'fc' else 'fc2'
+  image_size = config.data.image_size
+  model = VGG.from_config(config.model, int(variables['params'][head]['bias'].shape[0]),
+                          image_size)
+  mesh = parallel.make_mesh()
+  tx = optim.create_optimizer(config.optimizer, num_steps=1, steps_per_epoch=1)
+  state = create_train_state(model, tx, jax.random.key(config.seed), image_size, mesh)
+  given = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
+  expected = {'params': state.params, 'batch_stats': state.batch_stats}
+  have, want = _shapes(given), _shapes(expected)
+  differ = sorted((k for k in have.keys() | want.keys() if have.get(k) != want.get(k)),
+                  key=lambda k: (not k.startswith('params'), k))  # the parameters first
+  if differ:
+    raise ValueError(f'the weights do not fit the config\'s model (variant '
+                     f'{config.model.variant}, batch_norm={config.model.batch_norm}, image_size '
+                     f'{image_size}): {", ".join(differ[:3])}{", ..." if len(differ) > 3 else ""} '
+                     'differ; set the config to the network the weights come from')
+  given = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), given),
+                         parallel.replicated(mesh))
+  state = state.replace(params=given['params'], batch_stats=given['batch_stats'])
+  os.makedirs(workdir, exist_ok=True)
+  with run_files.exclusive(workdir, primary=jax.process_index() == 0):
+    mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    checkpoints.save(mngr, state, 0)
+    mngr.wait_until_finished()
+    mngr.close()
+    save_config(config, workdir)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False,
                        preemption: Optional[faults.PreemptionWatch] = None) -> dict:
