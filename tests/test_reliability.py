@@ -970,6 +970,8 @@ def test_torch_files_are_loaded_weights_only(tmp_path):
   with pytest.raises(ValueError, match='holds objects besides tensors'):
     convert.load_torch_file(tmp_path / 'crafted.pth')
   assert not marker.exists()
+  with pytest.raises(FileNotFoundError, match='nope.pth: no such file; pass a state_dict'):
+    convert.load_torch_file(tmp_path / 'nope.pth')
 
 
 class _RunsCodeWhenUnpickled:

@@ -27,6 +27,7 @@ pickle can run any code, so a file from elsewhere is never unpickled whole.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Optional
 
 import jax
@@ -203,6 +204,9 @@ def load_torch_file(path: str) -> Mapping[str, Any]:
   `weights_only=True` restricts unpickling to tensors, primitive types and
   containers, so a file crafted to run code when loaded raises instead.
   """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no such file; pass a state_dict saved with '
+                            'torch.save(model.state_dict(), path)')
   import torch  # pylint: disable=import-outside-toplevel
   try:
     return torch.load(path, map_location='cpu', weights_only=True)
