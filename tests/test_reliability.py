@@ -599,6 +599,7 @@ def test_a_workdir_of_other_things_is_refused_and_a_sweep_point_s_is_not(data_di
   resume.check_own(str(point))
 
 
+@pytest.mark.slow  # trains a run
 def test_imported_weights_become_a_run_that_evaluates_and_fine_tunes(data_dir, tmp_path):
   """`start_run_from` (what `python -m vgg_jax.convert` writes): a run at step 0
   that evaluates, and trains on from the given weights (at learning rate 0 they
