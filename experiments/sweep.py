@@ -531,21 +531,25 @@ def _define_flags() -> None:
       lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory of the sweep: one subdirectory per point.')
   flags.DEFINE_enum('launcher', 'local', ['local', 'slurm'], 'Where points run.')
-  flags.DEFINE_integer('parallel', 1, 'local: points running at a time.')
+  flags.DEFINE_integer('parallel', 1, 'local: points running at a time.', lower_bound=1)
   flags.DEFINE_integer('gpus_per_point', 0, 'local: GPUs per running point, as '
-                       'CUDA_VISIBLE_DEVICES slots (0: every point sees every device).')
+                       'CUDA_VISIBLE_DEVICES slots (0: every point sees every device).',
+                       lower_bound=0)
   flags.DEFINE_bool('dry_run', False, 'Print what would run; write nothing.')
   flags.DEFINE_string('only', None, 'Only the points whose name matches this regex.')
   flags.DEFINE_string('slurm_partition', None, 'slurm: partition.')
   flags.DEFINE_string('slurm_account', None, 'slurm: account.')
   flags.DEFINE_string('slurm_qos', None, 'slurm: quality of service.')
   flags.DEFINE_string('slurm_constraint', None, 'slurm: node constraint.')
-  flags.DEFINE_integer('slurm_nodes', 1, 'slurm: nodes per point.')
-  flags.DEFINE_integer('slurm_gpus_per_node', 1, 'slurm: GPUs per node (one task each).')
-  flags.DEFINE_integer('slurm_cpus_per_task', None, 'slurm: CPUs per task.')
-  flags.DEFINE_float('slurm_mem_gb', None, 'slurm: memory per node in GB.')
-  flags.DEFINE_integer('slurm_time_min', 24 * 60, 'slurm: time limit per job in minutes.')
-  flags.DEFINE_integer('slurm_max_requeues', 3, 'slurm: requeues after a time-out.')
+  flags.DEFINE_integer('slurm_nodes', 1, 'slurm: nodes per point.', lower_bound=1)
+  flags.DEFINE_integer('slurm_gpus_per_node', 1, 'slurm: GPUs per node (one task each).',
+                       lower_bound=0)
+  flags.DEFINE_integer('slurm_cpus_per_task', None, 'slurm: CPUs per task.', lower_bound=1)
+  flags.DEFINE_float('slurm_mem_gb', None, 'slurm: memory per node in GB.', lower_bound=0)
+  flags.DEFINE_integer('slurm_time_min', 24 * 60, 'slurm: time limit per job in minutes '
+                       '(0: none, as SLURM reads it).', lower_bound=0)
+  flags.DEFINE_integer('slurm_max_requeues', 3, 'slurm: requeues after a time-out.',
+                       lower_bound=0)
   flags.DEFINE_multi_string('slurm_setup', None, 'slurm: shell lines run before the job '
                             '(e.g. module load cuda).')
 
@@ -558,7 +562,11 @@ def run_sweep(options) -> int:
   workdir = os.path.abspath(options.workdir)
   points = make_points(sweep_flag.value, module.get_sweep(arg), workdir)
   if options.only:
-    selected = [p for p in points if re.search(options.only, p.name)]
+    try:
+      pattern = re.compile(options.only)
+    except re.error as e:
+      raise ValueError(f'--only={options.only!r} is not a regular expression ({e})') from None
+    selected = [p for p in points if pattern.search(p.name)]
     if not selected:
       raise ValueError(f'--only={options.only!r} matches none of '
                        f'{", ".join(p.name for p in points)}')
