@@ -191,7 +191,7 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.DEFINE_string('images', None, 'CIFAR-10 as an image folder.', required=True)
-  flags.DEFINE_integer('seeds', 3, 'Seeds per configuration.')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per configuration.', lower_bound=1)
   flags.DEFINE_float('epochs', 0.0, 'Epochs of every point (0: the twocore size\'s own); '
                      'a campaign of its own, in experiments/results/cifar10_twocore_epochsE.')
   flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
