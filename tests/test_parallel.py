@@ -221,3 +221,11 @@ def test_a_checkpoint_of_a_replicated_state_is_written_from_one_replica(tmp_path
   assert len(compiles) <= 1  # the checksums' program (unless cached), nothing per device
   restored = checkpoints.restore(mngr, checkpoints.abstract_like(state))
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
+
+
+def test_a_compilation_cache_that_cannot_be_a_directory_is_named(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('')
+  with pytest.raises(OSError, match=r'a_file cannot be a directory \(File exists\): pass '
+                     r'--compilation_cache=DIR'):
+    parallel.enable_compilation_cache(str(blocker))  # raises before touching jax's config

@@ -150,7 +150,11 @@ def enable_compilation_cache(path: str, min_compile_secs: float = 1.0) -> None:
   """
   if path:
     path = os.path.expanduser(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      raise OSError(f'the compilation cache {path} cannot be a directory ({e.strerror}): '
+                    'pass --compilation_cache=DIR of a directory you can write to') from None
     jax.config.update('jax_compilation_cache_dir', path)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', min_compile_secs)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
