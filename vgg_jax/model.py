@@ -271,6 +271,9 @@ class VGG(nn.Module):
           f'image_size={self.image_size} is too small for the fc head: five 2x2 '
           f'pools need at least {2**NUM_POOLS} pixels; use a larger crop or '
           "head='gap'")
+    if self.image_size < 2**NUM_POOLS:
+      raise ValueError(f'image_size={self.image_size} is too small: five 2x2 pools need at '
+                       f'least {2**NUM_POOLS} pixels; use a larger crop')
     smallest = (self.fc1_window if self.head == 'fc' else 1) * 2**NUM_POOLS
     if min(height, width) < smallest:
       raise ValueError(
