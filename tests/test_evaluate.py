@@ -90,6 +90,9 @@ def test_auto_scales_follow_the_paper_rule():
     evaluation.parse_scales('auto', cfg)
   assert evaluation.parse_scales(None, cfg) == (32,)
   assert evaluation.parse_scales('32, 40', cfg) == (32, 40)
+  with pytest.raises(ValueError, match='repeats a scale'):  # its NLL came out log 2 too high
+    evaluation.parse_scales('40,40', cfg)
+  assert evaluation.auto_scales((32, 33), 32) == (32, 33)
 
 
 def test_views_of_each_protocol_keep_the_aspect_ratio():

@@ -91,7 +91,7 @@ def auto_scales(train_scale, image_size: int) -> tuple[int, ...]:
   """
   lo, hi = transforms.scale_bounds(train_scale)
   if lo != hi:
-    return lo, (lo + hi) // 2, hi
+    return tuple(dict.fromkeys((lo, (lo + hi) // 2, hi)))  # [S, S + 1]: two scales
   offset = int(round(PAPER_SCALE_OFFSET * image_size / PAPER_CROP))
   return lo - offset, lo, lo + offset
 
@@ -111,6 +111,10 @@ def parse_scales(scales, data_cfg) -> tuple[int, ...]:
                        "256,384,512) or 'auto'") from None
     if not resolved:
       raise ValueError(f'scales={scales!r} is empty: give at least one Q or auto')
+    if len(set(resolved)) < len(resolved):
+      # One set of views per scale: a repeated Q would be counted in the mean's
+      # divisor but its views made once.
+      raise ValueError(f'scales={scales!r} repeats a scale: give each Q once')
   check_scales(resolved, int(data_cfg.image_size))
   return resolved
 
