@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ import time
 from absl import app, flags
 
 from experiments import sweep
-from vgg_jax import cli
+from vgg_jax import cli, faults
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,13 +127,24 @@ def pending_memberships(memberships: list[tuple[str, sweep.Point]], results: str
   return [pending for pending in states if pending[2] != 'done']
 
 
-def run_point(name: str, point: sweep.Point, seeds: int, epochs: float) -> int:
+def run_point(name: str, point: sweep.Point, seeds: int, epochs: float,
+              stop: sweep.StopRequest) -> int:
+  """The sweep's exit status for the point; once `stop.received`, the sweep is
+  passed SIGTERM (its points checkpoint) and waited for."""
   sweep_file = os.path.join('configs', 'sweeps', f'{name}.py')
   cmd = [sys.executable, '-m', 'experiments.sweep',
          f'--sweep={sweep_file}:{sweep_argument(seeds, epochs)}',
          f'--workdir={results_dir(epochs)}', f'--only=^{re.escape(point.name)}$']
   print(f'$ {" ".join(cmd)}', flush=True)
-  return subprocess.run(cmd, cwd=REPO, check=False).returncode
+  # A session of its own: a Ctrl-C reaches this process only, which stops it in order.
+  proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
+                          preexec_fn=sweep.end_with_parent())
+  while proc.poll() is None:
+    if stop.received:
+      proc.send_signal(signal.SIGTERM)
+      return proc.wait()
+    time.sleep(0.5)
+  return proc.returncode
 
 
 def commit(name: str, point: sweep.Point, results: str) -> None:
@@ -173,20 +185,26 @@ def main(argv):
     sys.exit(f'experiments.continue_sweeps: error: {e}')
   print(f'{len(points) - len(pending)} of the {len(points)} points are done, '
         f'{len(pending)} to run', flush=True)
-  for todo in pending:
-    for name, point, state in todo:
-      print(f'[{state}] {name}: {point.name}', flush=True)
-    if options.dry_run:
-      continue
-    for name, point, _ in todo:
-      if run_point(name, point, options.seeds, options.epochs) != 0:
-        sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
-                 f'{os.path.join(results, point.name, run_files.LOG_FILE)}')
-    if options.commit:
-      try:
-        commit(', '.join(name for name, _, _ in todo), todo[0][1], results)
-      except RuntimeError as e:
-        sys.exit(f'experiments.continue_sweeps: error: {e}')
+  with sweep.StopRequest() as stop:
+    for todo in pending:
+      for name, point, state in todo:
+        print(f'[{state}] {name}: {point.name}', flush=True)
+      if options.dry_run:
+        continue
+      for name, point, _ in todo:
+        status = run_point(name, point, options.seeds, options.epochs, stop)
+        if stop.received:
+          print(f'experiments.continue_sweeps: stopped by {stop.received}; rerun the same '
+                'command to continue', file=sys.stderr)
+          sys.exit(faults.PREEMPTED_EXIT_CODE)
+        if status != 0:
+          sys.exit(f'experiments.continue_sweeps: {point.name} failed: see '
+                   f'{os.path.join(results, point.name, run_files.LOG_FILE)}')
+      if options.commit:
+        try:
+          commit(', '.join(name for name, _, _ in todo), todo[0][1], results)
+        except RuntimeError as e:
+          sys.exit(f'experiments.continue_sweeps: error: {e}')
 
 
 if __name__ == '__main__':

@@ -328,11 +328,11 @@ class StopRequest:
     self.received = self.received or signal.Signals(signum).name
 
 
-def _end_with_the_launcher() -> Optional[Callable[[], int]]:
-  """What a point's process runs before it starts: SIGTERM to it when the
-  launcher dies, however it dies (Linux's PR_SET_PDEATHSIG, kept across exec), so
-  that no point trains on unwatched beside a rerun of the sweep. Resolved here, in
-  the launcher: the forked child only calls it."""
+def end_with_parent() -> Optional[Callable[[], int]]:
+  """A `preexec_fn` for a child process (a point, or a launcher): SIGTERM to it
+  when its parent dies, however it dies (Linux's PR_SET_PDEATHSIG, kept across
+  exec), so that no point trains on unwatched beside a rerun of the sweep.
+  Resolved here, in the parent: the forked child only calls it."""
   if not sys.platform.startswith('linux'):
     return None
   prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -348,7 +348,7 @@ def launch_local(points: Sequence[Point], workdir: str, *, parallel: int,
   checkpoints; not a failure). Each point runs in a session of its own, so a
   Ctrl-C in the terminal reaches the launcher only, which stops them in order."""
   stop = stop or StopRequest()
-  end_with_the_launcher = _end_with_the_launcher()
+  end_with_the_launcher = end_with_parent()
   pending, running, failed = list(points), {}, []
   free_slots = list(range(max(1, parallel)))
   stopping = False
