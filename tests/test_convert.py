@@ -249,8 +249,8 @@ def test_a_run_config_takes_the_imported_network_and_its_mean_pixel():
   from vgg_jax import summary, train  # pylint: disable=import-outside-toplevel
   variables = convert.from_torchvision(torchvision_shapes('E', batch_norm=True))
   variables, mean_rgb = convert.for_rgb_input(variables, 'torchvision')
-  config = convert.run_config(variables, mean_rgb, imagenet.get_config('A'))
-  train.validate(config)
+  config = convert.run_config(variables, mean_rgb, imagenet.get_config('A,S=384'))
+  train.validate(config)  # S = 384 fine-tunes: from the imported weights
   assert (config.model.variant, config.model.batch_norm) == ('E', True)
   np.testing.assert_allclose(config.data.mean_rgb, (123.675, 116.28, 103.53))
   model = VGG.from_config(config.model, 1000, config.data.image_size)

@@ -288,6 +288,9 @@ def run_config(variables: dict[str, Any], mean_rgb: tuple, config) -> Any:
                       batch_norm='batch_stats' in variables, width=1.0, head='fc',
                       fc_width=int(params['fc2']['bias'].shape[0]))
   config.data.mean_rgb = tuple(mean_rgb)
+  # The imported weights are the trained run a fine-tuning config (the paper's
+  # S = 384) asks to start from: training the new run resumes them.
+  config.requires_init_from = False
   return config
 
 
