@@ -304,28 +304,13 @@ def _duration(seconds: float) -> str:
   return f'{minutes}m{seconds:02d}s'
 
 
-class StopRequest:
+class StopRequest(faults.SignalNote):
   """SIGTERM or SIGINT (Ctrl-C) to the local launcher, noted in `received`: the
   launcher then passes SIGTERM on to its running points, which checkpoint the
   step they reached and exit, and waits for them (`launch_local`)."""
 
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
   def __init__(self):
-    self.received: Optional[str] = None
-    self._previous: dict = {}
-
-  def __enter__(self) -> 'StopRequest':
-    self._previous = {s: signal.signal(s, self._take_note) for s in self.SIGNALS}
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    for signum, previous in self._previous.items():
-      signal.signal(signum, previous)
-
-  def _take_note(self, signum, frame) -> None:
-    del frame
-    self.received = self.received or signal.Signals(signum).name
+    super().__init__((signal.SIGTERM, signal.SIGINT))
 
 
 def end_with_parent() -> Optional[Callable[[], int]]:

@@ -531,7 +531,6 @@ def main(argv):
     parallel.check_batch_size(f.batch_size, mesh)
     model = build_model(f)
     model.check_input(model.image_size, model.image_size)
-    model.layers()
   except ValueError as e:
     sys.exit(f'vgg_jax.benchmark: error: {e}')
 

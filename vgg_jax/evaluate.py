@@ -50,7 +50,7 @@ from absl import app, flags
 from vgg_jax import checkpoints, cli, config_schema, console, errors, evaluation, parallel
 from vgg_jax.data import transforms
 from vgg_jax import workdir as run_files
-from vgg_jax.model import VGG
+from vgg_jax.model import VGG, num_classes_of
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -104,11 +104,6 @@ def check_fits(model, variables: dict, config, workdir: str, step: int) -> None:
         f'{config_file} (variant {config.model.variant}: {"; ".join(differences[:3])}{more}): '
         f'{config_file} and the checkpoints come from different runs; evaluate the workdir '
         'of the run that wrote them')
-
-
-def num_classes_of(params: dict, head: str) -> int:
-  """Classes the checkpoint's classifier scores (the last FC layer)."""
-  return int(params['fc3' if head == 'fc' else 'fc2']['bias'].shape[0])
 
 
 def default_batch_size(config, devices: int) -> int:

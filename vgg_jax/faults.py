@@ -50,29 +50,27 @@ from vgg_jax import errors
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 
-class PreemptionWatch:
-  """Whether every process has seen a preemption notice, asked once per step.
-
-  Use as a context manager around training: entering installs handlers for
-  `signals` (SIGTERM by default) and leaving restores the previous ones. Not
-  entered, a single process never reports preemption. `received` names the
-  first signal that arrived.
+class SignalNote:
+  """While entered, the first of `signals` to arrive is noted in `received`
+  instead of acted on, for the program to stop in order where it can (a
+  training loop at its next step, a sweep's launcher by stopping its points);
+  leaving restores the previous handlers. With `on_ctrl_c`, a first Ctrl-C
+  (SIGINT) logs it and a second one interrupts at once, checkpoint or not.
+  No JAX here: the sweeps' launchers use it without starting a backend.
   """
 
-  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)):
+  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,),
+               on_ctrl_c: Optional[str] = None):
     self.signals = tuple(signals)
+    self.on_ctrl_c = on_ctrl_c
     self.received: Optional[str] = None
     self._previous: dict = {}
 
-  def __enter__(self) -> 'PreemptionWatch':
+  def __enter__(self):
     # Signal handlers can only be set from the main thread.
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    for signum in self.signals:
-      if jax.process_count() == 1:
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.signals:
         self._previous[signum] = signal.signal(signum, self._take_note)
-      elif signum != signal.SIGTERM:  # JAX's own SIGTERM handler must stay
-        self._previous[signum] = signal.signal(signum, _pass_on_as_sigterm)
     return self
 
   def __exit__(self, *exc_info) -> None:
@@ -81,14 +79,35 @@ class PreemptionWatch:
     self._previous = {}
 
   def _take_note(self, signum, frame) -> None:
-    # Only take note: the loop acts at the next step boundary, where the
-    # state is whole and nothing else is being written.
     del frame
     self.received = self.received or signal.Signals(signum).name
-    if signum == signal.SIGINT:  # a second Ctrl-C is the user's impatience: obey it
+    if signum == signal.SIGINT and self.on_ctrl_c:  # a second one is impatience: obey it
       signal.signal(signal.SIGINT, signal.default_int_handler)
-      logging.warning('Ctrl-C: checkpointing at the next step, then stopping; '
-                      'Ctrl-C again stops at once')
+      logging.warning(self.on_ctrl_c)
+
+
+class PreemptionWatch(SignalNote):
+  """Whether every process has seen a preemption notice, asked once per step.
+
+  Use as a context manager around training: entering installs handlers for
+  `signals` (SIGTERM by default) and leaving restores the previous ones. Not
+  entered, a single process never reports preemption. `received` names the
+  first signal that arrived; the loop acts on it at the next step boundary,
+  where the state is whole and nothing else is being written.
+  """
+
+  def __init__(self, signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)):
+    super().__init__(signals, on_ctrl_c='Ctrl-C: checkpointing at the next step, then '
+                     'stopping; Ctrl-C again stops at once')
+
+  def __enter__(self) -> 'PreemptionWatch':
+    if jax.process_count() == 1:
+      return super().__enter__()
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.signals:
+        if signum != signal.SIGTERM:  # JAX's own SIGTERM handler must stay
+          self._previous[signum] = signal.signal(signum, _pass_on_as_sigterm)
+    return self
 
   def reached(self, step: int) -> bool:
     """True at the step where the run should checkpoint and stop."""

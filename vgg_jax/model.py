@@ -148,6 +148,11 @@ class ConvReLU(nn.Module):
     return cpu_ops.conv_bias_relu(x, kernel.astype(x.dtype), bias, self.padding)
 
 
+def num_classes_of(params: dict, head: str) -> int:
+  """Classes a network's parameters score (its last FC layer's outputs)."""
+  return int(params['fc3' if head == 'fc' else 'fc2']['bias'].shape[0])
+
+
 def _initializers(init: str):
   if init == 'paper':
     # §3.1: zero-mean normal with std 1e-2 (the reference code's reading of
@@ -253,7 +258,8 @@ class VGG(nn.Module):
     return CONFIGS[self.variant]['lrn'] if self.lrn is None else self.lrn
 
   def check_settings(self) -> None:
-    """The knobs that `layers()` does not check: the head and the classifier."""
+    """Every knob: the conv layers (`layers()`), the head and the classifier."""
+    self.layers()
     if self.head not in HEADS:
       raise ValueError(f'unknown head {self.head!r}: choose one of {HEADS}')
     for name in ('fc_width', 'num_classes'):
@@ -285,8 +291,8 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    layers = self.layers()  # validates the architecture first
     self.check_input(x.shape[1], x.shape[2])
+    layers = self.layers()
     kernel_init, bias_init = _initializers(self.weight_init)
     conv_kwargs = dict(dtype=self.dtype, param_dtype=jnp.float32,
                        kernel_init=kernel_init, bias_init=bias_init)
@@ -361,7 +367,6 @@ def _main(argv, report):
                 width=FLAGS.width, head=FLAGS.head, lrn=FLAGS.lrn,
                 conv1x1=FLAGS.conv1x1, batch_norm=FLAGS.batch_norm,
                 fc_width=FLAGS.fc_width)
-    model.layers()
     model.check_input(FLAGS.image_size, FLAGS.image_size)
     folder = FLAGS.plot and os.path.dirname(os.path.abspath(FLAGS.plot))
     if folder and not os.path.isdir(folder):  # before the summary, not after

@@ -44,7 +44,7 @@ from tensorboard.summary.writer import record_writer
 from vgg_jax import (checkpoints, cli, config_schema, console, cpu_ops, data, errors,
                      evaluation, faults, optim, parallel, resume, summary, warm_start)
 from vgg_jax import workdir as run_files
-from vgg_jax.model import VGG
+from vgg_jax.model import VGG, num_classes_of
 
 # --------------------------------------------------------------------------
 # Model, state and steps.
@@ -193,7 +193,6 @@ def validate(config) -> None:
   """Config errors found before anything touches the disk or the network."""
   image_size = config.data.image_size
   model = VGG.from_config(config.model, num_classes=1, image_size=image_size)
-  model.layers()  # unknown variants and bad knobs
   model.check_input(image_size, image_size)
   data.check_scales(config.data)
   for field, valid, what in _RANGES:
@@ -335,15 +334,12 @@ def start_run_from(variables: dict, config: ml_collections.ConfigDict, workdir: 
   resume.check_own(workdir)
   if os.path.isfile(os.path.join(workdir, run_files.CONFIG_FILE)):
     raise ValueError(f'--workdir={workdir} holds a run already: choose a new workdir')
-  head = 'fc3' if config.model.head == 'fc' else 'fc2'
   image_size = config.data.image_size
-  model = VGG.from_config(config.model, int(variables['params'][head]['bias'].shape[0]),
-                          image_size)
-  mesh = parallel.make_mesh()
-  tx = optim.create_optimizer(config.optimizer, num_steps=1, steps_per_epoch=1)
-  state = create_train_state(model, tx, jax.random.key(config.seed), image_size, mesh)
+  model = VGG.from_config(
+      config.model, num_classes_of(variables['params'], config.model.head), image_size)
   given = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
-  expected = {'params': state.params, 'batch_stats': state.batch_stats}
+  # Against the model's shapes, before a state is made: a misfit costs no initialisation.
+  expected = summary.abstract_variables(model)
   have, want = _shapes(given), _shapes(expected)
   differ = sorted((k for k in have.keys() | want.keys() if have.get(k) != want.get(k)),
                   key=lambda k: (not k.startswith('params'), k))  # the parameters first
@@ -352,6 +348,9 @@ def start_run_from(variables: dict, config: ml_collections.ConfigDict, workdir: 
                      f'{config.model.variant}, batch_norm={config.model.batch_norm}, image_size '
                      f'{image_size}): {", ".join(differ[:3])}{", ..." if len(differ) > 3 else ""} '
                      'differ; set the config to the network the weights come from')
+  mesh = parallel.make_mesh()
+  tx = optim.create_optimizer(config.optimizer, num_steps=1, steps_per_epoch=1)
+  state = create_train_state(model, tx, jax.random.key(config.seed), image_size, mesh)
   given = jax.device_put(jax.tree.map(lambda x: np.asarray(x, np.float32), given),
                          parallel.replicated(mesh))
   state = state.replace(params=given['params'], batch_stats=given['batch_stats'])
