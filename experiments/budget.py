@@ -15,9 +15,10 @@ the images trained, the count behind the benchmark's MFU) are the same on every
 machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
 FLOP budget across the last: a time budget at the machine's matmul peak
 (`python -m vgg_jax.benchmark --measure=peak`) is the most any kernel could train
-in it. DIR/budget.md tables each run's width, compute dtype, epochs, final error,
-training time, FLOPs and the rate they were trained at. Both regenerate from the
-committed runs alone (budget.md byte for byte, as the tests check).
+in it. DIR/budget.md tables each run's width, compute dtype (and Muon where it trains
+the conv kernels), epochs, final error, training time, FLOPs and the rate they were
+trained at. Both regenerate from the committed runs alone (budget.md byte for byte, as
+the tests check).
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'dtype': model['dtype'], 'batch_size': config['batch_size'],
+      # What trains the conv kernels: SGD unless the run says Muon.
+      'compute': model['dtype'] + (', Muon' if config['optimizer']['kernels'] == 'muon' else ''),
       'epochs': config['num_epochs'],
       'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
                  for step, epoch, error in evals],
@@ -127,7 +130,7 @@ def markdown(curves: Sequence[dict]) -> str:
            '|---|---|---|---|---|---|---|---|---|']
   for c in curves:
     _, minutes, tflop, error = c['points'][-1]
-    lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["dtype"]} | '
+    lines.append(f'| `{c["run"]}` | {c["config"]} | {c["width"]:g} | {c["compute"]} | '
                  f'{c["epochs"]:g} | '
                  f'{100 * error:.1f} % | {minutes:.1f} min | {tflop:,.0f} TFLOP | '
                  f'{tflop * 1e3 / (minutes * 60):.0f} GFLOP/s |')
@@ -147,9 +150,9 @@ def families(curves: Sequence[dict]) -> dict[str, list[dict]]:
   each, so that dozens of runs stay readable (budget.md names every run)."""
   groups: dict[str, list[dict]] = {}
   # A stable sort: each family's runs stay in the order given.
-  for c in sorted(curves, key=lambda c: (c['dtype'] != 'float32', c['dtype'], c['width'],
+  for c in sorted(curves, key=lambda c: (c['dtype'] != 'float32', c['compute'], c['width'],
                                          c['batch_size'])):
-    groups.setdefault(f'width {c["width"]:g}, {c["dtype"]}, batch {c["batch_size"]}',
+    groups.setdefault(f'width {c["width"]:g}, {c["compute"]}, batch {c["batch_size"]}',
                       []).append(c)
   return groups
 

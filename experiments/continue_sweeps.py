@@ -1,12 +1,13 @@
-"""Trains the five CIFAR-10 sweeps at the `twocore` size, a point at a time, and
-commits each finished point, so that the campaign spans sittings and machines.
+"""Trains the five CIFAR-10 sweeps at one size of configs/cifar10.py, a point at a
+time, and commits each finished point, so that the campaign spans sittings and machines.
 
     python -m experiments.continue_sweeps --images=ROOT [--commit] [--seeds=3] [--dry_run]
-        [--epochs=E] [--only=REGEX]
+        [--size=twocore|muon] [--epochs=E] [--only=REGEX]
 
-Without --epochs, the size's own 10 epochs, in experiments/results/cifar10_twocore;
-with it, E epochs for every point, in experiments/results/cifar10_twocore_epochsE
-(25 epochs: what 15 minutes of the 2-core machines hold for VGG-D since 2026-12-05).
+At --size=twocore (the default) without --epochs, the size's own 10 epochs, in
+experiments/results/cifar10_twocore; with it, E epochs for every point, in
+experiments/results/cifar10_twocore_epochsE (25 epochs: what 15 minutes of the 2-core
+machines hold for VGG-D since 2026-12-05). --size=muon: in experiments/results/cifar10_muon.
 
 ROOT holds CIFAR-10 as an image folder (ROOT/train/<class>/*.png|jpg,
 ROOT/test/<class>/...). It is linked at workdirs/cifar10, and the points'
@@ -47,18 +48,21 @@ from vgg_jax import cli, faults
 from vgg_jax import workdir as run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join('experiments', 'results', 'cifar10_twocore')
+RESULTS_ROOT = os.path.join('experiments', 'results')
+# The configs/cifar10.py sizes a campaign can train at.
+SIZES = ('twocore', 'muon')
 IMAGES_LINK = os.path.join('workdirs', 'cifar10')
 SWEEPS = ('depth', 'conv1x1', 'scale_jitter', 'lrn', 'kernel_size')
 
 
-def sweep_argument(seeds: int, epochs: float = 0.0) -> str:
-  return f'twocore,folder={IMAGES_LINK},seeds={seeds}' + (f',epochs={epochs:g}' if epochs else '')
+def sweep_argument(seeds: int, epochs: float = 0.0, size: str = 'twocore') -> str:
+  return f'{size},folder={IMAGES_LINK},seeds={seeds}' + (f',epochs={epochs:g}' if epochs else '')
 
 
-def results_dir(epochs: float = 0.0) -> str:
-  """The campaign's directory: the twocore size's own epochs, or `epochs` of them."""
-  return f'{RESULTS}_epochs{epochs:g}' if epochs else RESULTS
+def results_dir(epochs: float = 0.0, size: str = 'twocore') -> str:
+  """The campaign's directory: the size's own epochs, or `epochs` of them."""
+  name = os.path.join(RESULTS_ROOT, f'cifar10_{size}')
+  return f'{name}_epochs{epochs:g}' if epochs else name
 
 
 def link_images(images: str) -> None:
@@ -75,17 +79,19 @@ def link_images(images: str) -> None:
   os.symlink(os.path.abspath(images), link)
 
 
-def campaign(seeds: int, epochs: float = 0.0) -> list[list[tuple[str, sweep.Point]]]:
+def campaign(seeds: int, epochs: float = 0.0, size: str = 'twocore'
+             ) -> list[list[tuple[str, sweep.Point]]]:
   """The distinct points in the order they run (by seed, then by sweep), each
   as its (sweep name, point) for every sweep it belongs to: a shared point
   gets all its sweeps' evaluations while its checkpoints are at hand."""
   by_point: dict[str, list[tuple[str, sweep.Point]]] = {}
   for seed in range(seeds):
     for name in SWEEPS:
+      argument = sweep_argument(seeds, epochs, size)
       module, arg = sweep.load_sweep_module(
-          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{sweep_argument(seeds, epochs)}'))
+          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{argument}'))
       points = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
-                                 os.path.join(REPO, results_dir(epochs)))
+                                 os.path.join(REPO, results_dir(epochs, size)))
       for point in points:
         if point.config['seed'] == seed:
           by_point.setdefault(point.name, []).append((name, point))
@@ -127,14 +133,14 @@ def pending_memberships(memberships: list[tuple[str, sweep.Point]], results: str
   return [pending for pending in states if pending[2] != 'done']
 
 
-def run_point(name: str, point: sweep.Point, seeds: int, epochs: float,
+def run_point(name: str, point: sweep.Point, seeds: int, epochs: float, size: str,
               stop: sweep.StopRequest) -> int:
   """The sweep's exit status for the point; once `stop.received`, the sweep is
   passed SIGTERM (its points checkpoint) and waited for."""
   sweep_file = os.path.join('configs', 'sweeps', f'{name}.py')
   cmd = [sys.executable, '-m', 'experiments.sweep',
-         f'--sweep={sweep_file}:{sweep_argument(seeds, epochs)}',
-         f'--workdir={results_dir(epochs)}', f'--only=^{re.escape(point.name)}$']
+         f'--sweep={sweep_file}:{sweep_argument(seeds, epochs, size)}',
+         f'--workdir={results_dir(epochs, size)}', f'--only=^{re.escape(point.name)}$']
   print(f'$ {" ".join(cmd)}', flush=True)
   # A session of its own: a Ctrl-C reaches this process only, which stops it in order.
   proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True,
@@ -173,9 +179,9 @@ def main(argv):
   options = flags.FLAGS
   if options.epochs < 0:  # before the link: a bad flag changes nothing on disk
     sys.exit(f'experiments.continue_sweeps: error: --epochs={options.epochs:g} is negative: '
-             'give a number of epochs, or leave it out for the twocore size\'s own')
-  results = results_dir(options.epochs)
-  points = campaign(options.seeds, options.epochs)
+             'give a number of epochs, or leave it out for the size\'s own')
+  results = results_dir(options.epochs, options.size)
+  points = campaign(options.seeds, options.epochs, options.size)
   try:
     if options.only:
       points = select(points, options.only)
@@ -192,7 +198,7 @@ def main(argv):
       if options.dry_run:
         continue
       for name, point, _ in todo:
-        status = run_point(name, point, options.seeds, options.epochs, stop)
+        status = run_point(name, point, options.seeds, options.epochs, options.size, stop)
         if stop.received:
           print(f'experiments.continue_sweeps: stopped by {stop.received}; rerun the same '
                 'command to continue', file=sys.stderr)
@@ -210,8 +216,10 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_string('images', None, 'CIFAR-10 as an image folder.', required=True)
   flags.DEFINE_integer('seeds', 3, 'Seeds per configuration.', lower_bound=1)
-  flags.DEFINE_float('epochs', 0.0, 'Epochs of every point (0: the twocore size\'s own); '
-                     'a campaign of its own, in experiments/results/cifar10_twocore_epochsE.')
+  flags.DEFINE_enum('size', 'twocore', SIZES, 'The configs/cifar10.py size of every point; '
+                    'a campaign of its own, in experiments/results/cifar10_SIZE.')
+  flags.DEFINE_float('epochs', 0.0, 'Epochs of every point (0: the size\'s own); a campaign '
+                     'of its own, in experiments/results/cifar10_SIZE_epochsE.')
   flags.DEFINE_bool('commit', False, 'git-commit each point once it is done.')
   flags.DEFINE_string('only', None, 'Only the points whose name matches this regex.')
   flags.DEFINE_bool('dry_run', False, 'List the points still to run; run nothing.')

@@ -161,7 +161,7 @@ def test_cifar10_config_scales_and_runlocal():
   assert cifar10.get_config('A,runlocal,epochs=0.5').num_epochs == 0.5
   twocore = cifar10.get_config('D,twocore')
   assert twocore.model.width == 0.25 and twocore.optimizer.nesterov
-  for sizes in ('runlocal,twocore', 'twocore,amx', 'runlocal,amx'):
+  for sizes in ('runlocal,twocore', 'twocore,amx', 'runlocal,amx', 'twocore,muon'):
     with pytest.raises(ValueError, match='choose one'):
       cifar10.get_config(f'D,{sizes}')
 
@@ -180,6 +180,17 @@ def test_amx_size_is_the_committed_runs_recipe(seed, run):
   assert config_schema.to_json(amx) == committed
   assert (amx.model.width, amx.model.dtype, amx.batch_size, amx.num_epochs) == (
       0.5, 'bfloat16', 256, 19)
+
+
+def test_muon_size_is_the_committed_runs_recipe():
+  with open(os.path.join(REPO, 'experiments', 'results', 'pilot_muon', 'epochs25_muon',
+                         'config.json')) as f:
+    committed = config_schema.complete(json.load(f))
+  muon = cifar10.get_config('D,muon,folder=ROOT')
+  assert config_schema.to_json(muon) == committed
+  assert (muon.model.width, muon.optimizer.kernels, muon.batch_size, muon.num_epochs,
+          muon.optimizer.learning_rate, muon.optimizer.muon_learning_rate,
+          muon.optimizer.muon_ns_steps) == (0.25, 'muon', 256, 25, 0.2, 0.03, 3)
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
@@ -218,6 +229,18 @@ def test_the_campaign_runs_each_configuration_once_per_seed_before_the_next_seed
     continue_sweeps.link_images(str(tmp_path))
 
 
+def test_a_campaign_at_the_muon_size_has_a_directory_of_its_own():
+  assert continue_sweeps.results_dir(size='muon') == os.path.join(
+      'experiments', 'results', 'cifar10_muon')
+  points = continue_sweeps.campaign(seeds=3, size='muon')
+  assert len(points) == 30
+  for memberships in points:
+    for _, p in memberships:
+      assert p.config['optimizer']['kernels'] == 'muon' and p.config['batch_size'] == 256
+      assert p.config['num_epochs'] == cifar10.MUON_EPOCHS
+      assert p.config['data']['folder'] == continue_sweeps.IMAGES_LINK
+
+
 def test_only_selects_points_by_name_in_campaign_order():
   points = continue_sweeps.campaign(seeds=5, epochs=25)
   chosen = continue_sweeps.select(points, r'^variant=(C|D),seed=[34]$')
@@ -237,12 +260,12 @@ def test_the_committed_campaign_is_complete():
   # clone's `continue_sweeps` has nothing to retrain.
   points = continue_sweeps.campaign(seeds=3)
   assert [m[0][1].name for m in points
-          if continue_sweeps.pending_memberships(m, continue_sweeps.RESULTS)] == []
+          if continue_sweeps.pending_memberships(m, continue_sweeps.results_dir())] == []
 
 
 def test_a_campaign_of_other_epochs_has_a_directory_of_its_own():
   results = continue_sweeps.results_dir(25)
-  assert results == continue_sweeps.RESULTS + '_epochs25'
+  assert results == os.path.join("experiments", "results", "cifar10_twocore_epochs25")
   points = continue_sweeps.campaign(seeds=3, epochs=25)
   assert len(points) == 30
   for memberships in points:
@@ -856,15 +879,24 @@ def test_budget_times_an_interval_with_an_untimed_evaluation_at_its_neighbours_r
       100: 25.0, 150: 25.0, 200: 35.0, 300: 45.0, 350: 45.0, 400: 55.0}
 
 
-def test_committed_levers_budget_is_regenerated_from_its_runs(tmp_path):
-  committed = os.path.join(REPO, 'experiments', 'results', 'pilot_levers')
+@pytest.mark.parametrize('folder, rows', [
+    # The recipe as it is and with weight decay 1e-3, after 10 epochs.
+    ('pilot_levers', ['| `glorot_seed0` | D | 0.25 | float32 | 10 | 18.3 % |',
+                      '| `weight_decay_1e-3_seed0` | D | 0.25 | float32 | 10 | 17.6 % |']),
+    # SGD and Muon after 2 epochs, and the size `muon` after its 25.
+    ('pilot_muon', ['| `epochs2_sgd` | D | 0.25 | float32 | 2 | 30.6 % |',
+                    '| `epochs2_muon0.02` | D | 0.25 | float32, Muon | 2 | 24.5 % |',
+                    '| `epochs25_muon` | D | 0.25 | float32, Muon | 25 | 14.0 % |',
+                    '| `epochs25_muon_seed2` | D | 0.25 | float32, Muon | 25 | 14.8 % |']),
+])
+def test_committed_pilot_budget_is_regenerated_from_its_runs(folder, rows, tmp_path):
+  committed = os.path.join(REPO, 'experiments', 'results', folder)
   shutil.copytree(committed, tmp_path / 'runs')
   with open(budget.write_budget(str(tmp_path / 'runs'))) as f:
     text = f.read()
   assert text == open(os.path.join(committed, budget.MARKDOWN)).read()
-  # The recipe as it is and with weight decay 1e-3, after 10 epochs.
-  assert '| `glorot_seed0` | D | 0.25 | float32 | 10 | 18.3 % |' in text
-  assert '| `weight_decay_1e-3_seed0` | D | 0.25 | float32 | 10 | 17.6 % |' in text
+  for row in rows:
+    assert row in text
 
 
 def test_committed_budget_is_regenerated_from_its_runs(tmp_path):

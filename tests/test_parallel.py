@@ -20,14 +20,19 @@ OPTIMIZER = config_schema.base_config().optimizer
 OPTIMIZER.update(learning_rate=0.05, schedule='cosine')
 
 
-def _run_steps(devices, batch_norm, steps=3, batch_size=16, old_states=None):
+MUON = config_schema.base_config().optimizer
+MUON.update(learning_rate=0.05, schedule='cosine', kernels='muon')
+
+
+def _run_steps(devices, batch_norm, steps=3, batch_size=16, old_states=None,
+               optimizer=OPTIMIZER):
   mesh = parallel.make_mesh(devices)
   # One conv per stage: what is under test is the split of the batch (batch
   # norm's statistics, the gradients' sum), not depth; fewer layers compile faster.
   model = VGG(variant='A', depths=(1, 1, 1, 1, 1), image_size=32, width=1 / 16, fc_width=32,
               num_classes=5, batch_norm=batch_norm, dropout_rate=0.5)
-  tx = optim.create_optimizer(OPTIMIZER, num_steps=10, steps_per_epoch=5)
-  lr_fn = optim.learning_rate_fn(OPTIMIZER, 10, 5)
+  tx = optim.create_optimizer(optimizer, num_steps=10, steps_per_epoch=5)
+  lr_fn = optim.learning_rate_fn(optimizer, 10, 5)
   state = train.create_train_state(model, tx, jax.random.key(0), 32, mesh)
   step = train.compile_train_step(model, tx, lr_fn, jax.random.key(1), mesh)
   rng = np.random.default_rng(0)
@@ -43,8 +48,8 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16, old_states=None):
   return jax.device_get(state), losses
 
 
-@pytest.mark.parametrize('batch_norm', [False, True])
-def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm):
+@pytest.mark.parametrize('batch_norm,optimizer', [(False, 'sgd'), (True, 'sgd'), (True, 'muon')])
+def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm, optimizer):
   """Per step, the device count changes only the order of float32 sums.
 
   Over many steps runs are equal in distribution only (README, "Many devices
@@ -52,8 +57,9 @@ def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm):
   near-ties, and training amplifies them.
   """
   assert jax.device_count() == 8, 'tests/conftest.py sets eight CPU devices'
-  one, losses_one = _run_steps(jax.devices()[:1], batch_norm, steps=1)
-  eight, losses_eight = _run_steps(jax.devices(), batch_norm, steps=1)
+  optimizer = MUON if optimizer == 'muon' else OPTIMIZER
+  one, losses_one = _run_steps(jax.devices()[:1], batch_norm, steps=1, optimizer=optimizer)
+  eight, losses_eight = _run_steps(jax.devices(), batch_norm, steps=1, optimizer=optimizer)
   np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

@@ -103,6 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
       plateau_patience=2,
       plateau_factor=0.1,
       plateau_max_reductions=3,
+      # 'muon' trains the conv kernels with Muon (vgg_jax/optim.py) at its own
+      # peak rate (radians a step) and momentum; the rest keeps the SGD above.
+      kernels='sgd',
+      muon_learning_rate=0.02,
+      muon_momentum=0.9,
+      # Newton-Schulz iterations a step: optax's 5; airbench trains with 3.
+      muon_ns_steps=5,
   ))
   config.batch_size = 256
   # Cross-entropy against (1 - e) one-hot + e / classes; the paper's is 0.

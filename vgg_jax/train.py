@@ -182,6 +182,9 @@ _RANGES = (
     ('optimizer.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('optimizer.weight_decay', lambda v: v >= 0, 'non-negative'),
     ('optimizer.warmup_epochs', lambda v: v >= 0, 'non-negative'),
+    ('optimizer.muon_learning_rate', lambda v: v >= 0, 'non-negative: radians a step'),
+    ('optimizer.muon_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('optimizer.muon_ns_steps', lambda v: v >= 1, 'at least 1'),
     ('data.color_shift', lambda v: v >= 0, 'non-negative: the std of the PCA colour shift'),
     # orbax's max_to_keep=0 deletes every checkpoint, the newest too.
     ('keep_checkpoints', lambda v: v >= 1, 'at least 1: 0 would delete every checkpoint'),
@@ -210,6 +213,10 @@ def validate(config) -> None:
                      f'one of {", ".join(optim.SCHEDULES)}')
   if config.optimizer.schedule == 'plateau':
     optim.plateau_rule(config.optimizer)  # bad plateau settings fail here
+  if optim.kernel_optimizer(config.optimizer) == 'muon' and not config.model.batch_norm:
+    raise ValueError("optimizer.kernels='muon' holds every conv kernel at a fixed norm, "
+                     'which only batch norm after the conv makes harmless: set '
+                     "model.batch_norm=True or optimizer.kernels='sgd'")
   if config.requires_init_from and not config.init_from:
     raise ValueError(
         f'this config fine-tunes a trained run (learning rate '
