@@ -75,11 +75,12 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             said; experiments/results/pilot_muon/): after 2 epochs, 30.6 % with
             SGD, 27.4 / 24.5 / 25.1 / 26.8 % at Muon rates 0.01 / 0.02 / 0.04 /
             0.08; after 10 epochs 15.9 % (batch 128 at 0.02 with 5 iterations,
-            and batch 256 at 0.03 with 3) against twocore's 17.9-18.8 %; after 25
+            and batch 256 at 0.03 with 3; 15.6 % the latter's seed 1) against
+            twocore's 17.9-18.8 % (4 runs, mean 18.2); after 25
             epochs 14.36 +- 0.39 % (3 seeds) against twocore's 14.88 +- 0.21 %
             (5 seeds; Welch's p = 0.13), in 16.7-18.4 min of training on slow
             hours of the VM (1,000-1,300 img/s). Short of issue #15's 12 %: the
-            gain shrinks from 2.3 points at 10 epochs to 0.5 at 25, where the
+            gain shrinks from 2.4 points at 10 epochs to 0.5 at 25, where the
             error levels off at this width.
   runlocal  a quick look on a 2-core CPU: width 1/8 (8..64 channels), FC 128, no
             dropout, batch 64, `epochs` epochs (default 2), evaluations 'single',
@@ -95,7 +96,7 @@ at 10 epochs and not kept (experiments/results/pilot_levers/): conv1_1 started a
 a patch-whitening filter bank, batch 64, weight decay 2e-3; weight decay 1e-3
 gained 0.6 points at 10 epochs and 0.3 at 25 (two seeds each; at 25 within the
 recipe's spread over five seeds). Muon for the conv kernels (the size `muon`) gains
-2.3 points at 10 epochs and 0.5 at 25, 3 seeds against 5, p = 0.13
+2.4 points at 10 epochs and 0.5 at 25, 3 seeds against 5, p = 0.13
 (experiments/results/pilot_muon/).
 Training times are the loop's (compilation included, evaluations excluded).
 """
