@@ -101,10 +101,7 @@ def campaign(seeds: int, epochs: float = 0.0, size: str = 'twocore'
 def select(points: list[list[tuple[str, sweep.Point]]], only: str
            ) -> list[list[tuple[str, sweep.Point]]]:
   """The campaign's points whose names match the regex `only`, in campaign order."""
-  try:
-    pattern = re.compile(only)
-  except re.error as e:
-    raise ValueError(f'--only={only!r} is not a regular expression ({e})') from None
+  pattern = sweep.name_pattern(only)
   selected = [m for m in points if pattern.search(m[0][1].name)]
   if not selected:
     raise ValueError(f'--only={only!r} matches none of the campaign\'s points, e.g. '

@@ -257,6 +257,14 @@ def prepare(point: Point, workdir: str, sweep_name: str) -> None:
   })
 
 
+def name_pattern(only: str) -> re.Pattern:
+  """The regex of an `--only` flag, which selects points by name."""
+  try:
+    return re.compile(only)
+  except re.error as e:
+    raise ValueError(f'--only={only!r} is not a regular expression ({e})') from None
+
+
 def open_datasets(points: Sequence[Point]) -> None:
   """Opens each distinct dataset of `points` once, in the launcher: a TFDS dataset
   is downloaded and prepared before any point starts, not by every point (or by
@@ -547,10 +555,7 @@ def run_sweep(options) -> int:
   workdir = os.path.abspath(options.workdir)
   points = make_points(sweep_flag.value, module.get_sweep(arg), workdir)
   if options.only:
-    try:
-      pattern = re.compile(options.only)
-    except re.error as e:
-      raise ValueError(f'--only={options.only!r} is not a regular expression ({e})') from None
+    pattern = name_pattern(options.only)
     selected = [p for p in points if pattern.search(p.name)]
     if not selected:
       raise ValueError(f'--only={options.only!r} matches none of '

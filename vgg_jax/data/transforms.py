@@ -53,10 +53,11 @@ def decode(data: ImageData, min_side: Optional[int] = None,
 
   Grayscale, palette, CMYK and alpha images are converted to RGB (alpha is
   dropped); 16-bit ones keep their high byte; 32-bit integer or float pixels,
-  and arrays other than uint8, are refused (no scale to 0-255 is standard). With `min_side`, a JPEG much larger than needed is decoded at a
-  reduced size (DCT scaling by 1/2, 1/4 or 1/8) whose smaller side stays
-  >= min_side: a large saving on full-size photographs, and the following
-  antialiased rescale makes the result nearly the same. `name` (the file) is
+  and arrays other than uint8, are refused (no scale to 0-255 is standard).
+  With `min_side`, a JPEG much larger than needed is decoded at a reduced size
+  (DCT scaling by 1/2, 1/4 or 1/8) whose smaller side stays >= min_side: a
+  large saving on full-size photographs, and the following antialiased rescale
+  makes the result nearly the same. `name` (the file) is
   named in the error when the data cannot be read.
   """
   return np.asarray(decode_view(data, min_side, name))
