@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from experiments import profile_summary
-from vgg_jax import benchmark, summary
+from vgg_jax import benchmark, parallel, summary
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
@@ -164,10 +165,29 @@ def test_side_by_side_ratios():
   assert ratios['ratio_best'] == pytest.approx(30 / 60)
 
 
+@pytest.mark.parametrize('kernels', ['sgd', 'muon'])
+def test_the_timed_step_trains_the_kernels_with_the_optimizer_asked_for(kernels):
+  model = VGG(variant='A', batch_norm=True, **TINY)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  batch = benchmark.synthetic_batch(8, model.image_size, model.num_classes, mesh)
+  state, _ = benchmark.compiled_train_step(model, mesh, batch,
+                                           opt_cfg=benchmark.optimizer_config(kernels))
+  # Muon's step puts every 4-D kernel (the convs', fc1's) at norm sqrt(out); SGD's
+  # leaves Glorot's draws near, not at, it.
+  kernels_4d = [k for k in jax.tree.leaves(state.params) if k.ndim == 4]
+  on_sphere = [np.isclose(np.linalg.norm(np.asarray(k)), np.sqrt(k.shape[-1]), rtol=1e-5)
+               for k in kernels_4d]
+  assert len(kernels_4d) == 9  # A's eight convs and fc1
+  assert all(on_sphere) if kernels == 'muon' else not any(on_sphere)
+  with pytest.raises(ValueError, match="unknown optimizer.kernels 'adam'"):
+    benchmark.optimizer_config('adam')
+
+
 @pytest.mark.slow  # starts the command in a subprocess
 @pytest.mark.parametrize('args, line', [
     (('--devices=3',), 'vgg_jax.benchmark: error: --devices=3 but only 2 are visible'),
     (('--windows=0',), 'vgg_jax.benchmark: error: --windows=0 must be at least 1'),
+    (('--kernels=muon',), 'vgg_jax.benchmark: error: --kernels=muon holds the conv kernels'),
 ])
 def test_bad_arguments_are_one_line_errors(args, line):
   proc = run_benchmark(*args, '--measure=train')

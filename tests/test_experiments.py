@@ -161,36 +161,42 @@ def test_cifar10_config_scales_and_runlocal():
   assert cifar10.get_config('A,runlocal,epochs=0.5').num_epochs == 0.5
   twocore = cifar10.get_config('D,twocore')
   assert twocore.model.width == 0.25 and twocore.optimizer.nesterov
-  for sizes in ('runlocal,twocore', 'twocore,amx', 'runlocal,amx', 'twocore,muon'):
+  for sizes in ('runlocal,twocore', 'twocore,amx', 'runlocal,amx'):
     with pytest.raises(ValueError, match='choose one'):
       cifar10.get_config(f'D,{sizes}')
+  with pytest.raises(ValueError, match='not runlocal'):
+    cifar10.get_config('D,runlocal,muon')
+  # Muon alone trains twocore's recipe.
+  assert (config_schema.to_json(cifar10.get_config('D,twocore,muon')) ==
+          config_schema.to_json(cifar10.get_config('D,muon')))
 
 
-@pytest.mark.parametrize('seed, run', [(0, 'width1_2_bfloat16_epochs19_batch256_2be2309'),
-                                       (1, 'width1_2_bfloat16_epochs19_batch256_seed1'),
-                                       (2, 'width1_2_bfloat16_epochs19_batch256_seed2')])
-def test_amx_size_is_the_committed_runs_recipe(seed, run):
+@pytest.mark.parametrize('size, folder, run, seed', [
+    ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_2be2309', 0),
+    ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed1', 1),
+    ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed2', 2),
+    # Trained as amx with Muon's fields set by flag, before `amx,muon` said it.
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon', 0),
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_seed1', 1),
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_seed2', 2),
+    ('muon', 'pilot_muon', 'epochs25_muon', 0),
+])
+def test_sizes_are_the_committed_runs_recipes(size, folder, run, seed):
   # The size the docstring reports on is what those runs trained: their
   # config.json, saved by vgg_jax.train, up to the seed.
-  with open(os.path.join(REPO, 'experiments', 'results', 'pilot_budget', run,
-                         'config.json')) as f:
+  with open(os.path.join(REPO, 'experiments', 'results', folder, run, 'config.json')) as f:
     committed = config_schema.complete(json.load(f))
-  amx = cifar10.get_config('D,amx,folder=ROOT')
-  amx.seed = seed
-  assert config_schema.to_json(amx) == committed
-  assert (amx.model.width, amx.model.dtype, amx.batch_size, amx.num_epochs) == (
-      0.5, 'bfloat16', 256, 19)
-
-
-def test_muon_size_is_the_committed_runs_recipe():
-  with open(os.path.join(REPO, 'experiments', 'results', 'pilot_muon', 'epochs25_muon',
-                         'config.json')) as f:
-    committed = config_schema.complete(json.load(f))
-  muon = cifar10.get_config('D,muon,folder=ROOT')
-  assert config_schema.to_json(muon) == committed
-  assert (muon.model.width, muon.optimizer.kernels, muon.batch_size, muon.num_epochs,
-          muon.optimizer.learning_rate, muon.optimizer.muon_learning_rate,
-          muon.optimizer.muon_ns_steps) == (0.25, 'muon', 256, 25, 0.2, 0.03, 3)
+  config = cifar10.get_config(f'D,{size},folder=ROOT')
+  config.seed = seed
+  assert config_schema.to_json(config) == committed
+  assert (config.model.width, config.model.dtype, config.batch_size,
+          config.optimizer.learning_rate, config.optimizer.kernels, config.num_epochs) == {
+              'amx': (0.5, 'bfloat16', 256, 0.2, 'sgd', 19),
+              'amx,muon': (0.5, 'bfloat16', 256, 0.2, 'muon', 12),
+              'muon': (0.25, 'float32', 256, 0.2, 'muon', 25)}[size]
+  # Muon's own settings, the same in both of its sizes.
+  assert (config.optimizer.muon_learning_rate, config.optimizer.muon_ns_steps) == (
+      (0.03, 3) if 'muon' in size else (0.02, 5))
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
@@ -883,11 +889,13 @@ def test_budget_times_an_interval_with_an_untimed_evaluation_at_its_neighbours_r
     # The recipe as it is and with weight decay 1e-3, after 10 epochs.
     ('pilot_levers', ['| `glorot_seed0` | D | 0.25 | float32 | 10 | 18.3 % |',
                       '| `weight_decay_1e-3_seed0` | D | 0.25 | float32 | 10 | 17.6 % |']),
-    # SGD and Muon after 2 epochs, and the size `muon` after its 25.
+    # SGD and Muon after 2 epochs, the size `muon` after its 25, and `amx,muon` after 12.
     ('pilot_muon', ['| `epochs2_sgd` | D | 0.25 | float32 | 2 | 30.6 % |',
                     '| `epochs2_muon0.02` | D | 0.25 | float32, Muon | 2 | 24.5 % |',
                     '| `epochs25_muon` | D | 0.25 | float32, Muon | 25 | 14.0 % |',
-                    '| `epochs25_muon_seed2` | D | 0.25 | float32, Muon | 25 | 14.8 % |']),
+                    '| `epochs25_muon_seed2` | D | 0.25 | float32, Muon | 25 | 14.8 % |',
+                    '| `width1_2_bfloat16_epochs12_muon` | D | 0.5 | bfloat16, Muon | 12 | '
+                    '12.4 % | 18.8 min |']),
 ])
 def test_committed_pilot_budget_is_regenerated_from_its_runs(folder, rows, tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', folder)

@@ -3,6 +3,8 @@
     python -m vgg_jax.benchmark --variant=A --image_size=32 --batch_size=64 --compare=torch
     python -m vgg_jax.benchmark --variant=D --image_size=224 --batch_size=256 \\
         --dtype=bfloat16 --width=1 --fc_width=4096 --num_classes=1000   # one GPU
+    python -m vgg_jax.benchmark --variant=D --batch_norm --width=0.5 --fc_width=128 \\
+        --batch_size=256 --dtype=bfloat16 --kernels=muon --measure=train  # cifar10.py:D,amx,muon
 
 Every rate is measured after compilation, which is never inside a timed region:
 each compiled function is built with `.lower().compile()` and called once
@@ -13,7 +15,8 @@ malloc's heap settles); with `--compare=torch` the vgg_jax and PyTorch training
 windows take turns, so both see the same background load.
 
 * train: the real training step (`train.compile_train_step`: SGD with momentum
-  and weight decay, the state donated on accelerators, the batch split across
+  and weight decay, or Muon for the conv kernels with `--kernels=muon`, the
+  state donated on accelerators, the batch split across
   `--devices`) on a batch already on the devices. FLOP/s two ways: XLA's cost analysis of the
   compiled step, and the model's own count (3 x the forward pass's 2 x MACs,
   from `summary.train_flops_per_image`), which is what MFU uses.
@@ -170,11 +173,22 @@ def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
   return jax.device_put(local, parallel.batch_sharded(mesh))
 
 
-def compiled_train_step(model: VGG, mesh, batch: dict, compiled=None):
+def optimizer_config(kernels: str = 'sgd', muon_ns_steps: int = 3) -> ml_collections.ConfigDict:
+  """What the timed steps train with: SGD (momentum 0.9, weight decay 5e-4) at a
+  constant rate, the conv kernels by `kernels` ('muon': Newton-Schulz iterations
+  whose cost grows with the kernels, not the batch)."""
+  opt_cfg = config_schema.base_config().optimizer
+  opt_cfg.update(learning_rate=0.01, schedule='constant', kernels=kernels,
+                 muon_ns_steps=muon_ns_steps)
+  optim.kernel_optimizer(opt_cfg)  # a clear error for an unknown name
+  return opt_cfg
+
+
+def compiled_train_step(model: VGG, mesh, batch: dict, compiled=None, opt_cfg=None):
   """(a fresh train state, the compiled step) for batches shaped like `batch`:
-  `compiled` where given (the same program, not compiled twice)."""
-  opt_cfg = config_schema.base_config().optimizer  # SGD, momentum 0.9, weight decay 5e-4
-  opt_cfg.update(learning_rate=0.01, schedule='constant')
+  `compiled` where given (the same program, not compiled twice); `opt_cfg` from
+  `optimizer_config` (default: SGD)."""
+  opt_cfg = opt_cfg or optimizer_config()
   tx = optim.create_optimizer(opt_cfg, num_steps=1000, steps_per_epoch=100)
   lr_fn = optim.learning_rate_fn(opt_cfg, 1000, 100)
   init_key, dropout_key = jax.random.split(jax.random.key(0))
@@ -199,10 +213,10 @@ def step_windows(state, compiled, next_batch: Callable[[], dict], steps: int):
   return window
 
 
-def prepare_train(model: VGG, mesh, batch_size: int, steps: int):
+def prepare_train(model: VGG, mesh, batch_size: int, steps: int, opt_cfg=None):
   """Steps alone, on one batch already on the devices; and the compiled step."""
   batch = synthetic_batch(batch_size, model.image_size, model.num_classes, mesh)
-  state, compiled = compiled_train_step(model, mesh, batch)
+  state, compiled = compiled_train_step(model, mesh, batch, opt_cfg=opt_cfg)
   return step_windows(state, compiled, lambda: batch, steps), compiled
 
 
@@ -235,13 +249,15 @@ def end_to_end_config(model: VGG, folder: Optional[str]) -> ml_collections.Confi
 
 
 def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
-                       data_cfg: ml_collections.ConfigDict, epoch: int = 1, compiled=None):
+                       data_cfg: ml_collections.ConfigDict, epoch: int = 1, compiled=None,
+                       opt_cfg=None):
   """Training as `vgg_jax.train` runs it: batches read from disk by the input
   pipeline, copied to the devices ahead of the step (`prefetch_to_device`), and
   the step; the pipeline's threads share the machine with the step. The windows
   fall in epoch `epoch`: from the second on, small images are no longer decoded
   (`data.pipeline.KeptDecodes`), and the pipeline runs through the epochs before
-  it first, outside the clock. `compiled`: the step alone's program, where built."""
+  it first, outside the clock. `compiled`: the step alone's program, where built
+  (with the same `opt_cfg`)."""
   local = data.train_batches(data_cfg, global_batch_size=batch_size, seed=0)
   if epoch > 1:  # the split's size read only then: a folder's is a scan of its files
     num_examples = data.dataset_info(data_cfg).num_examples[data_cfg.train_split]
@@ -249,7 +265,7 @@ def prepare_end_to_end(model: VGG, mesh, batch_size: int, steps: int,
       next(local)
   batches = parallel.prefetch_to_device(local, mesh,
                                         size=config_schema.base_config().prefetch_to_device)
-  state, compiled = compiled_train_step(model, mesh, next(batches), compiled)
+  state, compiled = compiled_train_step(model, mesh, next(batches), compiled, opt_cfg)
   return step_windows(state, compiled, lambda: next(batches), steps)
 
 
@@ -475,6 +491,10 @@ def _define_flags():
   flags.DEFINE_bool('batch_norm', False, 'BatchNorm after every conv.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
       'Compute dtype; parameters and optimizer state stay float32.')
+  flags.DEFINE_enum('kernels', 'sgd', list(optim.KERNEL_OPTIMIZERS),
+      "What trains the conv kernels and fc1 ('muon' needs --batch_norm).")
+  flags.DEFINE_integer('muon_ns_steps', 3, "Newton-Schulz iterations of --kernels=muon "
+      "(3, as configs/cifar10.py's muon and amx,muon train).", lower_bound=1)
   flags.DEFINE_enum('ops', 'auto', ['auto', 'plain'],
       "'auto': the model's own convolution (vgg_jax.cpu_ops on the CPU) and "
       "pooling (vgg_jax.pooling); 'plain': lax.conv_general_dilated "
@@ -526,6 +546,12 @@ def main(argv):
                f'{len(devices)} are visible; on the CPU set XLA_FLAGS='
                f'--xla_force_host_platform_device_count={f.devices}')
     devices = devices[:f.devices]
+  if f.kernels == 'muon' and not f.batch_norm:
+    sys.exit('vgg_jax.benchmark: error: --kernels=muon holds the conv kernels at a fixed '
+             'norm, which only batch norm makes harmless: add --batch_norm')
+  if f.kernels == 'muon' and f.compare:
+    sys.exit('vgg_jax.benchmark: error: --compare=torch times SGD steps: drop '
+             '--kernels=muon to compare')
   mesh = parallel.make_mesh(devices)
   try:
     parallel.check_batch_size(f.batch_size, mesh)
@@ -538,7 +564,7 @@ def main(argv):
   report = {
       'setting': {name: f[name].value for name in (
           'variant', 'image_size', 'batch_size', 'width', 'fc_width', 'num_classes', 'head',
-          'batch_norm', 'dtype', 'ops', 'steps', 'windows')},
+          'batch_norm', 'dtype', 'ops', 'kernels', 'muon_ns_steps', 'steps', 'windows')},
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
                   'devices': len(devices), 'cpu_cores': os.cpu_count(),
                   'jax': jax.__version__, **convolutions(f),
@@ -552,14 +578,14 @@ def main(argv):
   mallocs = torch_mallocs() if f.compare == 'torch' else ()
   torch_ready = {torch_run_name(fmt, malloc): start_torch(model, f.batch_size, steps, fmt, malloc)
                  for malloc in mallocs for fmt in TORCH_MEMORY_FORMATS}
-  compiled = None
+  compiled, opt_cfg = None, optimizer_config(f.kernels, f.muon_ns_steps)
   if 'train' in measure:
-    train_window, compiled = prepare_train(model, mesh, f.batch_size, steps)
+    train_window, compiled = prepare_train(model, mesh, f.batch_size, steps, opt_cfg)
     runs['train'] = (train_window, items)
   if 'end_to_end' in measure:
     runs['end_to_end'] = (prepare_end_to_end(model, mesh, f.batch_size, steps,
                                              end_to_end_config(model, f.data_folder),
-                                             f.end_to_end_epoch, compiled), items)
+                                             f.end_to_end_epoch, compiled, opt_cfg), items)
   for name, ready in torch_ready.items():
     runs[name] = (ready(), items)
   rates = timed_rates(runs, windows)
