@@ -94,7 +94,8 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             18.8-19.6 min of training on a 2-core AMD EPYC with AVX-512 BF16 and
             no AMX, where amx's 19 epochs took 23.5 (2026-12-07,
             experiments/results/pilot_muon/). 9 epochs, 14.7 min there: 13.58 %;
-            14 epochs: 12.26 % (one seed each). Muon's orthogonalisations run in
+            14 epochs: 12.26 %; batch 512 at rates 0.4 and 0.04, 12 epochs in
+            16.3 min: 12.78 % (one seed each). Muon's orthogonalisations run in
             float32 whatever `model.dtype` says: its step of 256 takes 481-510 ms
             there against SGD's 324-332 (vgg_jax.benchmark --kernels=muon). Not
             measured on an AMX machine.
