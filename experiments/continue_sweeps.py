@@ -84,14 +84,16 @@ def campaign(seeds: int, epochs: float = 0.0, size: str = 'twocore'
   """The distinct points in the order they run (by seed, then by sweep), each
   as its (sweep name, point) for every sweep it belongs to: a shared point
   gets all its sweeps' evaluations while its checkpoints are at hand."""
+  argument, workdir = sweep_argument(seeds, epochs, size), results_dir(epochs, size)
+  sweeps = {}
+  for name in SWEEPS:
+    module, arg = sweep.load_sweep_module(
+        os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{argument}'))
+    sweeps[name] = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
+                                     os.path.join(REPO, workdir))
   by_point: dict[str, list[tuple[str, sweep.Point]]] = {}
   for seed in range(seeds):
-    for name in SWEEPS:
-      argument = sweep_argument(seeds, epochs, size)
-      module, arg = sweep.load_sweep_module(
-          os.path.join(REPO, 'configs', 'sweeps', f'{name}.py:{argument}'))
-      points = sweep.make_points(module.get_config(arg), module.get_sweep(arg),
-                                 os.path.join(REPO, results_dir(epochs, size)))
+    for name, points in sweeps.items():
       for point in points:
         if point.config['seed'] == seed:
           by_point.setdefault(point.name, []).append((name, point))
