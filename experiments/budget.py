@@ -16,9 +16,9 @@ machine. `--goal` draws a target error (%) across the panels, `--budget_tflop` a
 FLOP budget across the last: a time budget at the machine's matmul peak
 (`python -m vgg_jax.benchmark --measure=peak`) is the most any kernel could train
 in it. DIR/budget.md tables each run's width, compute dtype (and Muon where it trains
-the conv kernels), epochs, final error, training time, FLOPs and the rate they were
-trained at. Both regenerate from the committed runs alone (budget.md byte for byte, as
-the tests check).
+the conv kernels, with its products' dtype), epochs, final error, training time, FLOPs
+and the rate they were trained at. Both regenerate from the committed runs alone
+(budget.md byte for byte, as the tests check).
 """
 
 from __future__ import annotations
@@ -70,6 +70,15 @@ def interval_rates(logged: Sequence[dict]) -> list[tuple[int, int, float]]:
           for i, (first, last, rate, biased) in enumerate(intervals)]
 
 
+def _compute(dtype: str, optimizer: dict) -> str:
+  """The model's dtype, and Muon where it trains the conv kernels (SGD unless the run
+  says Muon), with the dtype of its products where not float32."""
+  if optimizer.get('kernels', 'sgd') != 'muon':
+    return dtype
+  products = optimizer.get('muon_dtype', 'float32')
+  return f'{dtype}, Muon' + ('' if products == 'float32' else f' ({products} products)')
+
+
 def training_seconds(logged: Sequence[dict], batch_size: int) -> dict[int, float]:
   """{logged step: training seconds up to it}, from each interval's img/s
   (`interval_rates`)."""
@@ -107,8 +116,7 @@ def run_curve(run_dir: str, root: str, num_classes: int) -> dict:
       'run': os.path.relpath(run_dir, root),
       'config': report.config_label(model), 'width': model['width'],
       'dtype': model['dtype'], 'batch_size': config['batch_size'],
-      # What trains the conv kernels: SGD unless the run says Muon.
-      'compute': model['dtype'] + (', Muon' if config['optimizer']['kernels'] == 'muon' else ''),
+      'compute': _compute(model['dtype'], config['optimizer']),
       'epochs': config['num_epochs'],
       'points': [(epoch, seconds[step] / 60, step * flops_per_step / 1e12, error)
                  for step, epoch, error in evals],

@@ -165,13 +165,15 @@ def test_side_by_side_ratios():
   assert ratios['ratio_best'] == pytest.approx(30 / 60)
 
 
-@pytest.mark.parametrize('kernels', ['sgd', 'muon'])
-def test_the_timed_step_trains_the_kernels_with_the_optimizer_asked_for(kernels):
+@pytest.mark.parametrize('kernels,muon_dtype', [('sgd', 'float32'), ('muon', 'float32'),
+                                                ('muon', 'bfloat16')])
+def test_the_timed_step_trains_the_kernels_with_the_optimizer_asked_for(kernels, muon_dtype):
   model = VGG(variant='A', batch_norm=True, **TINY)
   mesh = parallel.make_mesh(jax.devices()[:1])
   batch = benchmark.synthetic_batch(8, model.image_size, model.num_classes, mesh)
-  state, _ = benchmark.compiled_train_step(model, mesh, batch,
-                                           opt_cfg=benchmark.optimizer_config(kernels))
+  opt_cfg = benchmark.optimizer_config(kernels, muon_dtype=muon_dtype)
+  assert opt_cfg.muon_dtype == muon_dtype
+  state, _ = benchmark.compiled_train_step(model, mesh, batch, opt_cfg=opt_cfg)
   # Muon's step puts every 4-D kernel (the convs', fc1's) at norm sqrt(out); SGD's
   # leaves Glorot's draws near, not at, it.
   kernels_4d = [k for k in jax.tree.leaves(state.params) if k.ndim == 4]
@@ -181,6 +183,8 @@ def test_the_timed_step_trains_the_kernels_with_the_optimizer_asked_for(kernels)
   assert all(on_sphere) if kernels == 'muon' else not any(on_sphere)
   with pytest.raises(ValueError, match="unknown optimizer.kernels 'adam'"):
     benchmark.optimizer_config('adam')
+  with pytest.raises(ValueError, match="unknown optimizer.muon_dtype 'float16'"):
+    benchmark.optimizer_config('muon', muon_dtype='float16')
 
 
 @pytest.mark.slow  # starts the command in a subprocess

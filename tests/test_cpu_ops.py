@@ -123,6 +123,27 @@ def test_onednn_is_built_wherever_its_parts_are_installed():
   assert onednn.implementations(8, 8, 8, 8).count(',') == 2  # three passes
 
 
+@pytest.mark.skipif(not onednn.available(), reason='oneDNN not installed')
+@pytest.mark.parametrize('transpose_a', [False, True])
+@pytest.mark.parametrize('transpose_b', [False, True])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_onednn_matmul_multiplies_the_transposes_asked(transpose_a, transpose_b, dtype):
+  if dtype == 'bfloat16' and not onednn.bfloat16_available():
+    pytest.skip('no bfloat16 kernels of oneDNN on this CPU')
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(7, 5) if transpose_a else (5, 7)).astype(dtype)
+  b = rng.normal(size=(3, 7) if transpose_b else (7, 3)).astype(dtype)
+  got = jax.jit(onednn.matmul, static_argnums=(2, 3))(a, b, transpose_a, transpose_b)
+  assert got.shape == (5, 3) and got.dtype == a.dtype
+  exact = (np.asarray(a, np.float64).T if transpose_a else np.asarray(a, np.float64)) @ (
+      np.asarray(b, np.float64).T if transpose_b else np.asarray(b, np.float64))
+  # float32 sums; a bfloat16 result rounded once (half a unit in the 8th bit).
+  rtol = 2 ** -8 if dtype == 'bfloat16' else 1e-6
+  np.testing.assert_allclose(np.asarray(got, np.float64), exact, rtol=rtol, atol=1e-6)
+  with pytest.raises(ValueError, match=r'matmul of \(5, 7\) and \(3, 7\): the inner sizes differ'):
+    onednn.matmul(np.zeros((5, 7), dtype), np.zeros((3, 7), dtype))
+
+
 @pytest.mark.parametrize('users', [None, 'active'])
 def test_openmp_sleeps_between_convolutions_unless_the_user_said_otherwise(monkeypatch, users):
   # The library loaded (in this process, once): its wait policy is set unless the user's was.

@@ -175,10 +175,11 @@ def test_cifar10_config_scales_and_runlocal():
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_2be2309', 0),
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed1', 1),
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed2', 2),
-    # Trained as amx with Muon's fields set by flag, before `amx,muon` said it.
-    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon', 0),
-    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_seed1', 1),
-    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_seed2', 2),
+    # Trained as amx,muon with batch 512, its rates and bfloat16 products set by
+    # flag, before the size said them.
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_batch512_nsbfloat16', 0),
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_batch512_nsbfloat16_seed1', 1),
+    ('amx,muon', 'pilot_muon', 'width1_2_bfloat16_epochs12_muon_batch512_nsbfloat16_seed2', 2),
     ('muon', 'pilot_muon', 'epochs25_muon', 0),
 ])
 def test_sizes_are_the_committed_runs_recipes(size, folder, run, seed):
@@ -192,11 +193,13 @@ def test_sizes_are_the_committed_runs_recipes(size, folder, run, seed):
   assert (config.model.width, config.model.dtype, config.batch_size,
           config.optimizer.learning_rate, config.optimizer.kernels, config.num_epochs) == {
               'amx': (0.5, 'bfloat16', 256, 0.2, 'sgd', 19),
-              'amx,muon': (0.5, 'bfloat16', 256, 0.2, 'muon', 12),
+              'amx,muon': (0.5, 'bfloat16', 512, 0.4, 'muon', 12),
               'muon': (0.25, 'float32', 256, 0.2, 'muon', 25)}[size]
-  # Muon's own settings, the same in both of its sizes.
-  assert (config.optimizer.muon_learning_rate, config.optimizer.muon_ns_steps) == (
-      (0.03, 3) if 'muon' in size else (0.02, 5))
+  # Muon's own settings (the schema's where it is not used).
+  assert (config.optimizer.muon_learning_rate, config.optimizer.muon_ns_steps,
+          config.optimizer.muon_dtype) == {'amx': (0.02, 5, 'float32'),
+                                           'amx,muon': (0.04, 3, 'bfloat16'),
+                                           'muon': (0.03, 3, 'float32')}[size]
 
 
 @pytest.mark.parametrize('name', SWEEP_FILES)
@@ -889,13 +892,16 @@ def test_budget_times_an_interval_with_an_untimed_evaluation_at_its_neighbours_r
     # The recipe as it is and with weight decay 1e-3, after 10 epochs.
     ('pilot_levers', ['| `glorot_seed0` | D | 0.25 | float32 | 10 | 18.3 % |',
                       '| `weight_decay_1e-3_seed0` | D | 0.25 | float32 | 10 | 17.6 % |']),
-    # SGD and Muon after 2 epochs, the size `muon` after its 25, and `amx,muon` after 12.
+    # SGD and Muon after 2 epochs, the size `muon` after its 25, and `amx,muon` after
+    # 12 at batch 256 in float32 products, then at batch 512 in bfloat16 products.
     ('pilot_muon', ['| `epochs2_sgd` | D | 0.25 | float32 | 2 | 30.6 % |',
                     '| `epochs2_muon0.02` | D | 0.25 | float32, Muon | 2 | 24.5 % |',
                     '| `epochs25_muon` | D | 0.25 | float32, Muon | 25 | 14.0 % |',
                     '| `epochs25_muon_seed2` | D | 0.25 | float32, Muon | 25 | 14.8 % |',
                     '| `width1_2_bfloat16_epochs12_muon` | D | 0.5 | bfloat16, Muon | 12 | '
-                    '12.4 % | 18.8 min |']),
+                    '12.4 % | 18.8 min |',
+                    '| `width1_2_bfloat16_epochs12_muon_batch512_nsbfloat16` | D | 0.5 | '
+                    'bfloat16, Muon (bfloat16 products) | 12 | 12.8 % | 14.7 min |']),
 ])
 def test_committed_pilot_budget_is_regenerated_from_its_runs(folder, rows, tmp_path):
   committed = os.path.join(REPO, 'experiments', 'results', folder)

@@ -22,6 +22,8 @@ OPTIMIZER.update(learning_rate=0.05, schedule='cosine')
 
 MUON = config_schema.base_config().optimizer
 MUON.update(learning_rate=0.05, schedule='cosine', kernels='muon')
+MUON_BFLOAT16 = MUON.copy_and_resolve_references()
+MUON_BFLOAT16.muon_dtype = 'bfloat16'
 
 
 def _run_steps(devices, batch_norm, steps=3, batch_size=16, old_states=None,
@@ -48,7 +50,8 @@ def _run_steps(devices, batch_norm, steps=3, batch_size=16, old_states=None,
   return jax.device_get(state), losses
 
 
-@pytest.mark.parametrize('batch_norm,optimizer', [(False, 'sgd'), (True, 'sgd'), (True, 'muon')])
+@pytest.mark.parametrize('batch_norm,optimizer', [(False, 'sgd'), (True, 'sgd'), (True, 'muon'),
+                                                 (True, 'muon_bfloat16')])
 def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm, optimizer):
   """Per step, the device count changes only the order of float32 sums.
 
@@ -57,14 +60,19 @@ def test_one_step_on_eight_devices_equals_one_step_on_one(batch_norm, optimizer)
   near-ties, and training amplifies them.
   """
   assert jax.device_count() == 8, 'tests/conftest.py sets eight CPU devices'
-  optimizer = MUON if optimizer == 'muon' else OPTIMIZER
+  optimizer = {'sgd': OPTIMIZER, 'muon': MUON, 'muon_bfloat16': MUON_BFLOAT16}[optimizer]
   one, losses_one = _run_steps(jax.devices()[:1], batch_norm, steps=1, optimizer=optimizer)
   eight, losses_eight = _run_steps(jax.devices(), batch_norm, steps=1, optimizer=optimizer)
   np.testing.assert_allclose(losses_one, losses_eight, rtol=1e-6)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    # Measured: at most 3e-6 of the array's largest value (1 step, 2 cores).
-    assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(a)), 1e-30)
+    # Measured: at most 3e-6 of the array's largest value (1 step, 2 cores). Muon's
+    # bfloat16 products round where float32 sums differ in their last bits, and a
+    # flipped rounding moves a kernel by one of bfloat16's steps (0.4 % of its
+    # largest value, measured, in one kernel of nine).
+    bfloat16_kernel = optimizer.get('muon_dtype') == 'bfloat16' and a.ndim == 4
+    assert np.max(np.abs(a - b)) <= (1e-2 if bfloat16_kernel else 1e-5) * max(
+        np.max(np.abs(a)), 1e-30)
   assert int(one.step) == 1
 
 

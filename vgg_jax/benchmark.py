@@ -4,7 +4,8 @@
     python -m vgg_jax.benchmark --variant=D --image_size=224 --batch_size=256 \\
         --dtype=bfloat16 --width=1 --fc_width=4096 --num_classes=1000   # one GPU
     python -m vgg_jax.benchmark --variant=D --batch_norm --width=0.5 --fc_width=128 \\
-        --batch_size=256 --dtype=bfloat16 --kernels=muon --measure=train  # cifar10.py:D,amx,muon
+        --batch_size=512 --dtype=bfloat16 --kernels=muon --muon_dtype=bfloat16 \
+        --measure=train                                    # cifar10.py:D,amx,muon's step
 
 Every rate is measured after compilation, which is never inside a timed region:
 each compiled function is built with `.lower().compile()` and called once
@@ -173,14 +174,16 @@ def synthetic_batch(batch: int, size: int, num_classes: int, mesh) -> dict:
   return jax.device_put(local, parallel.batch_sharded(mesh))
 
 
-def optimizer_config(kernels: str = 'sgd', muon_ns_steps: int = 3) -> ml_collections.ConfigDict:
+def optimizer_config(kernels: str = 'sgd', muon_ns_steps: int = 3,
+                     muon_dtype: str = 'float32') -> ml_collections.ConfigDict:
   """What the timed steps train with: SGD (momentum 0.9, weight decay 5e-4) at a
   constant rate, the conv kernels by `kernels` ('muon': Newton-Schulz iterations
-  whose cost grows with the kernels, not the batch)."""
+  whose cost grows with the kernels, not the batch, their products in `muon_dtype`)."""
   opt_cfg = config_schema.base_config().optimizer
   opt_cfg.update(learning_rate=0.01, schedule='constant', kernels=kernels,
-                 muon_ns_steps=muon_ns_steps)
+                 muon_ns_steps=muon_ns_steps, muon_dtype=muon_dtype)
   optim.kernel_optimizer(opt_cfg)  # a clear error for an unknown name
+  optim.muon_dtype(opt_cfg)
   return opt_cfg
 
 
@@ -495,6 +498,8 @@ def _define_flags():
       "What trains the conv kernels and fc1 ('muon' needs --batch_norm).")
   flags.DEFINE_integer('muon_ns_steps', 3, "Newton-Schulz iterations of --kernels=muon "
       "(3, as configs/cifar10.py's muon and amx,muon train).", lower_bound=1)
+  flags.DEFINE_enum('muon_dtype', 'float32', list(optim.MUON_DTYPES),
+      "The dtype of --kernels=muon's Newton-Schulz products (float32 sums).")
   flags.DEFINE_enum('ops', 'auto', ['auto', 'plain'],
       "'auto': the model's own convolution (vgg_jax.cpu_ops on the CPU) and "
       "pooling (vgg_jax.pooling); 'plain': lax.conv_general_dilated "
@@ -564,7 +569,8 @@ def main(argv):
   report = {
       'setting': {name: f[name].value for name in (
           'variant', 'image_size', 'batch_size', 'width', 'fc_width', 'num_classes', 'head',
-          'batch_norm', 'dtype', 'ops', 'kernels', 'muon_ns_steps', 'steps', 'windows')},
+          'batch_norm', 'dtype', 'ops', 'kernels', 'muon_ns_steps', 'muon_dtype', 'steps',
+          'windows')},
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
                   'devices': len(devices), 'cpu_cores': os.cpu_count(),
                   'jax': jax.__version__, **convolutions(f),
@@ -578,7 +584,7 @@ def main(argv):
   mallocs = torch_mallocs() if f.compare == 'torch' else ()
   torch_ready = {torch_run_name(fmt, malloc): start_torch(model, f.batch_size, steps, fmt, malloc)
                  for malloc in mallocs for fmt in TORCH_MEMORY_FORMATS}
-  compiled, opt_cfg = None, optimizer_config(f.kernels, f.muon_ns_steps)
+  compiled, opt_cfg = None, optimizer_config(f.kernels, f.muon_ns_steps, f.muon_dtype)
   if 'train' in measure:
     train_window, compiled = prepare_train(model, mesh, f.batch_size, steps, opt_cfg)
     runs['train'] = (train_window, items)

@@ -33,6 +33,10 @@ compiler and cached per source and version (a wheel per platform would need
 a build farm this project does not have). Where any of it is missing,
 `available()` says why once and the caller keeps XLA's own convolution.
 
+`matmul`, a plain matrix product by oneDNN, multiplies Muon's Newton-Schulz
+iterations in bfloat16 (`optim.newton_schulz`): XLA's CPU dot computes
+bfloat16 in float32.
+
 `conv` is batch-parallel: under `jax.jit` over a mesh each device convolves
 its share of the batch (`custom_partitioning`), and the weight gradient is
 summed over the batch's mesh axes, as XLA's own convolution is partitioned.
@@ -79,7 +83,8 @@ _TARGETS = {'forward': 'VggJaxConvForward', 'backward_data': 'VggJaxConvBackward
             'backward_weights_bias': 'VggJaxConvBackwardWeightsBias',
             'moments': 'VggJaxChannelMoments', 'gradient_sums': 'VggJaxChannelGradientSums',
             'relu_gradient_sums': 'VggJaxReluGradientSums',
-            'normalize_relu_gradient': 'VggJaxNormalizeReluGradient'}
+            'normalize_relu_gradient': 'VggJaxNormalizeReluGradient',
+            'matmul': 'VggJaxMatmul'}
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
@@ -462,3 +467,26 @@ def normalize_relu_gradient(g, out, x, mul, sum_grad, square_grad):
   jax code (vgg_jax/batch_norm.py), in one read of g, out and x (bfloat16)."""
   return _batch_elementwise('normalize_relu_gradient', x.ndim, 3, 3)(
       g, out, x, mul, sum_grad, square_grad, None)
+
+
+# --------------------------------------------------------------------------
+# Matrix products (Muon's Newton-Schulz iterations, vgg_jax/optim.py).
+# --------------------------------------------------------------------------
+
+
+def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
+  """op(a) @ op(b) by oneDNN, op a transpose where asked (read in place): float32,
+  or bfloat16 (where `bfloat16_available()`) accumulated in float32 and rounded
+  once. Not differentiable. Replicated under a mesh: every local device computes
+  the whole product on its share of the cores."""
+  m, k = a.shape[::-1] if transpose_a else a.shape
+  k_b, n = b.shape[::-1] if transpose_b else b.shape
+  if k != k_b:
+    raise ValueError(f'matmul of {a.shape}{".T" * transpose_a} and '
+                     f'{b.shape}{".T" * transpose_b}: the inner sizes differ')
+  _library()  # registers the handlers
+  local = jax.local_device_count()
+  threads = 0 if local <= 1 else max(1, len(os.sched_getaffinity(0)) // local)
+  return jax.ffi.ffi_call(_TARGETS['matmul'], jax.ShapeDtypeStruct((m, n), a.dtype))(
+      a, b, transpose_a=np.int64(transpose_a), transpose_b=np.int64(transpose_b),
+      threads=np.int64(threads))

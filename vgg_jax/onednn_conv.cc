@@ -17,6 +17,8 @@
 // is); kernels are reordered to the layout oneDNN picks, as PyTorch does.
 // In bfloat16 the kernel gradient of a map of a few positions is one oneDNN
 // matmul of its image patches instead (`kMaxMatmulPositions`).
+// And a plain matrix product (`VggJaxMatmul`, either operand read transposed),
+// for Muon's Newton-Schulz iterations in bfloat16 (vgg_jax/optim.py).
 
 #include <array>
 #include <cstdint>
@@ -228,21 +230,49 @@ std::unique_ptr<BiasedConvolution> MakeBiased(const Geometry& g) {
   return c;
 }
 
-template <typename Made, std::unique_ptr<Made> (*make)(const Geometry&)>
-Made& Cached(const Geometry& g) {
+template <typename Made, typename Key, std::unique_ptr<Made> (*make)(const Key&)>
+Made& Cached(const Key& g) {
   static std::mutex mu;
-  static std::map<Geometry, std::unique_ptr<Made>> made;
+  static std::map<Key, std::unique_ptr<Made>> made;
   std::lock_guard<std::mutex> lock(mu);
   auto& slot = made[g];
   if (!slot) slot = make(g);
   return *slot;
 }
 
-Convolution& Get(const Geometry& g) { return Cached<Convolution, Make>(g); }
+Convolution& Get(const Geometry& g) { return Cached<Convolution, Geometry, Make>(g); }
 
 BiasedConvolution& GetBiased(const Geometry& g) {
-  return Cached<BiasedConvolution, MakeBiased>(g);
+  return Cached<BiasedConvolution, Geometry, MakeBiased>(g);
 }
+
+// A matrix product c = op(a) op(b), op a transpose where asked (read through
+// strides, not copied): m, k, n, transpose_a, transpose_b, and the element type.
+using MatmulShape = std::array<int64_t, 6>;
+
+struct Matmul {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul primitive;
+};
+
+// A row-major (rows, cols) matrix, or the transpose of a row-major (cols, rows) one.
+memory::desc MatrixDesc(int64_t rows, int64_t cols, bool transposed, Type type) {
+  return transposed ? memory::desc({rows, cols}, type, memory::dims{1, rows})
+                    : memory::desc({rows, cols}, type, memory::dims{cols, 1});
+}
+
+std::unique_ptr<Matmul> MakeMatmul(const MatmulShape& s) {
+  auto [m, k, n, transpose_a, transpose_b, type_code] = s;
+  const Type type = static_cast<Type>(type_code);
+  auto mm = std::make_unique<Matmul>();
+  mm->pd = dnnl::matmul::primitive_desc(Engine(), MatrixDesc(m, k, transpose_a, type),
+                                        MatrixDesc(k, n, transpose_b, type),
+                                        MatrixDesc(m, n, false, type), OwnScratchpad());
+  mm->primitive = dnnl::matmul(mm->pd);
+  return mm;
+}
+
+Matmul& GetMatmul(const MatmulShape& s) { return Cached<Matmul, MatmulShape, MakeMatmul>(s); }
 
 Geometry GeometryOf(ffi::Span<const int64_t> x, ffi::Span<const int64_t> hwio, int64_t top,
                     int64_t bottom, int64_t left, int64_t right, Type type) {
@@ -456,6 +486,26 @@ ffi::Error BackwardWeightsBiasImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy,
   });
 }
 
+ffi::Error MatmulImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
+                      int64_t transpose_a, int64_t transpose_b, int64_t threads) {
+  const Type type = TypeOf(a, b, *c);
+  if (type == Type::undef) {
+    return ffi::Error::InvalidArgument(
+        "oneDNN matmul: a, b and c must all be float32 or all bfloat16");
+  }
+  const auto da = a.dimensions(), dc = c->dimensions();
+  const int64_t k = transpose_a ? da[0] : da[1];
+  return Run(threads, [&] {
+    Matmul& mm = GetMatmul({dc[0], k, dc[1], transpose_a, transpose_b,
+                            static_cast<int64_t>(type)});
+    mm.primitive.execute(
+        Stream(), {{DNNL_ARG_SRC, memory(mm.pd.src_desc(), Engine(), a.untyped_data())},
+                   {DNNL_ARG_WEIGHTS, memory(mm.pd.weights_desc(), Engine(), b.untyped_data())},
+                   {DNNL_ARG_DST, memory(mm.pd.dst_desc(), Engine(), c->untyped_data())},
+                   {DNNL_ARG_SCRATCHPAD, memory(mm.pd.scratchpad_desc(), Engine())}});
+  });
+}
+
 }  // namespace
 
 #define VGG_JAX_PADS                                                     \
@@ -490,6 +540,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxConvBackwardWeightsBias, BackwardWeightsBias
                                   .Arg<ffi::AnyBuffer>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() VGG_JAX_PADS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VggJaxMatmul, MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("transpose_a")
+                                  .Attr<int64_t>("transpose_b")
+                                  .Attr<int64_t>("threads"));
 
 // The implementations oneDNN chose for a 3x3 SAME convolution (for logs and
 // benchmarks, and to tell whether this CPU has bfloat16 kernels): e.g.

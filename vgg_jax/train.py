@@ -213,6 +213,7 @@ def validate(config) -> None:
                      f'one of {", ".join(optim.SCHEDULES)}')
   if config.optimizer.schedule == 'plateau':
     optim.plateau_rule(config.optimizer)  # bad plateau settings fail here
+  optim.muon_dtype(config.optimizer)  # an unknown dtype fails here
   if optim.kernel_optimizer(config.optimizer) == 'muon' and not config.model.batch_norm:
     raise ValueError("optimizer.kernels='muon' holds every conv kernel at a fixed norm, "
                      'which only batch norm after the conv makes harmless: set '
