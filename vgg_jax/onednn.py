@@ -216,7 +216,11 @@ def _call(target: str, shapes, operands, pads: Pads, threads: int, dtype=None):
 
 def _threads_per_device(mesh) -> int:
   """oneDNN's threads for each of this process's devices in `mesh` (0: OpenMP's default)."""
-  local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  return _threads_for(sum(d.process_index == jax.process_index() for d in mesh.devices.flat))
+
+
+def _threads_for(local: int) -> int:
+  """oneDNN's threads for each of `local` devices sharing this process's cores."""
   return 0 if local <= 1 else max(1, len(os.sched_getaffinity(0)) // local)
 
 
@@ -485,8 +489,7 @@ def matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
     raise ValueError(f'matmul of {a.shape}{".T" * transpose_a} and '
                      f'{b.shape}{".T" * transpose_b}: the inner sizes differ')
   _library()  # registers the handlers
-  local = jax.local_device_count()
-  threads = 0 if local <= 1 else max(1, len(os.sched_getaffinity(0)) // local)
+  threads = _threads_for(jax.local_device_count())
   return jax.ffi.ffi_call(_TARGETS['matmul'], jax.ShapeDtypeStruct((m, n), a.dtype))(
       a, b, transpose_a=np.int64(transpose_a), transpose_b=np.int64(transpose_b),
       threads=np.int64(threads))
