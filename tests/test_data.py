@@ -41,7 +41,7 @@ def tiny_dir(tmp_path_factory):
 def make_cfg(**overrides):
   cfg = ml_collections.ConfigDict(dict(
       name='vgg_shapes', folder=None, data_dir=None, builder_config='tiny',
-      image_size=32, train_scale=(32, 64), test_scale=48, color_shift=0.1,
+      image_size=32, train_scale=(32, 64), test_scale=48, color_shift=0.1, flip='random',
       mean_rgb=(70.0, 70.0, 70.0), train_split='train', eval_split='test',
       shuffle=True, num_threads=2, prefetch_batches=2, num_workers=0, niceness=-1))
   cfg.update(overrides)
@@ -572,19 +572,26 @@ def test_the_step_makes_the_float_pixels_the_host_made_before_bit_for_bit(cfg):
     np.testing.assert_array_equal(pixels, before)
 
 
-def test_each_row_is_its_positions_example_and_augmentation(cfg):
+@pytest.mark.parametrize('flip', pipeline.FLIPS)
+def test_each_row_is_its_positions_example_and_augmentation(cfg, flip):
   """The stream as the module defines it, row by row: the example at position g
   (`example_at`) seen through `transforms.train_view` with position g's uniforms,
-  which the pipeline draws for a whole batch at once."""
+  which the pipeline draws for a whole batch at once; with alternating flips,
+  the mirror is `alternating_mirrors`'."""
+  cfg = _with(cfg, flip=flip)
   source = data.open_split(cfg, 'train')
-  for start_step, process_index in ((0, 0), (9, 1)):
+  for start_step, process_index in ((0, 0), (9, 1), (19, 0)):  # 19: epoch 1
     batch = next(data.train_batches(cfg, global_batch_size=16, seed=7, start_step=start_step,
                                     process_index=process_index, process_count=2))
     for row in range(8):
       g = pipeline.train_position(row, start_step=start_step, global_batch_size=16,
                                   process_index=process_index, process_count=2)
-      encoded, label = source[pipeline.example_at(g, seed=7, num_examples=TINY_TRAIN)]
+      index = pipeline.example_at(g, seed=7, num_examples=TINY_TRAIN)
+      encoded, label = source[index]
       u = pipeline.augmentation_uniforms(7, range(g, g + 1))[0]
+      if flip == 'alternating':
+        mirrored, = pipeline.alternating_mirrors(7, range(g, g + 1), [index], TINY_TRAIN)
+        u[transforms.MIRROR] = 0.0 if mirrored else 0.75
       scale = int(transforms.draw_scales(cfg.train_scale, u[transforms.SCALE]))
       crop, offset = transforms.train_view(transforms.decode(encoded, min_side=scale), u,
                                            image_size=32, scale=scale,
@@ -592,6 +599,29 @@ def test_each_row_is_its_positions_example_and_augmentation(cfg):
       np.testing.assert_array_equal(batch['image'][row], crop)
       np.testing.assert_array_equal(batch['offset'][row], offset)
       assert batch['label'][row] == label
+
+
+def test_alternating_flips_show_each_example_both_ways_every_two_epochs():
+  n, epochs = 1000, 4
+  positions = range(0, n * epochs)
+  indices = pipeline.examples_at(positions, seed=3, num_examples=n)
+  mirrored = pipeline.alternating_mirrors(3, positions, indices, n)
+  by_epoch = np.empty((epochs, n), bool)  # [epoch, example]
+  for e in range(epochs):
+    by_epoch[e, indices[e * n:(e + 1) * n]] = mirrored[e * n:(e + 1) * n]
+  assert 400 < by_epoch[0].sum() < 600  # epoch 0: a fair coin per example
+  assert np.all(by_epoch[1:] != by_epoch[:-1])  # then the other way each epoch
+  # A pure function of (seed, position): any split of the positions agrees.
+  part = range(1500, 1600)
+  np.testing.assert_array_equal(
+      pipeline.alternating_mirrors(3, part, indices[1500:1600], n), mirrored[1500:1600])
+  other = pipeline.alternating_mirrors(4, range(0, n), indices[:n], n)
+  assert 400 < np.sum(other != mirrored[:n]) < 600  # another seed, other coins
+
+
+def test_unknown_flip_is_a_clear_error(cfg):
+  with pytest.raises(ValueError, match="unknown data.flip 'sometimes': choose one of random"):
+    data.train_batches(_with(cfg, flip='sometimes'), global_batch_size=16, seed=0)
 
 
 def test_splitmix64_is_the_published_generator():

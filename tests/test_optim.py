@@ -136,3 +136,18 @@ def test_bfloat16_newton_schulz_is_float32s_to_bfloat16_rounding(monkeypatch, by
     # Three iterations take the singular values from 0.13-0.36 to 0.66-1.14 (measured).
     singular_values = np.linalg.svd(got, compute_uv=False)
     assert np.all((singular_values > 0.5) & (singular_values < 1.5))
+
+
+@pytest.mark.parametrize('schedule,expected', [
+    # steps 0, 5, 10 (the warm-up's end), 35, 60 and 110 (the last) of 110, 10 an epoch
+    ('cosine', [0.0, 0.2, 0.4, 0.2 * (1 + np.cos(np.pi / 4)), 0.2, 0.0]),
+    ('linear', [0.0, 0.2, 0.4, 0.3, 0.2, 0.0]),
+    ('step', [0.0, 0.2, 0.4, 0.4, 0.04, 0.04]),
+    ('constant', [0.0, 0.2, 0.4, 0.4, 0.4, 0.4]),
+])
+def test_schedules_after_a_linear_warm_up(schedule, expected):
+  cfg = config_schema.base_config().optimizer
+  cfg.update(learning_rate=0.4, schedule=schedule, warmup_epochs=1.0, step_epochs=(6,))
+  lr = optim.learning_rate_fn(cfg, num_steps=110, steps_per_epoch=10)
+  np.testing.assert_allclose([float(lr(t)) for t in (0, 5, 10, 35, 60, 110)], expected,
+                             rtol=1e-6, atol=1e-7)

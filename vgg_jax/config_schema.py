@@ -69,6 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
       train_scale=(256, 256),
       test_scale=256,
       color_shift=0.1,
+      # 'random': each crop flipped with probability 1/2 (the paper's);
+      # 'alternating': each example's first epoch at random, then the opposite of
+      # its previous epoch, so that every two epochs show it both ways (airbench's:
+      # short runs waste fewer epochs on views they have seen).
+      flip='random',
       mean_rgb=(123.68, 116.779, 103.939),
       # A fresh permutation of the training examples every epoch; False reads
       # them in split order.

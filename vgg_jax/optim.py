@@ -37,7 +37,7 @@ from optax import contrib
 
 from vgg_jax import cpu_ops, onednn
 
-SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
+SCHEDULES = ('plateau', 'step', 'cosine', 'linear', 'constant')
 # What trains the conv kernels: the paper's SGD, or Muon (the momentum's
 # direction orthogonalised, kernels kept at a fixed norm) with SGD for the rest.
 KERNEL_OPTIMIZERS = ('sgd', 'muon')
@@ -57,11 +57,15 @@ def learning_rate_fn(cfg, num_steps: int, steps_per_epoch: int,
   if cfg.schedule in ('plateau', 'constant'):
     main = optax.constant_schedule(base)
   elif cfg.schedule == 'step':
-    # Divide by 10 at each listed epoch, e.g. (30, 60) for 90 epochs.
-    boundaries = {int(e * steps_per_epoch): 0.1 for e in cfg.step_epochs}
+    # Divide by 10 at each listed epoch, e.g. (30, 60) for 90 epochs; counted from
+    # the run's start, and this schedule starts after the warm-up.
+    boundaries = {int(e * steps_per_epoch) - warmup: 0.1 for e in cfg.step_epochs}
     main = optax.piecewise_constant_schedule(base, boundaries)
   elif cfg.schedule == 'cosine':
     main = optax.cosine_decay_schedule(base, max(1, num_steps - warmup))
+  elif cfg.schedule == 'linear':
+    # Straight to zero: more of a short run at mid rates than cosine's tail gives.
+    main = optax.linear_schedule(base, 0.0, max(1, num_steps - warmup))
   else:
     raise ValueError(f'unknown optimizer.schedule {cfg.schedule!r}: choose one of '
                      f'{", ".join(SCHEDULES)}')

@@ -198,6 +198,7 @@ def validate(config) -> None:
   model = VGG.from_config(config.model, num_classes=1, image_size=image_size)
   model.check_input(image_size, image_size)
   data.check_scales(config.data)
+  data.check_flip(config.data)
   for field, valid, what in _RANGES:
     value = functools.reduce(getattr, field.split('.'), config)
     if not valid(value):

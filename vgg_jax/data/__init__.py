@@ -23,6 +23,8 @@ every field its default):
   train_scale     S: (S_min, S_max) drawn per image, equal for a fixed S.
   test_scale      Q: smaller side before the centre crop at evaluation.
   color_shift     std of the PCA lighting alphas (0.1 in the paper; 0 = off).
+  flip            'random' (each crop with probability 1/2, the paper's) or
+                  'alternating' (each example the other way from its last epoch).
   mean_rgb        subtracted per channel, in 0..255 pixel units.
   shuffle         a fresh permutation every epoch (True) or split order.
   num_threads     decode/augment threads (0 = one per CPU).
@@ -42,6 +44,7 @@ an image store).
 
 from vgg_jax.data import builtin
 from vgg_jax.data import transforms
+from vgg_jax.data.pipeline import check_flip
 from vgg_jax.data.pipeline import check_scales
 from vgg_jax.data.pipeline import decode_threads
 from vgg_jax.data.pipeline import train_batches
@@ -50,5 +53,5 @@ from vgg_jax.data.sources import dataset_info
 from vgg_jax.data.sources import mean_rgb
 from vgg_jax.data.sources import open_split
 
-__all__ = ['DatasetInfo', 'builtin', 'check_scales', 'dataset_info', 'decode_threads',
-           'mean_rgb', 'open_split', 'train_batches', 'transforms']
+__all__ = ['DatasetInfo', 'builtin', 'check_flip', 'check_scales', 'dataset_info',
+           'decode_threads', 'mean_rgb', 'open_split', 'train_batches', 'transforms']

@@ -6,7 +6,8 @@ The training stream is defined by arithmetic, not by the state of a reader:
   * epoch e = g // N and slot g % N; the example at that slot is entry g % N of
     a fresh permutation of the N training examples seeded by (seed, e);
   * its augmentation (scale, crop, flip, lighting) comes from eight uniforms,
-    outputs 8g .. 8g+7 of a counter-based generator keyed by the seed;
+    outputs 8g .. 8g+7 of a counter-based generator keyed by the seed (with
+    `flip='alternating'`, the flip from the example's own coin and e's parity);
   * process p of P receives rows [p*B/P, (p+1)*B/P) of each global batch.
 
 So the global batch at step t is a pure function of (seed, t, cfg), the
@@ -39,6 +40,8 @@ from vgg_jax.data import transforms
 
 # Tags that keep the permutation and augmentation random streams apart.
 _PERMUTATION, _AUGMENTATION = 0, 1
+# data.flip's values (vgg_jax.config_schema says what each does).
+FLIPS = ('random', 'alternating')
 # Length of the endless training dataset (grain wants a length).
 _ENDLESS = sys.maxsize
 
@@ -116,6 +119,18 @@ def augmentation_uniforms(seed: int, positions: range) -> np.ndarray:
   outputs = np.arange(positions.start * width, positions.stop * width, dtype=np.uint64)
   words = splitmix64(key, outputs).reshape(len(positions), width)
   return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def alternating_mirrors(seed: int, positions: range, indices: np.ndarray,
+                        num_examples: int) -> np.ndarray:
+  """bool per position in `positions`: whether its crop is flipped under
+  `flip='alternating'`. Example i's own coin (the top bit of output i of the
+  SplitMix64 stream keyed by the second output of the one that keys the
+  uniforms) decides its epoch 0; every later epoch flips it the other way."""
+  key = int(splitmix64((seed << 1) | _AUGMENTATION, np.ones(1, np.uint64))[0])
+  coins = (splitmix64(key, np.asarray(indices, np.uint64)) >> np.uint64(63)).astype(np.int64)
+  epochs = np.arange(positions.start, positions.stop, dtype=np.int64) // num_examples
+  return (coins ^ (epochs & 1)).astype(bool)
 
 
 # --------------------------------------------------------------------------
@@ -227,6 +242,7 @@ class _TrainBatch:
     self.image_size = int(cfg.image_size)
     self.scale_range = transforms.scale_bounds(cfg.train_scale)
     self.color_shift = float(cfg.color_shift)
+    self.flip = check_flip(cfg)
     self.mean_rgb = np.asarray(cfg.mean_rgb, np.float32)
     self.local = global_batch_size // process_count
     self.niceness = pipeline_niceness(cfg)  # resolved here: workers need no jax
@@ -250,7 +266,10 @@ class _TrainBatch:
     indices = examples_at(positions, seed=self.seed, num_examples=self.num_examples,
                           shuffle=self.shuffle)
     scales = transforms.draw_scales(self.scale_range, uniforms[:, transforms.SCALE])
-    mirrored = transforms.draw_mirrors(uniforms[:, transforms.MIRROR])
+    if self.flip == 'alternating':
+      mirrored = alternating_mirrors(self.seed, positions, indices, self.num_examples)
+    else:
+      mirrored = transforms.draw_mirrors(uniforms[:, transforms.MIRROR])
     # Each image is decoded, placed and given to `crops` before the next is read:
     # a batch's decoded photographs are never held at once.
     crops = transforms.GroupedCrops(images)
@@ -300,6 +319,13 @@ def iterate_batches(batches: grain.MapDataset, cfg) -> Iterator[dict]:
   stream = batches.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   return iter(stream.mp_prefetch(grain.MultiprocessingOptions(
       num_workers=workers, per_worker_buffer_size=prefetch)))
+
+
+def check_flip(cfg) -> str:
+  """`cfg.flip`, one of FLIPS."""
+  if cfg.flip not in FLIPS:
+    raise ValueError(f'unknown data.flip {cfg.flip!r}: choose one of {", ".join(FLIPS)}')
+  return cfg.flip
 
 
 def check_scales(cfg) -> None:
