@@ -103,12 +103,11 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             not kept: label smoothing 0.2 (12.93 % against 12.78), Muon's
             momentum 0.95 (13.15 against 12.80), Muon's rate 0.03 (12.97: ahead
             until the last epochs) and 0.06 (19.3 % after 8 epochs against 17.3,
-            stopped). FC 512 instead of 128 (`model.fc_width=512`, few FLOPs):
-            12.44 and 12.73 % (seeds 0 and 1; 15.7 min with a test file beside
-            it), within the size's spread: a lever to settle with a third seed. A step of 256 there: 424-428 ms
-            with bfloat16 products, 470-481 with float32 ones, SGD's 341-380
-            (vgg_jax.benchmark --kernels=muon --muon_dtype=bfloat16). Not
-            measured on an AMX machine.
+            stopped), and FC 512 instead of 128 (`model.fc_width=512`, few
+            FLOPs): 12.64 +- 0.17 % over 3 seeds (12.44, 12.73, 12.75; Welch's
+            p = 0.44). A step of 256 there: 424-428 ms with bfloat16 products,
+            470-481 with float32 ones, SGD's 341-380 (vgg_jax.benchmark
+            --kernels=muon --muon_dtype=bfloat16). Not measured on an AMX machine.
   runlocal  a quick look on a 2-core CPU: width 1/8 (8..64 channels), FC 128, no
             dropout, batch 64, `epochs` epochs (default 2), evaluations 'single',
             'dense' and 'dense:auto'. At `epochs=1` every variant of the sweeps
