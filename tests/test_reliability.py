@@ -797,6 +797,7 @@ def test_the_command_line_reports_flag_errors_in_one_line(tmp_path):
     {'data.image_size': 48},
     {'optimizer.schedule': 'exponential'},
     {'data.flip': 'sometimes'},
+    {'optimizer.first_conv': 'frozen'},
     {'data.name': 'no_such_dataset_xyz'},
     {'data.name': 'image_folder', 'data.folder': '/nonexistent/folder'},
     {'num_train_steps': -1, 'num_epochs': -1.0},

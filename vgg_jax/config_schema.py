@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
       # The dtype of Newton-Schulz's products (float32 sums): 'float32' or
       # 'bfloat16', cheaper on CPUs that multiply bfloat16 (vgg_jax/optim.py).
       muon_dtype='float32',
+      # 'trained' (the paper's conv1_1), or 'whitened': set to a patch-whitening
+      # filter bank of the training images and never trained (vgg_jax/whitening.py).
+      first_conv='trained',
   ))
   config.batch_size = 256
   # Cross-entropy against (1 - e) one-hot + e / classes; the paper's is 0.

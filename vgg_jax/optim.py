@@ -43,6 +43,10 @@ SCHEDULES = ('plateau', 'step', 'cosine', 'linear', 'constant')
 KERNEL_OPTIMIZERS = ('sgd', 'muon')
 # The dtypes Muon's Newton-Schulz iterations multiply in (`muon_dtype`).
 MUON_DTYPES = ('float32', 'bfloat16')
+# conv1_1 trained like every layer (the paper), or set to a patch-whitening filter
+# bank of the training images and never trained (vgg_jax/whitening.py).
+FIRST_CONVS = ('trained', 'whitened')
+FIRST_CONV = 'conv1_1'
 # The validation error must fall by more than this to count as an improvement:
 # a change of a few examples in 50,000 is noise, not progress.
 PLATEAU_MIN_IMPROVEMENT = 1e-4
@@ -81,6 +85,16 @@ def _decay_mask(params):
 
 
 def create_optimizer(cfg, num_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
+  tx = _trained_layers_optimizer(cfg, num_steps, steps_per_epoch)
+  if first_conv(cfg) == 'trained':
+    return tx
+  frozen = lambda params: {name: jax.tree.map(lambda _: name == FIRST_CONV, layer)
+                           for name, layer in params.items()}
+  return optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+
+
+def _trained_layers_optimizer(cfg, num_steps: int,
+                              steps_per_epoch: int) -> optax.GradientTransformation:
   lr = learning_rate_fn(cfg, num_steps, steps_per_epoch)
   sgd = optax.chain(
       optax.add_decayed_weights(cfg.weight_decay, mask=_decay_mask),
@@ -123,6 +137,11 @@ def kernel_optimizer(cfg) -> str:
 def muon_dtype(cfg) -> str:
   """`cfg.muon_dtype`, checked ('float32' where a config from before the field lacks it)."""
   return _choice(cfg, 'muon_dtype', MUON_DTYPES)
+
+
+def first_conv(cfg) -> str:
+  """`cfg.first_conv`, checked ('trained' where a config from before the field lacks it)."""
+  return _choice(cfg, 'first_conv', FIRST_CONVS)
 
 
 # A conv kernel (h, w, in, out) as the (h * w * in, out) matrix it multiplies by.

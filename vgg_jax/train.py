@@ -42,7 +42,8 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import record_writer
 
 from vgg_jax import (checkpoints, cli, config_schema, console, cpu_ops, data, errors,
-                     evaluation, faults, optim, parallel, resume, summary, warm_start)
+                     evaluation, faults, optim, parallel, resume, summary, warm_start,
+                     whitening)
 from vgg_jax import workdir as run_files
 from vgg_jax.model import VGG, num_classes_of
 
@@ -215,6 +216,7 @@ def validate(config) -> None:
   if config.optimizer.schedule == 'plateau':
     optim.plateau_rule(config.optimizer)  # bad plateau settings fail here
   optim.muon_dtype(config.optimizer)  # an unknown dtype fails here
+  optim.first_conv(config.optimizer)
   if optim.kernel_optimizer(config.optimizer) == 'muon' and not config.model.batch_norm:
     raise ValueError("optimizer.kernels='muon' holds every conv kernel at a fixed norm, "
                      'which only batch norm after the conv makes harmless: set '
@@ -415,6 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       logging.info('resumed from the checkpoint at step %d', int(state.step))
     else:
       state = warm_start.apply_init_from(config, state, model)  # config.init_from, if set
+      if optim.first_conv(config.optimizer) == 'whitened' and not config.init_from:
+        state = whitening.whiten_first_conv(config, state)  # a warm start keeps its own
       parameter_overview.log_parameter_overview(state.params)  # shown with --v=1
     start_step = int(state.step)
     if start_step > num_steps:
