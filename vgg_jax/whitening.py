@@ -11,7 +11,8 @@ the step sees), each divided by the square root of its eigenvalue plus
 `WHITENING_EPS` of the largest, and their negatives, scaled to the fresh kernel's
 norm (Muon holds each kernel on its sphere; batch norm follows, so only directions
 and relative scales matter). Channels beyond twice the patch's dimension (k * k * 3)
-keep their random start, frozen too.
+keep their random start, frozen too. A warm start (`init_from`) keeps the conv1_1
+it copies, frozen as well.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import numpy as np
 
 from vgg_jax import data
 from vgg_jax.optim import FIRST_CONV
+
 # Training batches whose patches give the covariance (2,048 crops at batch 512).
 WHITENING_BATCHES = 4
-# Added to each eigenvalue, relative to the largest: bounds the gain of the
-# faintest directions, which are mostly JPEG and resampling noise.
+# Added to each eigenvalue, relative to the largest: bounds the gain given to the
+# faintest directions.
 WHITENING_EPS = 1e-3
 
 
