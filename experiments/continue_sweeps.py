@@ -2,12 +2,15 @@
 time, and commits each finished point, so that the campaign spans sittings and machines.
 
     python -m experiments.continue_sweeps --images=ROOT [--commit] [--seeds=3] [--dry_run]
-        [--size=twocore|muon] [--epochs=E] [--only=REGEX]
+        [--size=twocore|muon|amx,muon] [--epochs=E] [--only=REGEX]
 
 At --size=twocore (the default) without --epochs, the size's own 10 epochs, in
 experiments/results/cifar10_twocore; with it, E epochs for every point, in
 experiments/results/cifar10_twocore_epochsE (25 epochs: what 15 minutes of the 2-core
-machines hold for VGG-D since 2026-12-05). --size=muon: in experiments/results/cifar10_muon.
+machines hold for VGG-D since 2026-12-05). --size=muon: in experiments/results/cifar10_muon;
+--size=amx,muon (VGG-D's 12 % in about 15 minutes of a 2-core CPU that multiplies
+bfloat16; every point's conv1_1 a frozen whitening filter bank): in
+experiments/results/cifar10_amx_muon.
 
 ROOT holds CIFAR-10 as an image folder (ROOT/train/<class>/*.png|jpg,
 ROOT/test/<class>/...). It is linked at workdirs/cifar10, and the points'
@@ -50,7 +53,7 @@ from vgg_jax import workdir as run_files
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_ROOT = os.path.join('experiments', 'results')
 # The configs/cifar10.py sizes a campaign can train at.
-SIZES = ('twocore', 'muon')
+SIZES = ('twocore', 'muon', 'amx,muon')
 IMAGES_LINK = os.path.join('workdirs', 'cifar10')
 SWEEPS = ('depth', 'conv1x1', 'scale_jitter', 'lrn', 'kernel_size')
 
@@ -61,7 +64,7 @@ def sweep_argument(seeds: int, epochs: float = 0.0, size: str = 'twocore') -> st
 
 def results_dir(epochs: float = 0.0, size: str = 'twocore') -> str:
   """The campaign's directory: the size's own epochs, or `epochs` of them."""
-  name = os.path.join(RESULTS_ROOT, f'cifar10_{size}')
+  name = os.path.join(RESULTS_ROOT, f'cifar10_{size.replace(",", "_")}')
   return f'{name}_epochs{epochs:g}' if epochs else name
 
 

@@ -257,6 +257,22 @@ def test_a_campaign_at_the_muon_size_has_a_directory_of_its_own():
       assert p.config['data']['folder'] == continue_sweeps.IMAGES_LINK
 
 
+def test_a_campaign_at_the_amx_muon_size_trains_issue_15s_recipe():
+  assert continue_sweeps.results_dir(size='amx,muon') == os.path.join(
+      'experiments', 'results', 'cifar10_amx_muon')
+  points = continue_sweeps.campaign(seeds=3, size='amx,muon')
+  assert len(points) == 30
+  recipe = config_schema.to_json(cifar10.get_config('D,amx,muon'))
+  # Every point trains the recipe; the sweeps change the model and the scales only.
+  scales_and_source = ('train_scale', 'test_scale', 'name', 'folder')
+  for memberships in points:
+    for _, p in memberships:
+      assert p.config['optimizer'] == recipe['optimizer']
+      assert ({k: v for k, v in p.config['data'].items() if k not in scales_and_source} ==
+              {k: v for k, v in recipe['data'].items() if k not in scales_and_source})
+      assert (p.config['batch_size'], p.config['num_epochs']) == (512, 12)
+
+
 def test_only_selects_points_by_name_in_campaign_order():
   points = continue_sweeps.campaign(seeds=5, epochs=25)
   chosen = continue_sweeps.select(points, r'^variant=(C|D),seed=[34]$')
