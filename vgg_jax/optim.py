@@ -90,6 +90,8 @@ def create_optimizer(cfg, num_steps: int, steps_per_epoch: int) -> optax.Gradien
     return tx
   frozen = lambda params: {name: jax.tree.map(lambda _: name == FIRST_CONV, layer)
                            for name, layer in params.items()}
+  # Zeroed after the optimizer rather than left out of it: the state keeps one
+  # structure whatever `first_conv` says, and conv1_1's share of its work is tiny.
   return optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
 
 
