@@ -178,9 +178,9 @@ WHITENED = 'width1_2_bfloat16_epochs12_muon_batch512_nsbfloat16_whitened_altflip
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_2be2309', 0),
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed1', 1),
     ('amx', 'pilot_budget', 'width1_2_bfloat16_epochs19_batch256_seed2', 2),
-    # Seed 0 trained by pilot_muon/frozen_whitening.py before optimizer.first_conv
-    # existed (the field written into its config.json by hand; the size's own seed 0
-    # matched its errors bit for bit over five epochs), seeds 1-2 by the size.
+    # Seed 0 trained by a one-off script before optimizer.first_conv existed (the
+    # field written into its config.json by hand; the size's own seed 0 matched its
+    # errors bit for bit over five epochs; pilot_muon/README.md), seeds 1-2 by the size.
     ('amx,muon', 'pilot_muon', WHITENED, 0),
     ('amx,muon', 'pilot_muon', f'{WHITENED}_seed1', 1),
     ('amx,muon', 'pilot_muon', f'{WHITENED}_seed2', 2),
