@@ -7,9 +7,13 @@ by experiments.sweep). The point trains with `vgg_jax.train.train_and_evaluate`
 (resuming from its newest checkpoint), records the training loop's final
 evaluation as the 'single' protocol, then runs each evaluation of point.json
 it has not made yet with `vgg_jax.evaluate.evaluate_run`. train_result.json
-marks the training done, evals.json the evaluations. The local launcher runs
-this command, one process per point; the SLURM launcher pickles `PointJob`,
-which does the same in every task of the job.
+marks the training done, evals.json the evaluations. A point stopped and
+resumed trains in segments, one per process, each with its steps, wall time and
+machine (`vgg_jax.machine`: a 2-core CPU with AVX-512 BF16 trains the bfloat16
+sizes nearly three times as fast as one with AVX2 only): train_segments.json holds
+the stopped ones', train_result.json all of them and their sum, `wall_seconds`.
+The local launcher runs this command, one process per point; the SLURM
+launcher pickles `PointJob`, which does the same in every task of the job.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import submitit
 from absl import app, logging
 from jax.experimental import multihost_utils
 
-from vgg_jax import (checkpoints, cli, console, errors, evaluate, evaluation, faults, parallel,
-                     train)
+from vgg_jax import (checkpoints, cli, console, errors, evaluate, evaluation, faults,
+                     machine, parallel, train)
 from vgg_jax import workdir as run_files
 
 
@@ -65,16 +69,25 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
 
   config = ml_collections.ConfigDict(spec['config'])
   if not trained:
-    start = time.time()
+    start, start_step = time.time(), newest_step(point_dir)
+    segments = earlier_segments(point_dir, start_step)
     # SIGTERM (a stopped sweep, a preempted job), or submitit's time-out
     # notice: checkpoint at the step reached and raise errors.Preempted; the
     # point resumes from there.
-    with faults.PreemptionWatch(signals) as preemption:
-      result = train.train_and_evaluate(config, point_dir, preemption=preemption)
+    try:
+      with faults.PreemptionWatch(signals) as preemption:
+        result = train.train_and_evaluate(config, point_dir, preemption=preemption)
+    except errors.Preempted as stopped:
+      if primary:
+        run_files.write_json(os.path.join(point_dir, run_files.TRAIN_SEGMENTS_FILE),
+                             [*segments, segment(start_step, stopped.step, start)])
+      raise
+    segments.append(segment(start_step, newest_step(point_dir), start))
     record(evaluation.TRAINING_PROTOCOL, training_eval_report(result, config, point_dir))
     if primary:
       run_files.write_json(os.path.join(point_dir, run_files.TRAIN_RESULT_FILE),
-                           {**result, 'wall_seconds': time.time() - start})
+                           {**result, 'wall_seconds': sum(s['seconds'] for s in segments),
+                            'segments': segments})
   # What is still to measure, by result file ('single' at Q = 37 and
   # 'single:37' are one measurement), then grouped so that protocols at the
   # same scales and flip share one pass over the split (Table 5's three).
@@ -103,6 +116,30 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
   return done
 
 
+def newest_step(point_dir: str) -> int:
+  """The step training starts from, or stopped at: its newest checkpoint's (0: none)."""
+  if not run_files.has_checkpoints(point_dir):
+    return 0
+  return max(checkpoints.available_steps(point_dir), default=0)
+
+
+def segment(first_step: int, last_step: int, start: float) -> dict:
+  """One process's share of a point's training: its steps, wall time (compilation
+  and the evaluations after each epoch included) and machine."""
+  return {'steps': [first_step, last_step], 'seconds': time.time() - start,
+          'machine': machine.describe()}
+
+
+def earlier_segments(point_dir: str, start_step: int) -> list[dict]:
+  """The stopped processes' segments that led to `start_step`, for the point's
+  whole training time; none where training starts afresh (the checkpoints they
+  ended at stayed on another machine, or were never written)."""
+  recorded = run_files.read_json(os.path.join(point_dir, run_files.TRAIN_SEGMENTS_FILE), [])
+  if start_step == 0 or not recorded or recorded[-1]['steps'][1] != start_step:
+    return []
+  return recorded
+
+
 def training_eval_report(result: dict, config, point_dir: str) -> dict:
   """The training loop's last evaluation as `vgg_jax.evaluate.evaluate_run`'s report.
 
@@ -112,7 +149,7 @@ def training_eval_report(result: dict, config, point_dir: str) -> dict:
   """
   data_cfg = config.data
   protocol, scales = evaluation.TRAINING_PROTOCOL, [int(data_cfg.test_scale)]
-  step = max(checkpoints.available_steps(point_dir))
+  step = newest_step(point_dir)
   return {
       **result, 'protocol': protocol, 'scales': scales, 'flip': False, 'step': step,
       'split': data_cfg.eval_split, 'batch_size': config.batch_size // jax.process_count(),

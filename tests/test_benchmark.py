@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from experiments import profile_summary
-from vgg_jax import benchmark, parallel, summary
+from vgg_jax import benchmark, machine, parallel, summary
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
 from vgg_jax.summary import abstract_variables, count_params
@@ -85,6 +85,9 @@ def test_benchmark_prints_every_measurement_as_json(tmp_path):
   assert train['mfu'] == pytest.approx(
       train['model_flops_per_sec'] / report['peak']['flops_per_sec'])
   assert report['machine']['devices'] == 2
+  # The CPU beside every rate: a rate means little without its instruction sets.
+  assert {k: report['machine'][k] for k in ('cpu', 'cpu_model', 'isa')} == {
+      k: machine.describe()[k] for k in ('cpu', 'cpu_model', 'isa')}
   # The benchmark's process resamples as this one does (the same build, switch, Pillow).
   assert report['machine']['resampling'] == (
       'compiled' if resample.available() else f'pillow ({resample.unavailable_reason()})')

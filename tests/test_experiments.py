@@ -28,8 +28,8 @@ import submitit
 from configs import cifar10, default, imagenet
 from experiments import point as point_worker
 from experiments import budget, claims, continue_sweeps, report, sweep
-from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, parallel, train,
-                     warm_start)
+from vgg_jax import (checkpoints, cli, config_schema, evaluation, faults, machine, parallel,
+                     train, warm_start)
 from vgg_jax.model import VGG
 # The README troubleshooting table's check (tests/ is on the path under pytest).
 from test_reliability import assert_in_readme
@@ -432,6 +432,10 @@ def test_sweep_trains_and_evaluates_each_point(tiny_sweep):
                      'single:48': 'single_48.json'}  # measured once
     for file in evals.values():
       assert json.loads((point_dir / 'eval' / file).read_text())['num_examples'] == 100
+    trained = json.loads((point_dir / 'train_result.json').read_text())
+    [segment] = trained['segments']  # trained by one process, on this machine
+    assert segment['steps'] == [0, 8] and segment['seconds'] == trained['wall_seconds'] > 0
+    assert segment['machine'] == machine.describe()
   manifest = json.loads((workdir / 'sweeps' / 'tiny.json').read_text())
   assert [p['name'] for p in manifest['points']] == [A_POINT, B_POINT]
 
@@ -468,6 +472,16 @@ def test_rerun_does_no_work_twice_and_resumes_what_is_unfinished(tiny_sweep):
                  check=True)
   (a_dir / 'eval' / 'single_32-48-64.json').unlink()
   single = json.loads((stopped / 'eval' / 'single_48.json').read_text())
+  # What a process stopped at step 4 on another machine recorded, and a stale
+  # record of a run that did not lead to this checkpoint.
+  earlier = {'steps': [0, 4], 'seconds': 1000.0, 'machine': {'cpu': 'elsewhere'}}
+  stale = {'steps': [0, 6], 'seconds': 5.0, 'machine': {}}
+  (stopped / 'train_segments.json').write_text(json.dumps([earlier]))
+  assert point_worker.earlier_segments(str(stopped), 4) == [earlier]
+  assert point_worker.earlier_segments(str(stopped), 0) == []  # trained afresh
+  (stopped / 'train_segments.json').write_text(json.dumps([stale]))
+  assert point_worker.earlier_segments(str(stopped), 4) == []
+  (stopped / 'train_segments.json').write_text(json.dumps([earlier]))
   before = mtimes(workdir)
   proc = run_cli('experiments.sweep', f'--sweep={sweep_file}', f'--workdir={workdir}',
                  '--parallel=2')
@@ -490,6 +504,10 @@ def test_rerun_does_no_work_twice_and_resumes_what_is_unfinished(tiny_sweep):
       single['top1_error']
   assert checkpoints.available_steps(str(stopped))[-1] == 8
   assert [json.loads(l)['step'] for l in open(stopped / 'metrics.jsonl')] == [4, 8]
+  trained = json.loads((stopped / 'train_result.json').read_text())
+  assert [s['steps'] for s in trained['segments']] == [[0, 4], [4, 8]]
+  assert trained['segments'][0] == earlier
+  assert trained['wall_seconds'] == 1000.0 + trained['segments'][1]['seconds'] > 1000.0
   log = (stopped / 'log.txt').read_text()
   assert 'resumed from the checkpoint at step 4' in log and log.count('copied conv1_1') == 1
 
@@ -533,6 +551,9 @@ def test_a_point_stopped_by_sigterm_checkpoints_and_exits_for_a_rerun(tiny_sweep
   step = int(re.search(r'experiments.point: preempted \(SIGTERM\) at step (\d+)', last).group(1))
   assert checkpoints.available_steps(str(point_dir)) == [step]
   assert not (point_dir / 'train_result.json').exists()
+  # The stopped process's share of the training, for the rerun's total.
+  [segment] = json.loads((point_dir / 'train_segments.json').read_text())
+  assert segment['steps'] == [0, step] and segment['seconds'] > 0
 
 
 # A SLURM job as submitit runs it: submitit's USR2 handler (here a stand-in that
@@ -565,6 +586,9 @@ def test_submitit_time_out_notice_checkpoints_the_step_reached_then_requeues(
   step = int(re.search(r'preempted \(SIGUSR2\) at step (\d+): saved a checkpoint', log)[1])
   assert checkpoints.available_steps(str(point_dir)) == [step]
   assert not (point_dir / 'train_result.json').exists()
+  # The stopped process's share of the training, for the rerun's total.
+  [segment] = json.loads((point_dir / 'train_segments.json').read_text())
+  assert segment['steps'] == [0, step] and segment['seconds'] > 0
 
 
 def test_changed_config_is_an_error_not_a_mix(tiny_sweep):

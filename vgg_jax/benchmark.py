@@ -66,8 +66,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from vgg_jax import (cli, config_schema, console, cpu_ops, data, malloc_tunables, onednn,
-                     optim, parallel, pooling, summary, train)
+from vgg_jax import (cli, config_schema, console, cpu_ops, data, machine, malloc_tunables,
+                     onednn, optim, parallel, pooling, summary, train)
 from vgg_jax import workdir as run_files
 from vgg_jax.data import resample
 from vgg_jax.model import VGG
@@ -572,7 +572,7 @@ def main(argv):
           'batch_norm', 'dtype', 'ops', 'kernels', 'muon_ns_steps', 'muon_dtype', 'steps',
           'windows')},
       'machine': {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-                  'devices': len(devices), 'cpu_cores': os.cpu_count(),
+                  'devices': len(devices), **machine.describe(),
                   'jax': jax.__version__, **convolutions(f),
                   # Whose resize makes the pipeline's crops: the compiled port or Pillow.
                   'resampling': ('compiled' if resample.available() else

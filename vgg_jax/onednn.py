@@ -61,7 +61,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
-from vgg_jax import env_vars, native
+from vgg_jax import env_vars, machine, native
 
 # Set to 0, the CPU convolutions stay XLA's own (for comparisons).
 SWITCH_ENV = 'VGG_JAX_ONEDNN'
@@ -163,14 +163,7 @@ BFLOAT16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 def cpu_flags() -> frozenset[str]:
   """This CPU's feature flags as Linux lists them; empty where it does not."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('flags'):
-          return frozenset(line.split(':', 1)[1].split())
-  except OSError:
-    pass
-  return frozenset()
+  return frozenset(machine.cpu_fields().get('flags', '').split())
 
 
 def convolves(dtype) -> bool:

@@ -39,14 +39,15 @@ DAMAGED_DIR = 'checkpoints_damaged'
 EVAL_DIR = 'eval'
 POINT_FILE = 'point.json'
 TRAIN_RESULT_FILE = 'train_result.json'
+TRAIN_SEGMENTS_FILE = 'train_segments.json'
 EVALS_FILE = 'evals.json'
 LOG_FILE = 'log.txt'
 PROFILE_DIR = 'profile'
 SLURM_DIR = 'slurm'
 EVENTS_PREFIX = 'events.out.tfevents.'
 RUN_ENTRIES = frozenset((CONFIG_FILE, METRICS_FILE, CHECKPOINT_DIR, DAMAGED_DIR, EVAL_DIR,
-                         PROFILE_DIR, POINT_FILE, LOG_FILE, TRAIN_RESULT_FILE, EVALS_FILE,
-                         SLURM_DIR))
+                         PROFILE_DIR, POINT_FILE, LOG_FILE, TRAIN_RESULT_FILE,
+                         TRAIN_SEGMENTS_FILE, EVALS_FILE, SLURM_DIR))
 
 # A field one side of a config comparison lacks.
 UNSET = object()
