@@ -855,6 +855,11 @@ def test_report_of_the_sweep_is_regenerated_from_its_csv(tiny_sweep, tmp_path):
     assert float(row['top1_error']) == evaluated['top1_error']  # exactly, through the CSV
   first = (out / 'report.md').read_text()
   assert f'| B | 13 | [32,64] | 48 | centre crop | {100 * float(rows[2]["top1_error"]):.1f} |' in first
+  # Each point's training time beside the machine that trained it.
+  here = machine.label(machine.describe())
+  assert rows[0]['machine'] == here and rows[2]['machine'].endswith(here)
+  trained = json.loads((workdir / A_POINT / 'train_result.json').read_text())
+  assert f'| {A_POINT} | {here} | {report._clock(trained["wall_seconds"])} | ' in first
   # The curve: each point's evaluations during training, from its metrics.jsonl.
   curves = report.read_csv(str(out / 'curves.csv'), report.CURVE_NUMERIC)
   for name in (A_POINT, B_POINT):

@@ -39,3 +39,14 @@ def test_no_cpuinfo_describes_an_unknown_cpu():
 def test_onednn_reads_this_cpus_flags_from_the_same_record():
   assert onednn.cpu_flags() == frozenset(machine.cpu_fields().get('flags', '').split())
   assert set(machine.describe()['isa']) <= onednn.cpu_flags()
+
+
+def test_the_label_names_the_widest_instruction_set_that_sets_the_speed():
+  epyc = machine.describe(machine.cpu_fields(CPUINFO))
+  assert machine.label(epyc) == 'AMD EPYC (model 17), AVX-512 BF16'
+  assert machine.label({**epyc, 'isa': ['avx2', 'fma'], 'cpu_model': 1}) == \
+      'AMD EPYC (model 1), AVX2'
+  assert machine.label({'cpu': 'Intel(R) Xeon(R) Processor', 'cpu_model': 143,
+                        'isa': ['avx2', 'avx512f', 'avx512_bf16', 'amx_bf16']}) == \
+      'Intel(R) Xeon(R) Processor (model 143), AMX'
+  assert machine.label({}) == 'unknown CPU, no AVX2'

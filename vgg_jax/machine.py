@@ -47,3 +47,15 @@ def describe(fields: dict[str, str] | None = None) -> dict:
           'cpu_model': number('model'), 'isa': [f for f in ISA_FLAGS if f in flags],
           'cpu_cores': len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
                        else os.cpu_count()}
+
+
+def label(described: dict) -> str:
+  """A short name for tables: the CPU, its model number, and the widest of the
+  instruction sets that set this project's speed."""
+  isa = set(described.get('isa') or ())
+  widest = next((name for flag, name in (('amx_bf16', 'AMX'), ('avx512_bf16', 'AVX-512 BF16'),
+                                         ('avx512f', 'AVX-512'), ('avx2', 'AVX2'))
+                 if flag in isa), 'no AVX2')
+  model = described.get('cpu_model')
+  cpu = described.get('cpu') or 'unknown CPU'
+  return f'{cpu} (model {model}), {widest}' if model is not None else f'{cpu}, {widest}'
