@@ -12,7 +12,8 @@
                                                       the conv kernels: 14.4 % in 17-18 min
     --config=configs/cifar10.py:D,amx,muon           amx's width 1/2 with Muon, conv1_1
                                                       whitened, 12 epochs: 11.92 +- 0.11 % in
-                                                      15-16 min with AVX-512 BF16 (no AMX)
+                                                      15-16 min with AVX-512 BF16 (no AMX;
+                                                      about 45 with AVX2 only)
     --config=configs/cifar10.py:A,runlocal           a quick look on a 2-core CPU
     --config=configs/cifar10.py:A,folder=/data/cifar10-jpg   an image folder
 
@@ -114,7 +115,11 @@ chose them, their commands and machines: experiments/results/pilot_budget/README
             (12.44, 12.73, 12.75; Welch's p = 0.44). A step of 256 there: 424-428
             ms with bfloat16 products, 470-481 with float32 ones, SGD's 341-380
             (vgg_jax.benchmark --kernels=muon --muon_dtype=bfloat16). Not
-            measured on an AMX machine.
+            measured on an AMX machine. On a 2-core AMD EPYC with AVX2 only, a
+            step of 512 takes 2.1 s against 0.8 (bfloat16 emulated; float32 is
+            no faster there, 2.3 s), about 45 minutes of training for VGG-D
+            (experiments/PERFORMANCE.md, 2026-12-07): the 15 minutes need a CPU
+            that multiplies bfloat16 in hardware.
   runlocal  a quick look on a 2-core CPU: width 1/8 (8..64 channels), FC 128, no
             dropout, batch 64, `epochs` epochs (default 2), evaluations 'single',
             'dense' and 'dense:auto'. At `epochs=1` every variant of the sweeps
