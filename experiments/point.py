@@ -82,8 +82,10 @@ def run_point(point_dir: str, signals=(signal.SIGTERM,)) -> dict:
         run_files.write_json(os.path.join(point_dir, run_files.TRAIN_SEGMENTS_FILE),
                              [*segments, segment(start_step, stopped.step, start)])
       raise
-    segments.append(segment(start_step, newest_step(point_dir), start))
-    record(evaluation.TRAINING_PROTOCOL, training_eval_report(result, config, point_dir))
+    end_step = newest_step(point_dir)
+    segments.append(segment(start_step, end_step, start))
+    record(evaluation.TRAINING_PROTOCOL,
+           training_eval_report(result, config, end_step))
     if primary:
       run_files.write_json(os.path.join(point_dir, run_files.TRAIN_RESULT_FILE),
                            {**result, 'wall_seconds': sum(s['seconds'] for s in segments),
@@ -140,7 +142,7 @@ def earlier_segments(point_dir: str, start_step: int) -> list[dict]:
   return recorded
 
 
-def training_eval_report(result: dict, config, point_dir: str) -> dict:
+def training_eval_report(result: dict, config, step: int) -> dict:
   """The training loop's last evaluation as `vgg_jax.evaluate.evaluate_run`'s report.
 
   The loop ends with its protocol ('single') at Q = data.test_scale on the
@@ -149,7 +151,6 @@ def training_eval_report(result: dict, config, point_dir: str) -> dict:
   """
   data_cfg = config.data
   protocol, scales = evaluation.TRAINING_PROTOCOL, [int(data_cfg.test_scale)]
-  step = newest_step(point_dir)
   return {
       **result, 'protocol': protocol, 'scales': scales, 'flip': False, 'step': step,
       'split': data_cfg.eval_split, 'batch_size': config.batch_size // jax.process_count(),
